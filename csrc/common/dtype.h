@@ -1,0 +1,123 @@
+// Dtype codes shared by Python (actspace/ops/_common.py: DTYPE_CODES) and the kernels,
+// and scalar conversions between the storage types and float.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace actspace {
+
+enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3, kI32 = 4, kI64 = 5 };
+
+inline const char* dtype_name(int code) {
+  switch (code) {
+    case kF32: return "float32";
+    case kF16: return "float16";
+    case kBF16: return "bfloat16";
+    case kF64: return "float64";
+    case kI32: return "int32";
+    case kI64: return "int64";
+    default: return "unknown";
+  }
+}
+
+// Storage types. bf16/f16 are raw bit patterns; arithmetic always happens in float.
+struct bf16_t { uint16_t bits; };
+struct f16_t { uint16_t bits; };
+
+inline float bf16_to_float(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float f16_to_float(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+  if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else {  // subnormal: renormalise
+      exp = 127 - 15 + 1;
+      while ((man & 0x400u) == 0) { man <<= 1; --exp; }
+      u = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | (man << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline uint16_t float_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t sign = (u >> 16) & 0x8000u;
+  uint32_t absu = u & 0x7fffffffu;
+  if (absu > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (absu >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (absu < 0x38800000u) {  // subnormal or zero in f16
+    if (absu < 0x33000000u) return static_cast<uint16_t>(sign);
+    uint32_t exp = absu >> 23, man = (absu & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - exp;  // 14 - (exp - 127) + 10 - 23 ... places to drop
+    uint32_t half = 1u << (shift - 1);
+    uint32_t r = man >> shift, rem = man & ((1u << shift) - 1);
+    if (rem > half || (rem == half && (r & 1u))) ++r;
+    return static_cast<uint16_t>(sign | r);
+  }
+  uint32_t r = absu - 0x38000000u;  // rebias exponent 127 -> 15
+  uint32_t lsb = (r >> 13) & 1u;
+  r += 0xfffu + lsb;
+  return static_cast<uint16_t>(sign | (r >> 13));
+}
+
+// Load/store any storage type as float (double stays double through Acc<double>).
+template <typename T> struct Scalar;
+template <> struct Scalar<float> {
+  using acc = float;
+  static inline float load(const float* p) { return *p; }
+  static inline void store(float* p, float v) { *p = v; }
+};
+template <> struct Scalar<double> {
+  using acc = double;
+  static inline double load(const double* p) { return *p; }
+  static inline void store(double* p, double v) { *p = v; }
+};
+template <> struct Scalar<bf16_t> {
+  using acc = float;
+  static inline float load(const bf16_t* p) { return bf16_to_float(p->bits); }
+  static inline void store(bf16_t* p, float v) { p->bits = float_to_bf16(v); }
+};
+template <> struct Scalar<f16_t> {
+  using acc = float;
+  static inline float load(const f16_t* p) { return f16_to_float(p->bits); }
+  static inline void store(f16_t* p, float v) { p->bits = float_to_f16(v); }
+};
+
+// Call fn.template operator()<T>() for the storage type of a float dtype code.
+template <typename Fn>
+inline void dispatch_float(int code, const char* what, Fn&& fn) {
+  switch (code) {
+    case kF32: fn(float{}); break;
+    case kF64: fn(double{}); break;
+    case kBF16: fn(bf16_t{}); break;
+    case kF16: fn(f16_t{}); break;
+    default:
+      throw std::invalid_argument(std::string(what) + ": unsupported dtype " + dtype_name(code) +
+                                  " (expected float32, float64, bfloat16 or float16)");
+  }
+}
+
+}  // namespace actspace

@@ -1,0 +1,4 @@
+// stats CUDA kernels (compiled only when nvcc is available).
+#include <cuda_runtime.h>
+
+#include "stats/stats.h"

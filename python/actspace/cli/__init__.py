@@ -1,0 +1,1 @@
+"""actspace.cli"""

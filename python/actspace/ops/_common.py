@@ -1,0 +1,136 @@
+"""Shared plumbing of the ops layer: argument validation that names the argument,
+torch/NumPy/CuPy interchange (zero-copy), the dtype codes the kernels understand, and the
+choice between our kernels and the pure-torch reference."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+# Must match csrc/common/dtype.h
+DTYPE_CODES = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.float64: 3,
+    torch.int32: 4,
+    torch.int64: 5,
+}
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+# Families whose CUDA kernels passed the GPU test suite on a real GPU (bench/RESULTS.md).
+# Until a family is listed here CUDA tensors take the reference path; backend="kernel"
+# forces our kernel (that is how the GPU tests verify it before it is routed to).
+VERIFIED_CUDA: frozenset[str] = frozenset()
+
+_core_module = None
+
+
+def core():
+    """The compiled module, or None when actspace was imported from a source tree without it."""
+    global _core_module
+    if _core_module is None:
+        try:
+            from actspace import _core  # noqa: PLC0415
+        except ImportError:
+            _core_module = False
+        else:
+            _core_module = _core
+    return _core_module or None
+
+
+def cuda_built() -> bool:
+    c = core()
+    return bool(c is not None and c.build_info()["cuda"])
+
+
+def use_kernel(family: str, device: torch.device, backend: str) -> bool:
+    """True to run our compiled kernel, False for the reference path."""
+    if backend not in ("auto", "kernel", "reference"):
+        raise ValueError(f"backend must be 'auto', 'kernel' or 'reference', got {backend!r}")
+    if backend == "reference":
+        return False
+    if device.type == "cpu":
+        available = core() is not None
+    elif device.type == "cuda":
+        available = cuda_built()
+        if backend == "auto":
+            forced = os.environ.get("ACTSPACE_CUDA_KERNELS", "") == "1"
+            return available and (family in VERIFIED_CUDA or forced)
+    else:
+        available = False
+    if backend == "kernel" and not available:
+        raise RuntimeError(
+            f"backend='kernel': no compiled {family} kernel for device {device} "
+            f"(build_info: {core().build_info() if core() else 'extension not built'})"
+        )
+    return available
+
+
+# --------------------------------------------------------------------------- interchange
+def to_torch(obj: Any, name: str) -> tuple[torch.Tensor, str]:
+    """Return (tensor, kind) with kind in {'torch', 'numpy', 'cupy'}; zero-copy."""
+    if isinstance(obj, torch.Tensor):
+        return obj, "torch"
+    mod = type(obj).__module__
+    if mod == "numpy":
+        return torch.from_numpy(obj), "numpy"
+    if mod.startswith("cupy"):
+        return torch.from_dlpack(obj), "cupy"
+    raise TypeError(
+        f"{name} must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got {type(obj).__name__}"
+    )
+
+
+def from_torch(t: torch.Tensor, kind: str):
+    if kind == "torch":
+        return t
+    if kind == "numpy":
+        return t.detach().cpu().numpy()
+    import cupy  # noqa: PLC0415
+
+    return cupy.from_dlpack(t.detach())
+
+
+def optional_to_torch(obj: Any, name: str) -> torch.Tensor | None:
+    return None if obj is None else to_torch(obj, name)[0]
+
+
+# --------------------------------------------------------------------------- validation
+def check_float(t: torch.Tensor, name: str, dtypes=FLOAT_DTYPES) -> None:
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have a floating dtype ({names}), got {t.dtype}")
+
+
+def check_shape(t: torch.Tensor, name: str, shape: tuple, what: str) -> None:
+    """shape holds ints or None (any size); what is the expected shape in words, e.g. '[M, d]'."""
+    if t.dim() != len(shape) or any(s is not None and s != ts for s, ts in zip(shape, t.shape)):
+        raise ValueError(f"{name} must have shape {what}, got {list(t.shape)}")
+
+
+def check_same_device(ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but the input is on {ref.device}")
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    return DTYPE_CODES[t.dtype]
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def stream_handle(device: torch.device) -> int:
+    """cudaStream_t of torch's current stream on device, 0 on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.current_stream(device).cuda_stream
+    return 0
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation type: float64 stays float64, everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
