@@ -42,3 +42,20 @@ def sparse_decode(values, indices, W_dec, b_dec=None, *, backend="auto"):
     if use_kernel("sparse_decode", values.device, backend) and False:  # kernel lands with issue 2
         pass
     return from_torch(reference.sparse_decode(values, indices, W_dec, b_dec), kind)
+
+
+# ------------------------------------------------------------------ internal raw entry points
+# No validation, no autograd, torch tensors only: used by backward passes (topk_encode's
+# backward is two sparse products: grad_x = decode_forward(g, idx, W_enc) and
+# grad_W_enc = decode_backward(x, g, idx, W_enc, need_values=False)).
+def decode_forward(values, indices, W, b=None):
+    """values [N,k], indices [N,k] -> Σ_j values[n,j] · W[indices[n,j]] (+ b)  [N, d]."""
+    return reference.sparse_decode(values, indices, W, b)
+
+
+def decode_backward(grad_out, values, indices, W, *, need_values=True, need_W=True,
+                    deterministic=False):
+    """-> (grad_values [N,k] or None, grad_W [M,d] or None); see reference.sparse_decode."""
+    from ..reference.sparse_decode import sparse_decode_backward
+    gv, gW, _ = sparse_decode_backward(grad_out, values, indices, W)
+    return (gv if need_values else None), (gW if need_W else None)
