@@ -20,7 +20,7 @@ namespace actspace {
 namespace ACTSPACE_ISA {
 namespace {
 
-constexpr int64_t kChunk = 64;
+constexpr int64_t kChunk = 16;
 
 // a is worse than b: lower value, or equal value and higher index.
 template <typename A>
@@ -63,7 +63,7 @@ void merge_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t r
       for (int64_t c = 0; c < nc; ++c) {
         const int64_t j = c0 + c;
         A v = static_cast<A>(Scalar<T>::load(t + j));
-        if (b_enc) v += b_enc[j];
+        v += b_enc[j];
         if (SCALE) v *= scale[j];
         if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN as NaN, like torch.relu
         if (THR) v = v > thr[j] ? v : kNegInf;
@@ -138,6 +138,7 @@ void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t col
                        uintptr_t run_vals, uintptr_t run_idx) {
   if (rows < 0 || cols < 0 || ld < cols || k < 1 || m0 + cols > std::numeric_limits<int32_t>::max())
     throw std::invalid_argument("topk_encode_merge: bad sizes");
+  if (!b_enc) throw std::invalid_argument("topk_encode_merge: b_enc is required (pass zeros)");
   dispatch_acc(acc_dtype, [&](auto acc_tag) {
     using A = decltype(acc_tag);
     dispatch_float(tile_dtype, "topk_encode_merge tile", [&](auto tile_tag) {

@@ -18,8 +18,8 @@
 #define ACTSPACE_DECLARE_TOPK_ENCODE(ns)                                                     \
   namespace ns {                                                                             \
   /* tile [rows, ld] (dtype tile_dtype) holds the pre-activation of latents m0..m0+cols-1 */ \
-  /* for rows row0..row0+rows-1; b_enc/scale/threshold point at latent m0 (acc dtype, */     \
-  /* 0 = absent); run_vals/run_idx are the full [N, k] running buffers. */                   \
+  /* for rows row0..row0+rows-1; b_enc/scale/threshold point at latent m0 (acc dtype; */      \
+  /* b_enc required, scale/threshold 0 = absent); run_vals/run_idx are the full [N, k] running buffers. */                   \
   void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t cols,         \
                          int64_t ld, int64_t row0, int64_t m0, uintptr_t b_enc,              \
                          uintptr_t scale, uintptr_t threshold, int acc_dtype, bool relu,     \

@@ -64,7 +64,7 @@ def tile_plan(N: int, M: int, elem_size: int, tile_bytes: int | None = None) -> 
     rows = max(1, min(N, MAX_TILE_ROWS, tile_bytes // (elem_size * 64)))
     cols = max(1, min(M, tile_bytes // (elem_size * rows)))
     if cols < M and cols >= 64:
-        cols -= cols % 64  # whole kChunk blocks in the CPU merge
+        cols -= cols % 64  # whole SIMD chunks in the CPU merge
     return rows, cols
 
 
@@ -95,6 +95,8 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
     W = W_enc.to(cdt).contiguous()
     params = [None if t is None else t.detach().to(acc).contiguous() for t in (b_enc, scale, threshold)]
     b_p, s_p, t_p = params
+    if b_p is None:  # the kernel always adds a bias: one [M] vector keeps its inner loop branch-free
+        b_p = torch.zeros(M, dtype=acc, device=dev)
     on_cuda = dev.type == "cuda"
     cuda_fp32 = on_cuda and cdt in (torch.bfloat16, torch.float16)
     tile_dt = torch.float32 if cuda_fp32 else cdt
