@@ -54,6 +54,15 @@ template <> struct St<f16_t> {
 // Accumulators live on the stack in tiles over d (no allocation; 4 KiB per thread).
 template <typename A> constexpr int64_t tile() { return 4096 / sizeof(A); }
 
+// How many slots ahead forward / grad_values prefetch the gathered W row.
+constexpr int64_t kPrefetch = 1;
+
+template <typename R>
+inline void prefetch_row(const R* p, int64_t len) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < len * static_cast<int64_t>(sizeof(R)); b += 64) __builtin_prefetch(c + b);
+}
+
 inline bool bad_index(int64_t m, int64_t M) { return m < -1 || m >= M; }
 
 template <typename T, typename I>
@@ -85,6 +94,12 @@ int64_t forward_impl(const typename St<T>::acc* __restrict values, const I* __re
         }
         const A v = vr[j];
         const typename St<T>::raw* __restrict w = W + m * ldw + d0;
+        // The gathered rows are random in W (far larger than cache): fetch a row a few
+        // slots ahead so its DRAM latency overlaps this row's arithmetic.
+        if (j + kPrefetch < k) {
+          const int64_t mp = static_cast<int64_t>(ir[j + kPrefetch]);
+          if (mp >= 0 && mp < M) prefetch_row(W + mp * ldw + d0, len);
+        }
 #pragma omp simd
         for (int64_t t = 0; t < len; ++t) acc[t] += v * St<T>::ld(w + t);
       }
@@ -108,6 +123,10 @@ int64_t grad_values_impl(const typename St<T>::acc* __restrict g, const I* __res
     for (int64_t j = 0; j < k; ++j) {
       const int64_t m = static_cast<int64_t>(idx[n * k + j]);
       A s = A(0);
+      if (j + kPrefetch < k) {
+        const int64_t mp = static_cast<int64_t>(idx[n * k + j + kPrefetch]);
+        if (mp >= 0 && mp < M) prefetch_row(W + mp * ldw, d);
+      }
       if (m >= 0 && m < M) {
         const typename St<T>::raw* __restrict w = W + m * ldw;
 #pragma omp simd reduction(+ : s)
