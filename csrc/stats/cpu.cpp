@@ -1,6 +1,7 @@
 // stats CPU kernels. Compiled once per ISA into namespace actspace::ACTSPACE_ISA.
 //
-// moments: the input is cut into tiles of RB rows x CB channels that stay in L2. Per tile,
+// moments: the input is cut into tiles of rows x CB channels (whole rows for d <= CB, so a
+// tile is one contiguous stream for the prefetcher) that stay in L2. Per tile,
 // pass 1 gathers the finite count, sum, min, max, zero and non-finite counts; pass 2 (from
 // cache) sums the powers of the deviations from the tile mean in float64. The tile's
 // central moments are then Chan-merged into a running state. Every step is float64, so
@@ -17,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <memory>
 #include <vector>
 
 #if defined(__F16C__)
@@ -33,8 +35,9 @@ namespace ACTSPACE_ISA {
 
 namespace {
 
-constexpr int64_t CB = 128;  // channels per tile
-constexpr int64_t RB = 256;  // rows per tile (RB * CB * 4 bytes = 128 KiB: stays in L2)
+constexpr int64_t CB = 1024;        // channels per tile (most widths: whole rows, so a
+                                    // tile is one contiguous stream the prefetcher follows)
+constexpr int64_t TILE = 64 * 1024; // elements per tile (256 KiB of float32: stays in L2)
 
 int max_threads() {
 #ifdef _OPENMP
@@ -43,6 +46,9 @@ int max_threads() {
   return 1;
 #endif
 }
+
+// Rows per tile for a block of w channels.
+inline int64_t tile_rows(int64_t w) { return std::max<int64_t>(16, std::min<int64_t>(1024, TILE / w)); }
 
 // Running moments of one (channel block, row range) task, structure of arrays [CB].
 struct Acc {
@@ -56,11 +62,20 @@ struct Acc {
   }
 };
 
-// One tile: rows x w values of type T (float or double) with row stride ld, folded into a.
-template <typename T>
-void tile_moments(const T* x, int64_t ld, int64_t rows, int64_t w, Acc& a) {
+// Per-thread sums of one tile, [CB] each.
+struct TileSums {
   alignas(64) double cnt[CB], sum[CB], mn[CB], mx[CB], zer[CB], nf[CB];
   alignas(64) double c[CB], s1[CB], s2[CB], s3[CB], s4[CB];
+};
+
+// One tile: rows x w values of type T (float or double) with row stride ld, folded into a.
+template <typename T>
+void tile_moments(const T* x, int64_t ld, int64_t rows, int64_t w, Acc& a, TileSums& t) {
+  double* __restrict__ cnt = t.cnt; double* __restrict__ sum = t.sum;
+  double* __restrict__ mn = t.mn; double* __restrict__ mx = t.mx;
+  double* __restrict__ zer = t.zer; double* __restrict__ nf = t.nf;
+  double* __restrict__ c = t.c; double* __restrict__ s1 = t.s1; double* __restrict__ s2 = t.s2;
+  double* __restrict__ s3 = t.s3; double* __restrict__ s4 = t.s4;
   for (int64_t j = 0; j < w; ++j) {
     cnt[j] = sum[j] = zer[j] = nf[j] = s1[j] = s2[j] = s3[j] = s4[j] = 0;
     mn[j] = INFINITY;
@@ -129,22 +144,24 @@ inline void to_float(const f16_t* src, float* dst, int64_t w) {
 
 template <typename T>
 void task_moments(const T* x, int64_t ld, int64_t r0, int64_t r1, int64_t j0, int64_t w,
-                  Acc& a, float* tile) {
+                  Acc& a, TileSums& sums, float* tile) {
+  const int64_t RB = tile_rows(w);
   for (int64_t r = r0; r < r1; r += RB) {
     const int64_t rows = std::min(RB, r1 - r);
     const T* base = x + r * ld + j0;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      tile_moments<T>(base, ld, rows, w, a);
+      tile_moments<T>(base, ld, rows, w, a, sums);
     } else {
-      for (int64_t i = 0; i < rows; ++i) to_float(base + i * ld, tile + i * CB, w);
-      tile_moments<float>(tile, CB, rows, w, a);
+      for (int64_t i = 0; i < rows; ++i) to_float(base + i * ld, tile + i * w, w);
+      tile_moments<float>(tile, w, rows, w, a, sums);
     }
   }
 }
 
 template <typename T>
 void moments_impl(const T* x, int64_t N, int64_t d, int64_t ld, const MomentState& st) {
-  const int64_t nblk = (d + CB - 1) / CB, nchunk = (N + RB - 1) / RB;
+  const int64_t nblk = (d + CB - 1) / CB, RB = tile_rows(std::min(CB, d));
+  const int64_t nchunk = (N + RB - 1) / RB;
   const int nth = max_threads();
   // Enough row ranges that every thread has work even when d is a single block.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nchunk, (2 * nth + nblk - 1) / nblk));
@@ -153,7 +170,8 @@ void moments_impl(const T* x, int64_t N, int64_t d, int64_t ld, const MomentStat
   const bool half = !(std::is_same_v<T, float> || std::is_same_v<T, double>);
 #pragma omp parallel
   {
-    std::vector<float> tile(half ? RB * CB : 0);
+    std::vector<float> tile(half ? TILE + CB : 0);
+    std::unique_ptr<TileSums> sums(new TileSums);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t b = t / parts, p = t % parts;
@@ -162,7 +180,7 @@ void moments_impl(const T* x, int64_t N, int64_t d, int64_t ld, const MomentStat
       const int64_t r1 = std::min(N, (nchunk * (p + 1) / parts) * RB);
       const int64_t j0 = b * CB, w = std::min(CB, d - j0);
       acc[t].reset();
-      task_moments<T>(x, ld, r0, r1, j0, w, acc[t], tile.data());
+      task_moments<T>(x, ld, r0, r1, j0, w, acc[t], *sums, tile.data());
     }
   }
   // Merge the row ranges of each block in order into the state.
