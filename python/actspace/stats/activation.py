@@ -83,8 +83,9 @@ class ActivationStats:
             rmax, chan = absx.max(1)
             toks = (token_ids.detach().cpu().long() if token_ids is not None
                     else torch.full((n,), -1, dtype=torch.int64))
-            k = min(self.top_k, n)
-            v, i = torch.topk(rmax, k)
+            # stable sort: among equal values the earlier row wins, as in merge
+            v, i = torch.sort(rmax, descending=True, stable=True)
+            v, i = v[:self.top_k], i[:self.top_k]
             self._fold_top(v, toks[i], chan[i], i + self.rows)
         if self.has_covariance:
             xd = x[finite_rows].to(torch.float64)
