@@ -90,11 +90,11 @@ def test_merge_of_parts_equals_whole():
 
 
 def test_power_law_alpha_recovers_planted_exponent():
-    d, alpha = 96, 1.3
+    d, alpha = 64, 1.3
     lam = torch.arange(1, d + 1, dtype=torch.float64) ** -alpha
     g = torch.Generator().manual_seed(1)
     q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=g))
-    z = torch.randn(60000, d, dtype=torch.float64, generator=g)
+    z = torch.randn(20000, d, dtype=torch.float64, generator=g)
     x = (z * lam.sqrt()) @ q.T
     st = acts.ActivationStats(d, covariance=True)
     for part in x.split(10000):
