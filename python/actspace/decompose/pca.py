@@ -89,9 +89,12 @@ class PCA:
         return self
 
     # ------------------------------------------------------------------ transforms
-    def _check(self, x: torch.Tensor, width: int, name: str) -> None:
+    def _fitted(self) -> torch.Tensor:
         if self.components_ is None:
             raise ValueError("PCA is not fitted: call fit() or from_stats() first")
+        return self.components_
+
+    def _check(self, x: torch.Tensor, width: int, name: str) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{name} must be a float tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != width:
@@ -99,14 +102,14 @@ class PCA:
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, d] -> scores [N, k], in x's dtype (computed in at least float32)."""
-        self._check(x, self.components_.shape[1], "x")
+        self._check(x, self._fitted().shape[1], "x")
         ct = torch.promote_types(x.dtype, torch.float32)
         W = self.components_.to(x.device, ct)
         return ((x.to(ct) - self.mean_.to(x.device, ct)) @ W.T).to(x.dtype)
 
     def inverse_transform(self, z: torch.Tensor) -> torch.Tensor:
         """scores z [N, k] -> reconstruction [N, d]."""
-        self._check(z, self.components_.shape[0], "z")
+        self._check(z, self._fitted().shape[0], "z")
         ct = torch.promote_types(z.dtype, torch.float32)
         W = self.components_.to(z.device, ct)
         return (z.to(ct) @ W + self.mean_.to(z.device, ct)).to(z.dtype)
