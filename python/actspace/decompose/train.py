@@ -87,6 +87,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     if b_dec_init not in ("mean", "median", None):
         raise ValueError(f"b_dec_init must be 'mean', 'median' or None, got {b_dec_init!r}")
     per_epoch = batches_per_epoch(source, known, batch_size)
+    max_epochs = epochs if steps is None else math.inf  # skipped batches end a pass early
     if steps is None:
         if per_epoch is None:
             raise ValueError("steps is required when the number of batches is unknown")
@@ -125,7 +126,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
         if out_dir is not None:
             save_checkpoint(out_dir, saes, opts, last_fired, loop)
 
-    while loop["step"] < stop_at:
+    while loop["step"] < stop_at and loop["epoch"] < max_epochs:
         it = source.iter_batches(batch_size, shuffle=shuffle, seed=seed + loop["epoch"],
                                  start_batch=loop["batch"], device=dev, dtype=saes[0].dtype)
         got_any = False
@@ -146,7 +147,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
                         s.b_dec.copy_(center)
             _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_steps,
                         decay_fraction, auxk_coeff, k_aux, dead_tokens, l1_coeff, l0_coeff,
-                        bandwidth, log_every, stop_at)
+                        bandwidth, log_every)
             bar.update(1)
             if history and history[-1]["step"] == loop["step"]:
                 bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}", l0=f"{history[-1]['l0']:.1f}",
@@ -162,7 +163,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
                 raise ValueError("data yielded no batches")
     bar.close()
     checkpoint()
-    if out_dir is not None and loop["step"] >= steps:
+    finished = loop["step"] >= steps or loop["epoch"] >= max_epochs
+    if out_dir is not None and finished:
         for i, s in enumerate(saes):
             s.save(Path(out_dir) / ("sae" if len(saes) == 1 else f"sae_{i}"), format=save_format)
         _write_json(Path(out_dir) / "history.json", history)
@@ -174,7 +176,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
 
 def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_steps,
                 decay_fraction, auxk_coeff, k_aux, dead_tokens, l1_coeff, l0_coeff, bandwidth,
-                log_every, stop_at):
+                log_every):
     """One optimizer step of every SAE on the batch x [B, d_in] -> y [B, d_out]."""
     step, B = loop["step"], x.shape[0]
     tokens = loop["tokens"] + B
@@ -195,11 +197,11 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_step
             if sae.kind == "jumprelu":
                 sae.threshold.clamp_(min=0.0)
         last_fired[i][out.fired.cpu()] = tokens
-        if (step + 1) % log_every == 0 or step + 1 == stop_at or step == 0:
+        if (step + 1) % log_every == 0 or step + 1 == steps or step == 0:
             dead_frac = float(((tokens - last_fired[i]) >= dead_tokens).float().mean())
             loop["history"].append({
                 "step": step + 1, "sae": i, "kind": sae.kind, "d_sae": sae.d_sae, "k": sae.k,
-                "loss": float(out.loss), "fvu": out.fvu, "l0": out.l0, "auxk": out.aux,
+                "loss": float(out.loss.detach()), "fvu": out.fvu, "l0": out.l0, "auxk": out.aux,
                 "dead_fraction": dead_frac, "lr": lr, "tokens": tokens,
                 "skipped_nonfinite": loop["skipped_nonfinite"]})
     loop["step"] = step + 1

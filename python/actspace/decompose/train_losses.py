@@ -87,7 +87,7 @@ def _auxk(sae, x, residual, dead, k_aux, total_var):
 
 
 def train_forward(sae, x, y, *, dead=None, k_aux=256, auxk_coeff=1 / 32, l1_coeff=1.0,
-                  l0_coeff=1e-3, bandwidth=1e-3, threshold_momentum=0.99) -> StepOut:
+                  l0_coeff=1e-3, bandwidth=1e-3, threshold_momentum=0.9) -> StepOut:
     """One training forward of sae on x [N, d_in] against target y [N, d_out]."""
     yc = y - y.mean(0)
     total_var = yc.pow(2).sum().clamp_min(torch.finfo(y.dtype).tiny)
