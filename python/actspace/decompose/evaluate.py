@@ -153,8 +153,10 @@ def _tokenize(texts, tokenizer, max_length: int, device):
             raise ValueError("tokenizer is required when texts are strings")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        batch = dict(tokenizer(list(texts), return_tensors="pt", padding=True,
-                               truncation=True, max_length=max_length))
+        enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_length)
+        # only ids and mask: token_type_ids would be added as embeddings by e.g. GPT-2
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     batch.setdefault("attention_mask", torch.ones_like(batch["input_ids"]))
     return {k: v.to(device) for k, v in batch.items()}
 
