@@ -80,3 +80,16 @@ def random_store(root, d=16, sizes=(37, 50, 21), seed=0):
                        "token_ids": torch.randint(0, 1000, (n,), generator=g),
                        "doc_ids": doc_ids.long(), "positions": positions.long()})
     return write_store(root, shards, d), shards
+
+
+class TinySAELoader:
+    """Stands in for actspace.SAE in CLI tests: load(path) reads tiny.json."""
+
+    @staticmethod
+    def save(path, **cfg):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "tiny.json").write_text(json.dumps(cfg))
+
+    @staticmethod
+    def load(path):
+        return TinySAE(**json.loads((Path(path) / "tiny.json").read_text()))

@@ -129,7 +129,7 @@ def _splice_fn(kind: str, sae, mean: torch.Tensor | None):
             return mean.to(x.dtype).to(x.device).expand_as(x).clone()
         x_hat = sae(_sae_apply_dtype(sae, flat))[0]
         if kind == "sae":
-            return x_hat.to(x.dtype).reshape(x.shape)
+            return x_hat.to(device=x.device, dtype=x.dtype).reshape(x.shape)
         # x̂ + (x - x̂) in float64: exact for float32/16 inputs, so the model output is unchanged
         x64, h64 = flat.to(torch.float64), x_hat.to(torch.float64).to(x.device)
         return (h64 + (x64 - h64)).to(x.dtype).reshape(x.shape)
@@ -192,33 +192,39 @@ def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
     kinds = [k for k in SPLICES if k != "mean_ablation" or mean is not None]
     for chunk in _text_batches(texts, batch_size):
         batch = _tokenize(chunk, tokenizer, max_length, device)
-        mask = batch["attention_mask"].bool()
-        outs = {"clean": model(**batch)}
-        for kind in kinds:
-            with splice(model, hookpoint, _splice_fn(kind, sae, mean)):
-                outs[kind] = model(**batch)
+        mask = batch["attention_mask"].bool()                    # [B, T]
+        clean = model(**batch)
         if causal:
-            tgt_mask = mask[:, 1:] & mask[:, :-1]
-            targets = batch["input_ids"][:, 1:][tgt_mask]
-            logp = {k: torch.log_softmax(o.logits.to(torch.float64), -1) for k, o in outs.items()}
-            for k, lp in logp.items():
-                sel = lp[:, :-1][tgt_mask]
-                sums[k] += -sel.gather(1, targets[:, None]).sum().item()
-            p_clean = logp["clean"][mask]
-            for k in kinds:
-                kl[k] += (p_clean.exp() * (p_clean - logp[k][mask])).sum().item()
-            n_tok += int(tgt_mask.sum())
+            # per real position: its next token and whether it has one (padding masked)
+            ids = batch["input_ids"]
+            nxt = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], 1)[mask]
+            has_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)[mask]
+            lp_clean = torch.log_softmax(clean.logits[mask].to(torch.float64), -1)  # [n, V]
+
+            def ce_sum(lp):
+                return -lp[has_next].gather(1, nxt[has_next, None]).sum().item()
+            sums["clean"] += ce_sum(lp_clean)
+            n_tok += int(has_next.sum())
             n_pos += int(mask.sum())
         else:
             w = mask.unsqueeze(-1).to(torch.float64)
-            pooled = {k: (first_tensor(o).to(torch.float64) * w).sum(1) / w.sum(1)
-                      for k, o in outs.items()}
-            for k in kinds:
-                cos = torch.nn.functional.cosine_similarity(pooled[k], pooled["clean"], dim=-1)
-                sums[k] += cos.sum().item()
-                rel[k] += ((pooled[k] - pooled["clean"]).norm(dim=-1)
-                           / pooled["clean"].norm(dim=-1).clamp_min(1e-30)).sum().item()
-            n_seq += pooled["clean"].shape[0]
+            pool_clean = (first_tensor(clean).to(torch.float64) * w).sum(1) / w.sum(1)
+            n_seq += pool_clean.shape[0]
+        del clean
+        for kind in kinds:           # one spliced output alive at a time (vocab-sized)
+            with splice(model, hookpoint, _splice_fn(kind, sae, mean)):
+                out = model(**batch)
+            if causal:
+                lp = torch.log_softmax(out.logits[mask].to(torch.float64), -1)
+                sums[kind] += ce_sum(lp)
+                kl[kind] += (lp_clean.exp() * (lp_clean - lp)).sum().item()
+            else:
+                pooled = (first_tensor(out).to(torch.float64) * w).sum(1) / w.sum(1)
+                cos = torch.nn.functional.cosine_similarity(pooled, pool_clean, dim=-1)
+                sums[kind] += cos.sum().item()
+                rel[kind] += ((pooled - pool_clean).norm(dim=-1)
+                              / pool_clean.norm(dim=-1).clamp_min(1e-30)).sum().item()
+            del out
     res = {"task": "causal_lm" if causal else "encoder", "hookpoint": hookpoint}
     if causal:
         if n_tok == 0:
