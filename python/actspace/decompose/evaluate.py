@@ -261,7 +261,8 @@ def evaluate_sae(sae, data=None, *, model=None, tokenizer=None, texts=None,
         raise ValueError("give data (activations) and/or model with texts")
     for attr in ("d_in", "d_sae", "encode", "decode"):
         if not hasattr(sae, attr):
-            raise TypeError(f"sae must have {attr!r} (an SAE-like object), got {type(sae).__name__}")
+            raise TypeError(f"sae must have {attr!r} (an SAE-like object), "
+                            f"got {type(sae).__name__}")
     out: dict = {"d_in": sae.d_in, "d_sae": sae.d_sae, "k": getattr(sae, "k", None)}
     mean = None
     if data is not None:

@@ -318,40 +318,46 @@ def top_examples(latent_dir, stats: LatentStats, context: int, tokenizer=None) -
     """Per fired latent, its top-T examples with the token window around them.
 
     One pass over the latent store's token_ids/doc_ids/positions, gathering only the rows
-    inside the windows of top examples (so memory is O(d_sae * T * context))."""
-    tops = stats.top_tokens
-    wanted_tok = tops[tops >= 0].unique()
+    inside the windows of top examples (memory O(d_sae * T * context), not O(rows))."""
+    tops = stats.top_tokens.cpu()                                   # [M, T], -1 = empty
+    lat_of, slot = torch.nonzero(tops >= 0, as_tuple=True)          # one entry per example
+    tok = tops[lat_of, slot]                                        # [E]
     span = torch.arange(-context, context + 1)
-    rows = (wanted_tok.unsqueeze(1) + span).reshape(-1).unique()
+    win = tok[:, None] + span                                       # [E, 2c+1] global rows
+    rows = win.reshape(-1).unique()                                 # sorted
     rows = rows[rows >= 0]
-    found = {}                                     # global row -> (token_id, doc_id, pos)
+    meta = torch.full((rows.numel(), 3), -1, dtype=torch.int64)     # token_id, doc, position
+    have = torch.zeros(rows.numel(), dtype=torch.bool)
     offset = 0
     for shard in iter_store_shards(str(latent_dir), keys=_META_KEYS):
         n = next(iter(shard.values())).shape[0] if shard else 0
-        sel = rows[(rows >= offset) & (rows < offset + n)]
-        if "token_ids" in shard:
-            for r, t, d, p in zip(sel.tolist(), *(shard[k][sel - offset].tolist()
-                                                  if k in shard else [None] * len(sel)
-                                                  for k in _META_KEYS)):
-                found[r] = (t, d, p)
+        sel = (rows >= offset) & (rows < offset + n)
+        if "token_ids" in shard and "doc_ids" in shard:
+            local = rows[sel] - offset
+            pos = shard["positions"][local] if "positions" in shard else torch.full_like(local, -1)
+            meta[sel] = torch.stack([shard["token_ids"][local], shard["doc_ids"][local], pos], 1)
+            have |= sel
         offset += n
-    out = {}
-    for lat in torch.nonzero(stats.counts > 0).flatten().tolist():
-        entries = []
-        for v, tok in zip(stats.top_values[lat].tolist(), tops[lat].tolist()):
-            if tok < 0:
-                continue
-            e = {"value": v, "token": tok}
-            if tok in found:
-                t, d, p = found[tok]
-                window = [r for r in range(tok - context, tok + context + 1)
-                          if r in found and found[r][1] == d]
-                ids = [found[r][0] for r in window]
-                e.update(doc=d, position=p, token_id=t, context_ids=ids,
-                         context_index=window.index(tok))
-                if tokenizer is not None:
-                    e["text"] = tokenizer.decode(ids)
-                    e["token_text"] = tokenizer.decode([t])
-            entries.append(e)
-        out[str(lat)] = entries
+    if rows.numel() == 0:              # nothing fired: no examples
+        return {}
+    at = torch.searchsorted(rows, win.clamp_min(0)).clamp_max(rows.numel() - 1)
+    ok = (win >= 0) & (rows[at] == win) & have[at]                  # [E, 2c+1]
+    centre = at[:, context]
+    ok &= ok[:, context:context + 1] & (meta[at, 1] == meta[centre, 1][:, None])  # same doc
+    ids = meta[at, 0]
+    windows = [ids[e][ok[e]].tolist() for e in range(tok.numel())]
+    texts = tokenizer.batch_decode(windows) if tokenizer is not None else None
+    centre_text = (tokenizer.batch_decode([[t] for t in meta[centre, 0].tolist()])
+                   if tokenizer is not None else None)
+    out: dict = {}
+    values = stats.top_values.cpu()[lat_of, slot].tolist()
+    for e, (lat, t) in enumerate(zip(lat_of.tolist(), tok.tolist())):
+        entry = {"value": values[e], "token": t}
+        if ok[e, context]:
+            entry.update(doc=int(meta[centre[e], 1]), position=int(meta[centre[e], 2]),
+                         token_id=int(meta[centre[e], 0]), context_ids=windows[e],
+                         context_index=int(ok[e, :context].sum()))
+            if tokenizer is not None:
+                entry["text"], entry["token_text"] = texts[e], centre_text[e]
+        out.setdefault(str(lat), []).append(entry)
     return out

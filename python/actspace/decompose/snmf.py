@@ -1,7 +1,7 @@
 """Semi-nonnegative matrix factorisation (SNMF) of activations: X ≈ Z · D.
 
-Why: SAEs need training by SGD; SNMF gives a mixed-sign dictionary D [n_components, d] and
-nonnegative (optionally L1-sparse) codes Z [N, n_components] from a few closed-form and
+Why: SAEs need training by SGD; SNMF gives a mixed-sign dictionary D [n_components, d]
+and nonnegative (optionally L1-sparse) codes Z [N, n_components] from closed-form and
 multiplicative updates ("Decomposing MLP Activations into Interpretable Features via
 Semi-Nonnegative Matrix Factorization"; updates of Ding, Li & Jordan 2010):
 
