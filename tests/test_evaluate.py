@@ -51,6 +51,15 @@ def test_reconstruction_metrics_vs_float64():
     # same numbers from a list of batches and from a store path
     again = evaluate_sae(sae, list(x.split(77)), batch_size=50)["reconstruction"]
     assert again["fvu"] == pytest.approx(res["fvu"], rel=1e-9)
+    # rows with NaN/inf are skipped and counted, the rest give the same numbers
+    bad = torch.cat([x[:100], torch.full((3, d), float("nan")), x[100:]])
+    bad[50, 2] = float("inf")
+    res_bad = evaluate_sae(sae, bad, batch_size=64)["reconstruction"]
+    ref = evaluate_sae(sae, torch.cat([x[:50], x[51:]]), batch_size=64)["reconstruction"]
+    assert res_bad["nonfinite_rows"] == 4 and res_bad["n_tokens"] == N - 1
+    assert res_bad["fvu"] == pytest.approx(ref["fvu"], rel=1e-9)
+    with pytest.raises(ValueError, match="no finite rows"):
+        evaluate_sae(sae, torch.full((3, d), float("nan")))
 
 
 def test_reconstruction_from_store_and_exact_sae(tmp_path):

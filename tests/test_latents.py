@@ -168,6 +168,15 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
     for key in ("count", "sum", "hist", "top_values", "top_tokens"):
         assert torch.equal(resumed.state[key], clean.state[key]), key
     assert resumed.n_tokens == clean.n_tokens == 75
+    # a different SAE or changed source data never mixes into an existing latent store
+    with pytest.raises(ValueError, match="new directory"):
+        encode_store(TinySAE(16, k=3), store, tmp_path / "lat")
+    other, _ = random_store(tmp_path / "acts2", d=16, sizes=(20, 30, 25), seed=5)
+    man = json.loads((tmp_path / "lat" / "manifest.json").read_text())
+    man["source"] = str(other)
+    (tmp_path / "lat" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="different data"):
+        encode_store(sae, other, tmp_path / "lat")
 
 
 def test_encode_store_bad_input(tmp_path):

@@ -47,7 +47,7 @@ def _batches(data, batch_size: int):
 def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold: float = 0.1,
                            n_bins: int = 20, log10_min: float = -8.0) -> dict:
     """FVU, explained variance, MSE, L0, dead/dense latents and a log10 firing-frequency
-    histogram over data. FVU = Σ‖x - x̂‖² / Σ‖x - mean(x)‖², accumulated in float64."""
+    histogram over data. Rows with NaN/inf are skipped and counted (nonfinite_rows). FVU = Σ‖x - x̂‖² / Σ‖x - mean(x)‖², accumulated in float64."""
     d, M = sae.d_in, sae.d_sae
     n = 0
     s1 = torch.zeros(d, dtype=torch.float64)
@@ -55,9 +55,16 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
     sse = 0.0
     l0 = 0
     fires = torch.zeros(M, dtype=torch.int64)
+    nonfinite = 0
     for x in _batches(data, batch_size):
         if x.shape[1] != d:
             raise ValueError(f"data has d={x.shape[1]}, sae.d_in={d}")
+        finite = torch.isfinite(x).all(1)
+        if not bool(finite.all()):     # counted and reported, never folded into the metrics
+            nonfinite += int((~finite).sum())
+            x = x[finite]
+            if x.shape[0] == 0:
+                continue
         x_hat, code = sae(_sae_apply_dtype(sae, x))
         v, ix = _code_parts(code)
         x64 = x.to(torch.float64).cpu()
@@ -69,7 +76,7 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
         fires += torch.bincount(ix.cpu().long()[fired], minlength=M)
         n += x.shape[0]
     if n == 0:
-        raise ValueError("data is empty")
+        raise ValueError(f"data has no finite rows ({nonfinite} rows with NaN/inf skipped)")
     mean = s1 / n
     total = (s2 - n * mean * mean).sum().item()
     fvu = sse / total if total > 0 else float("nan")
@@ -79,7 +86,8 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
     hist = torch.histogram(logf, bins=edges)[0].long() if logf.numel() else \
         torch.zeros(n_bins, dtype=torch.int64)
     return {
-        "n_tokens": n, "mse": sse / (n * d), "fvu": fvu, "explained_variance": 1.0 - fvu,
+        "n_tokens": n, "nonfinite_rows": nonfinite, "mse": sse / (n * d), "fvu": fvu,
+        "explained_variance": 1.0 - fvu,
         "l0": l0 / n, "dead_latents": int((fires == 0).sum()),
         "dead_fraction": float((fires == 0).double().mean()),
         "dense_latents": int((freq > dense_threshold).sum()), "dense_threshold": dense_threshold,

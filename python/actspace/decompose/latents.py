@@ -265,8 +265,12 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     done = []
     if (out / "manifest.json").is_file():         # resume after the last complete shard
         old = read_manifest(out)
-        if old.get("d_sae") == sae.d_sae and old.get("k") == sae.k:
-            done = old["shards"]
+        for key in ("d_sae", "k", "dtype", "source"):
+            if old.get(key) != manifest[key]:
+                raise ValueError(f"out_dir {out} holds latents with {key}={old.get(key)!r}, "
+                                 f"this run has {manifest[key]!r}: use a new directory")
+        done = old["shards"]
+    src_sha = [s.get("sha256") for s in src_manifest.get("shards", [])]
     stats = LatentStats(sae.d_sae, top_t=top_t, n_bins=n_bins)
     offset = 0
     for i, shard in enumerate(tqdm(iter_store_shards(store), disable=not progress,
@@ -274,8 +278,10 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
         file = f"latents_{i:06d}.safetensors"
         rows = shard["acts"].shape[0]
         if i < len(done):
-            if done[i]["rows"] != rows:
-                raise ValueError(f"{out}: shard {i} has {done[i]['rows']} rows, store has {rows}")
+            if done[i]["rows"] != rows or done[i].get("source_sha256") != (
+                    src_sha[i] if i < len(src_sha) else None):
+                raise ValueError(f"{out}: latent shard {i} was encoded from different data "
+                                 "than the store holds now: use a new directory")
             prev = next(iter_store_shards(_OneShard(out / done[i]["file"])))
             stats.update((prev["values"], prev["indices"]), offset)
             manifest["shards"].append(done[i])
@@ -294,7 +300,8 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
             tensors = {"values": torch.cat(vals), "indices": torch.cat(idxs)}
             tensors.update({k: shard[k] for k in _META_KEYS if k in shard})
             sha = write_shard_atomic(out, file, tensors)
-            manifest["shards"].append({"file": file, "rows": rows, "sha256": sha})
+            manifest["shards"].append({"file": file, "rows": rows, "sha256": sha,
+                                       "source_sha256": src_sha[i] if i < len(src_sha) else None})
         offset += rows
         manifest["rows"] = offset
         _write_json_atomic(out / "manifest.json", manifest)
