@@ -1,0 +1,370 @@
+"""Latents over a dataset: per-latent statistics (LatentStats) and a sparse latent store.
+
+`LatentStats` wraps the `stats` kernels (actspace.ops.stats latent_*) in an object that can
+be updated batch by batch, merged across workers and saved. `encode_store` runs an SAE over
+a whole activation store and writes its codes as a sparse latent store (same directory
+layout as the activation store: manifest.json + safetensors shards, written crash-safe),
+with the LatentStats and the top-T examples' token context saved beside it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+_STATS_TENSORS = "latent_stats.safetensors"
+_STATS_META = "latent_stats.json"
+_META_KEYS = ("token_ids", "doc_ids", "positions")
+
+
+def _code_parts(code):
+    """(values [N, k], indices [N, k]) of a sparse code object or a (values, indices) pair."""
+    if hasattr(code, "values") and hasattr(code, "indices") and not callable(code.values):
+        return code.values, code.indices
+    if isinstance(code, (tuple, list)) and len(code) == 2:
+        return code[0], code[1]
+    raise TypeError("code must have .values and .indices [N, k] or be a (values, indices) "
+                    f"pair, got {type(code).__name__}")
+
+
+class LatentStats:
+    """Streaming per-latent statistics of sparse codes over a token stream.
+
+    Firing counts and frequency, mean activation (over tokens where the latent fires),
+    a log10-spaced histogram of firing values per latent and the top-T max-activating
+    examples (value, global token index). State layout: actspace.reference.stats.latent_init.
+    """
+
+    def __init__(self, d_sae: int, top_t: int = 16, n_bins: int = 32, *,
+                 log10_min: float = -4.0, log10_max: float = 3.0, device="cpu"):
+        if not isinstance(d_sae, int) or d_sae <= 0:
+            raise ValueError(f"d_sae must be a positive int, got {d_sae!r}")
+        if not isinstance(top_t, int) or top_t <= 0:
+            raise ValueError(f"top_t must be a positive int, got {top_t!r}")
+        if not isinstance(n_bins, int) or n_bins <= 0:
+            raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+        if not log10_min < log10_max:
+            raise ValueError(f"log10_min must be < log10_max, got {log10_min}, {log10_max}")
+        from ..ops import stats as ops_stats
+
+        self.state = ops_stats.latent_init(d_sae, top_t=top_t, n_bins=n_bins,
+                                           log10_min=log10_min, log10_max=log10_max,
+                                           device=device)
+        self.n_tokens = 0      # tokens seen (rows of codes), fired or not
+        self.next_token = 0    # default token_offset of the next update
+
+    # ------------------------------------------------------------------ accumulate
+    def update(self, code, token_offset: int | None = None) -> "LatentStats":
+        """Fold a code (values/indices [N, k], -1 = empty) in; row n is global token
+        token_offset + n (default: continue after the previous update)."""
+        from ..ops import stats as ops_stats
+
+        values, indices = _code_parts(code)
+        if values.dim() != 2 or indices.shape != values.shape:
+            raise ValueError(f"code values/indices must both be [N, k], got "
+                             f"{list(values.shape)} and {list(indices.shape)}")
+        if token_offset is None:
+            token_offset = self.next_token
+        if not isinstance(token_offset, int) or token_offset < 0:
+            raise ValueError(f"token_offset must be a non-negative int, got {token_offset!r}")
+        dev = self.state["count"].device
+        ops_stats.latent_update(self.state, values.to(dev), indices.to(dev), token_offset)
+        self.n_tokens += values.shape[0]
+        self.next_token = token_offset + values.shape[0]
+        return self
+
+    def merge(self, other: "LatentStats") -> "LatentStats":
+        """Fold another LatentStats (same d_sae, top_t, n_bins, range) into this one."""
+        from ..ops import stats as ops_stats
+
+        if not isinstance(other, LatentStats):
+            raise TypeError(f"other must be a LatentStats, got {type(other).__name__}")
+        for key in ("hist", "top_values"):
+            if other.state[key].shape != self.state[key].shape:
+                raise ValueError(f"other.{key} has shape {list(other.state[key].shape)}, "
+                                 f"expected {list(self.state[key].shape)}")
+        if not torch.equal(other.state["hist_range"], self.state["hist_range"]):
+            raise ValueError("other has a different histogram range")
+        merged = ops_stats.latent_merge(self.state, other.state)
+        self.state = merged
+        self.n_tokens += other.n_tokens
+        self.next_token = max(self.next_token, other.next_token)
+        return self
+
+    # ------------------------------------------------------------------ results
+    @property
+    def d_sae(self) -> int:
+        return self.state["count"].shape[0]
+
+    @property
+    def counts(self) -> torch.Tensor:          # int64 [d_sae]
+        return self.state["count"]
+
+    @property
+    def frequency(self) -> torch.Tensor:       # float64 [d_sae], firings per token
+        return self.state["count"].to(torch.float64) / max(self.n_tokens, 1)
+
+    @property
+    def mean_activation(self) -> torch.Tensor:  # float64 [d_sae], mean value when firing
+        return self.state["sum"] / self.state["count"].clamp_min(1)
+
+    @property
+    def hist(self) -> torch.Tensor:            # int64 [d_sae, n_bins]
+        return self.state["hist"]
+
+    @property
+    def hist_edges(self) -> torch.Tensor:      # float64 [n_bins + 1]
+        from ..reference.stats import latent_hist_edges
+
+        lo, hi = self.state["hist_range"].tolist()
+        return latent_hist_edges(self.state["hist"].shape[1], lo, hi)
+
+    @property
+    def top_values(self) -> torch.Tensor:      # float32 [d_sae, T], -inf = empty
+        return self.state["top_values"]
+
+    @property
+    def top_tokens(self) -> torch.Tensor:      # int64 [d_sae, T], -1 = empty
+        return self.state["top_tokens"]
+
+    def dead(self) -> torch.Tensor:            # bool [d_sae]
+        return self.state["count"] == 0
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write latent_stats.safetensors + latent_stats.json into directory path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
+        tmp = path / (_STATS_TENSORS + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path / _STATS_TENSORS)
+        _write_json_atomic(path / _STATS_META, {"format_version": FORMAT_VERSION,
+                                                "n_tokens": self.n_tokens,
+                                                "next_token": self.next_token})
+
+    @classmethod
+    def load(cls, path, device="cpu") -> "LatentStats":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / _STATS_TENSORS).is_file():
+            raise FileNotFoundError(f"no {_STATS_TENSORS} in {path}")
+        tensors = load_file(str(path / _STATS_TENSORS))
+        meta = json.loads((path / _STATS_META).read_text())
+        lo, hi = tensors["hist_range"].tolist()
+        M, T = tensors["top_values"].shape
+        out = cls(M, top_t=T, n_bins=tensors["hist"].shape[1], log10_min=lo, log10_max=hi,
+                  device=device)
+        out.state = {k: v.to(device) if k != "hist_range" else v for k, v in tensors.items()}
+        out.n_tokens, out.next_token = int(meta["n_tokens"]), int(meta["next_token"])
+        return out
+
+
+# ---------------------------------------------------------------------- store I/O
+def iter_store_shards(store, keys=("acts",) + _META_KEYS):
+    """Yield each shard of an activation (or latent) store, in order, as a dict of tensors.
+
+    The one place that reads a store: `store` is a directory path (manifest.json with
+    "shards": [{"file", "rows", "sha256"}] + safetensors shards) or an object with
+    iter_shards() yielding such dicts (e.g. an ActivationStore)."""
+    if hasattr(store, "iter_shards"):
+        yield from store.iter_shards()
+        return
+    if not isinstance(store, (str, os.PathLike)):
+        raise TypeError(f"store must be a path or have iter_shards(), got {type(store).__name__}")
+    from safetensors import safe_open
+
+    root = Path(store)
+    manifest = read_manifest(root)
+    for shard in manifest["shards"]:
+        with safe_open(str(root / shard["file"]), framework="pt") as f:
+            names = set(f.keys())
+            yield {k: f.get_tensor(k) for k in keys if k in names}
+
+
+def read_manifest(root) -> dict:
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"store {root}: no manifest.json")
+    manifest = json.loads(path.read_text())
+    if "shards" not in manifest:
+        raise ValueError(f"store {root}: manifest.json has no 'shards'")
+    return manifest
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard_atomic(root: Path, file: str, tensors: dict) -> str:
+    """Write a safetensors shard under a temp name, fsync, rename; return its sha256.
+    (The capture writer does the same for activation stores.)"""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    tmp = root / (file + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / file)
+    dir_fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------- encode_store
+def _sae_apply_dtype(sae, x):
+    return x.to(device=getattr(sae, "device", x.device), dtype=getattr(sae, "dtype", x.dtype))
+
+
+def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
+                 values_dtype: torch.dtype = torch.float16, context: int = 8,
+                 tokenizer=None, top_t: int = 16, n_bins: int = 32, progress: bool = False):
+    """Encode every row of an activation store with `sae` into a sparse latent store.
+
+    out_dir gets one latent shard per input shard (`indices` int32 [rows, k], `values`
+    values_dtype [rows, k], and the store's token_ids/doc_ids/positions), manifest.json
+    updated atomically after each shard, LatentStats (latent_stats.*) and top_examples.json
+    (per latent: value, token, doc, position and the token window of +-context tokens of
+    the same document, decoded to text when a tokenizer is given); the stats are of the
+    values as stored (rounded to values_dtype). Rerunning on a partly
+    written out_dir resumes after its last complete shard. Returns the LatentStats."""
+    from tqdm import tqdm
+
+    if values_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"values_dtype must be float16, bfloat16 or float32, got {values_dtype}")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(context, int) or context < 0:
+        raise ValueError(f"context must be a non-negative int, got {context!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src_manifest = read_manifest(store) if isinstance(store, (str, os.PathLike)) else {}
+    if src_manifest and int(src_manifest.get("d", sae.d_in)) != sae.d_in:
+        raise ValueError(f"store has d={src_manifest['d']} but sae.d_in={sae.d_in}")
+    manifest = {"format_version": FORMAT_VERSION, "kind": "latents", "d_sae": sae.d_sae,
+                "k": sae.k, "hookpoint": getattr(sae, "hookpoint", None),
+                "dtype": str(values_dtype).replace("torch.", ""),
+                "source": str(store) if src_manifest else None, "rows": 0, "shards": []}
+    done = []
+    if (out / "manifest.json").is_file():         # resume after the last complete shard
+        old = read_manifest(out)
+        for key in ("d_sae", "k", "dtype", "source"):
+            if old.get(key) != manifest[key]:
+                raise ValueError(f"out_dir {out} holds latents with {key}={old.get(key)!r}, "
+                                 f"this run has {manifest[key]!r}: use a new directory")
+        done = old["shards"]
+    src_sha = [s.get("sha256") for s in src_manifest.get("shards", [])]
+    stats = LatentStats(sae.d_sae, top_t=top_t, n_bins=n_bins)
+    offset = 0
+    for i, shard in enumerate(tqdm(iter_store_shards(store), disable=not progress,
+                                   desc="encode", unit="shard")):
+        file = f"latents_{i:06d}.safetensors"
+        rows = shard["acts"].shape[0]
+        if i < len(done):
+            if done[i]["rows"] != rows or done[i].get("source_sha256") != (
+                    src_sha[i] if i < len(src_sha) else None):
+                raise ValueError(f"{out}: latent shard {i} was encoded from different data "
+                                 "than the store holds now: use a new directory")
+            prev = next(iter_store_shards(_OneShard(out / done[i]["file"])))
+            stats.update((prev["values"], prev["indices"]), offset)
+            manifest["shards"].append(done[i])
+        else:
+            vals, idxs = [], []
+            with torch.no_grad():
+                for s in range(0, rows, batch_size):
+                    x = _sae_apply_dtype(sae, shard["acts"][s:s + batch_size])
+                    code = sae.encode(x)
+                    v, ix = _code_parts(code)
+                    # stats of the values as stored, so a resumed run gives identical stats
+                    v, ix = v.to(values_dtype).cpu(), ix.to(torch.int32).cpu()
+                    stats.update((v, ix), offset + s)
+                    vals.append(v)
+                    idxs.append(ix)
+            tensors = {"values": torch.cat(vals), "indices": torch.cat(idxs)}
+            tensors.update({k: shard[k] for k in _META_KEYS if k in shard})
+            sha = write_shard_atomic(out, file, tensors)
+            manifest["shards"].append({"file": file, "rows": rows, "sha256": sha,
+                                       "source_sha256": src_sha[i] if i < len(src_sha) else None})
+        offset += rows
+        manifest["rows"] = offset
+        _write_json_atomic(out / "manifest.json", manifest)
+    stats.save(out)
+    _write_json_atomic(out / "top_examples.json", top_examples(out, stats, context, tokenizer))
+    return stats
+
+
+class _OneShard:
+    """A one-shard view with iter_shards(), to reuse iter_store_shards on a single file."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def iter_shards(self):
+        from safetensors.torch import load_file
+        yield load_file(str(self.file))
+
+
+def top_examples(latent_dir, stats: LatentStats, context: int, tokenizer=None) -> dict:
+    """Per fired latent, its top-T examples with the token window around them.
+
+    One pass over the latent store's token_ids/doc_ids/positions, gathering only the rows
+    inside the windows of top examples (memory O(d_sae * T * context), not O(rows))."""
+    tops = stats.top_tokens.cpu()                                   # [M, T], -1 = empty
+    lat_of, slot = torch.nonzero(tops >= 0, as_tuple=True)          # one entry per example
+    tok = tops[lat_of, slot]                                        # [E]
+    span = torch.arange(-context, context + 1)
+    win = tok[:, None] + span                                       # [E, 2c+1] global rows
+    rows = win.reshape(-1).unique()                                 # sorted
+    rows = rows[rows >= 0]
+    meta = torch.full((rows.numel(), 3), -1, dtype=torch.int64)     # token_id, doc, position
+    have = torch.zeros(rows.numel(), dtype=torch.bool)
+    offset = 0
+    for shard in iter_store_shards(str(latent_dir), keys=_META_KEYS):
+        n = next(iter(shard.values())).shape[0] if shard else 0
+        sel = (rows >= offset) & (rows < offset + n)
+        if "token_ids" in shard and "doc_ids" in shard:
+            local = rows[sel] - offset
+            pos = shard["positions"][local] if "positions" in shard else torch.full_like(local, -1)
+            meta[sel] = torch.stack([shard["token_ids"][local], shard["doc_ids"][local], pos], 1)
+            have |= sel
+        offset += n
+    if rows.numel() == 0:              # nothing fired: no examples
+        return {}
+    at = torch.searchsorted(rows, win.clamp_min(0)).clamp_max(rows.numel() - 1)
+    ok = (win >= 0) & (rows[at] == win) & have[at]                  # [E, 2c+1]
+    centre = at[:, context]
+    ok &= ok[:, context:context + 1] & (meta[at, 1] == meta[centre, 1][:, None])  # same doc
+    ids = meta[at, 0]
+    windows = [ids[e][ok[e]].tolist() for e in range(tok.numel())]
+    texts = tokenizer.batch_decode(windows) if tokenizer is not None else None
+    centre_text = (tokenizer.batch_decode([[t] for t in meta[centre, 0].tolist()])
+                   if tokenizer is not None else None)
+    out: dict = {}
+    values = stats.top_values.cpu()[lat_of, slot].tolist()
+    for e, (lat, t) in enumerate(zip(lat_of.tolist(), tok.tolist())):
+        entry = {"value": values[e], "token": t}
+        if ok[e, context]:
+            entry.update(doc=int(meta[centre[e], 1]), position=int(meta[centre[e], 2]),
+                         token_id=int(meta[centre[e], 0]), context_ids=windows[e],
+                         context_index=int(ok[e, :context].sum()))
+            if tokenizer is not None:
+                entry["text"], entry["token_text"] = texts[e], centre_text[e]
+        out.setdefault(str(lat), []).append(entry)
+    return out
