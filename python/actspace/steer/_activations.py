@@ -29,9 +29,11 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def tokenize(tokenizer, texts: list[str], device) -> dict:
+def tokenize(tokenizer, texts: list[str], device, model=None) -> dict:
     """input_ids / attention_mask [B, T] padded on tokenizer.padding_side; works for
-    tokenizers without a pad token (pads with eos or 0: the mask hides it anyway)."""
+    tokenizers without a pad token (pads with eos or 0: the mask hides it anyway).
+    With a model whose forward takes position_ids, they count real tokens only (as
+    generate does), so a left-padded text gets the activations it would get alone."""
     ids = [tokenizer(t)["input_ids"] for t in texts]
     for t, row in zip(texts, ids):
         if not row:
@@ -47,7 +49,18 @@ def tokenize(tokenizer, texts: list[str], device) -> dict:
         sl = slice(T - len(r), T) if left else slice(0, len(r))
         input_ids[i, sl] = torch.tensor(r, dtype=torch.long)
         mask[i, sl] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+    out = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+    if model is not None and _takes_position_ids(model):
+        out["position_ids"] = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1).to(device)
+    return out
+
+
+def _takes_position_ids(model) -> bool:
+    import inspect
+    try:
+        return "position_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor, position) -> torch.Tensor:
@@ -99,7 +112,7 @@ def pooled_activations(model, tokenizer, texts: list[str], hookpoints: list[str]
             from tqdm import tqdm
             it = tqdm(it, desc="activations", unit="batch")
         for s in it:
-            batch = tokenize(tokenizer, texts[s:s + batch_size], device)
+            batch = tokenize(tokenizer, texts[s:s + batch_size], device, model)
             current.clear()
             model(**batch)
             m = batch["attention_mask"].bool()

@@ -130,7 +130,7 @@ def steering_sweep(model, tokenizer, vector, alphas, *, neutral_texts, target=No
     fn, read_hp = _make_target(target, model, pooling)
     want_hidden = fn is not None and read_hp is None and isinstance(target, dict) and "probe" in target
     device = A.model_device(model)
-    batches = [A.tokenize(tokenizer, texts[s:s + batch_size], device)
+    batches = [A.tokenize(tokenizer, texts[s:s + batch_size], device, model)
                for s in range(0, len(texts), batch_size)]
     readout = {}
     read_module = resolve(model, read_hp)[0] if read_hp else None
