@@ -1,0 +1,50 @@
+"""The package builds, imports lightly, and reports what was compiled."""
+import subprocess
+import sys
+
+import pytest
+
+import actspace
+
+
+def test_build_info_fields():
+    info = actspace.build_info()
+    assert info["version"] == actspace.__version__
+    assert isinstance(info["cuda"], bool)
+    assert isinstance(info["cuda_archs"], list)
+    assert info["cuda"] == bool(info["cuda_archs"])
+    assert isinstance(info["openmp"], bool)
+    assert info["simd"] in info["simd_compiled"]
+
+
+def test_import_is_light():
+    """`import actspace` must not import torch (CLIs start before torch does)."""
+    code = "import sys, actspace; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_unknown_attribute():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        actspace.nope  # noqa: B018
+
+
+def test_backend_argument_checked():
+    import torch
+
+    from actspace.ops._common import use_kernel
+
+    with pytest.raises(ValueError, match="backend"):
+        use_kernel("topk_encode", torch.device("cpu"), "fast")
+    assert use_kernel("topk_encode", torch.device("cpu"), "reference") is False
+
+
+def test_cuda_not_routed_until_verified():
+    """DESIGN: CUDA tensors take the reference path until the GPU suite passed on a GPU."""
+    import torch
+
+    from actspace.ops._common import VERIFIED_CUDA, use_kernel
+
+    for family in ("topk_encode", "sparse_decode", "stats"):
+        if family not in VERIFIED_CUDA:
+            assert use_kernel(family, torch.device("cuda"), "auto") is False
