@@ -197,12 +197,17 @@ def masked_update(x: torch.Tensor, new: torch.Tensor, info: StepInfo) -> torch.T
     return torch.where(info.mask.unsqueeze(-1), new, x)
 
 
+def work_dtype(x: torch.Tensor) -> torch.dtype:
+    """Edits compute in float32 for half types and in float64 for float64 models."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def add_direction(x: torch.Tensor, delta: torch.Tensor, info: StepInfo,
                   preserve_norm: bool = False) -> torch.Tensor:
     """x + delta on editable tokens; delta [d] or [..., d]. With preserve_norm each edited
-    token is rescaled to its original norm (in float32, then cast back)."""
-    xf = x.float()
-    new = xf + delta.to(device=x.device, dtype=torch.float32)
+    token is rescaled to its original norm (in float32 or wider, then cast back)."""
+    xf = x.to(work_dtype(x))
+    new = xf + delta.to(device=x.device, dtype=xf.dtype)
     if preserve_norm:
         scale = xf.norm(dim=-1, keepdim=True) / new.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         new = new * scale
