@@ -66,6 +66,8 @@ class _CallState:
         st = {"attention_mask": bound.get("attention_mask"),
               "cache_position": bound.get("cache_position"),
               "past_key_values": bound.get("past_key_values")}
+        # read the cache length now: layers append to the cache during the forward
+        st["past_len"] = _past_len(st)
         self.stack.append(st)
 
     def pop(self) -> None:
@@ -87,7 +89,7 @@ class _CallState:
             # index of each token among the row's real tokens (left padding shifts it)
             real_index = (am.long().cumsum(1) - 1)[:, past:]
         else:
-            past = _past_len(st)
+            past = st.get("past_len", 0)
             mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
             real_index = torch.arange(past, past + T, device=x.device).expand(B, T)
         if positions == "prompt" and past > 0 or positions == "generated" and past == 0:
