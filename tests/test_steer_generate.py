@@ -162,13 +162,16 @@ def test_cached_forward_without_attention_mask(lm):
     vec = torch.randn(D, generator=torch.Generator().manual_seed(5))
     v = SteeringVector({hookpoint: vec})
     ids = torch.randint(1, 101, (1, 7), generator=torch.Generator().manual_seed(6))
-    for positions in ("prompt", "generated"):
+    for positions in ("prompt", "generated", slice(5, 6), slice(1, 3)):
         with torch.no_grad(), v.apply(lm, 1.0, positions=positions):
             pre = lm(input_ids=ids[:, :5], use_cache=True)
             step = lm(input_ids=ids[:, 5:], past_key_values=pre.past_key_values, use_cache=True).logits
         steer = torch.zeros(1, 7, dtype=torch.bool)
-        steer[:, :5] = positions == "prompt"
-        steer[:, 5:] = positions == "generated"
+        if isinstance(positions, slice):
+            steer[:, positions] = True
+        else:
+            steer[:, :5] = positions == "prompt"
+            steer[:, 5:] = positions == "generated"
         ref = _manual_logits(lm, hookpoint, vec, ids, torch.ones(1, 7, dtype=torch.long), steer,
                              torch.arange(7).unsqueeze(0))
         torch.testing.assert_close(pre.logits, ref[:, :5], atol=2e-5, rtol=1e-4)
