@@ -31,6 +31,7 @@ class StepInfo:
     """What an edit function knows about the tokens of the current forward."""
     past_len: int                  # tokens already in the KV cache before this forward
     mask: torch.Tensor | None      # [B, T] bool: tokens that may be edited (None: all)
+    skip: bool = False             # nothing to edit in this forward (decided without a sync)
 
 
 def _positions_ok(positions) -> None:
@@ -78,8 +79,7 @@ class _CallState:
         """Editable-token mask for activation x [B, T, d] under `positions`."""
         st = self.stack[-1] if self.stack else {}
         if x.dim() != 3:   # not a [B, T, d] stream: no padding or position to respect
-            return StepInfo(0, None if positions in ("all", "prompt") else
-                            torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device))
+            return StepInfo(0, None, skip=positions not in ("all", "prompt"))
         B, T = x.shape[0], x.shape[1]
         am = st.get("attention_mask")
         if isinstance(am, torch.Tensor) and am.dim() == 2 and am.shape[0] == B and am.shape[1] >= T:
@@ -93,8 +93,8 @@ class _CallState:
             mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
             real_index = torch.arange(past, past + T, device=x.device).expand(B, T)
         if positions == "prompt" and past > 0 or positions == "generated" and past == 0:
-            mask = torch.zeros_like(mask)
-        elif isinstance(positions, slice):
+            return StepInfo(past, None, skip=True)
+        if isinstance(positions, slice):
             lo = positions.start or 0
             hi = positions.stop if positions.stop is not None else 1 << 62
             mask = mask & (real_index >= lo) & (real_index < hi)
@@ -154,9 +154,8 @@ class Intervention:
 
     def _apply(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
         info = self._state.step(x, self.positions)
-        if info.mask is not None and not bool(info.mask.any()):
-            return None
-        return self._edit(x, info, name)
+        # no `mask.any()` test: it would synchronise a GPU at every hooked layer
+        return None if info.skip else self._edit(x, info, name)
 
     def _make_out_hook(self, name):
         def hook(module, args, output):
