@@ -82,6 +82,15 @@ def _direction(method: str, xp: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
     return u * (diff @ u)
 
 
+def _atomic(target: Path, write) -> None:
+    """write(tmp) then fsync and rename: a crash never leaves a half-written file."""
+    tmp = target.with_name(target.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
 class SteeringVector:
     """vectors: {hookpoint: [d] float32 tensor}; provenance: json-able dict."""
 
@@ -183,14 +192,9 @@ class SteeringVector:
         path = Path(path)
         meta = {"format": _FORMAT, "hookpoints": self.hookpoints, "provenance": self.provenance}
         tensors = {f"vector.{i}": v for i, v in enumerate(self.vectors.values())}
-        for target, write in ((path, lambda p: save_file(tensors, str(p), metadata={"actspace": "steering"})),
-                              (path.with_suffix(".json"),
-                               lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False)))):
-            tmp = target.with_name(target.name + ".tmp")
-            write(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+        _atomic(path, lambda p: save_file(tensors, str(p), metadata={"actspace": "steering"}))
+        _atomic(path.with_suffix(".json"),
+                lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False)))
 
     @classmethod
     def load(cls, path) -> "SteeringVector":
