@@ -159,3 +159,46 @@ def test_bad_input(gpt2, tok):
         with SteeringVector({hp: torch.ones(5)}).apply(gpt2, 1.0):
             gpt2(input_ids=torch.tensor([[1, 2]]))
     assert len(gpt2.transformer.h[1]._forward_hooks) == n_hooks
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from actspace.steer import _activations as A  # noqa: E402
+from actspace.steer.gguf import read_control_vector, write_control_vector  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(lens=st.lists(st.integers(1, 7), min_size=1, max_size=4), left=st.booleans(),
+       position=st.sampled_from(["last", "mean", 0, 2, -1, -3]), seed=st.integers(0, 1000))
+def test_pool_matches_per_row_float64(lens, left, position, seed):
+    g = torch.Generator().manual_seed(seed)
+    T, d = max(lens), 5
+    x = torch.randn(len(lens), T, d, generator=g, dtype=torch.float64)
+    mask = torch.zeros(len(lens), T, dtype=torch.long)
+    for i, n in enumerate(lens):
+        mask[i, (T - n if left else 0):(T if left else n)] = 1
+    ok = isinstance(position, str) or all(-n <= position < n for n in lens)
+    if not ok:
+        with pytest.raises(ValueError, match="position"):
+            A.pool(x, mask, position)
+        return
+    got = A.pool(x, mask, position)
+    for i, n in enumerate(lens):
+        real = x[i, mask[i].bool()]                                    # [n, d]
+        ref = real.mean(0) if position == "mean" else real[-1] if position == "last" else real[position]
+        torch.testing.assert_close(got[i].double(), ref, atol=1e-6, rtol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(layers=st.sets(st.integers(1, 40), min_size=1, max_size=5), d=st.integers(1, 70),
+       hint=st.text(max_size=12), seed=st.integers(0, 1000))
+def test_gguf_round_trip_property(tmp_path_factory, layers, d, hint, seed):
+    g = torch.Generator().manual_seed(seed)
+    dirs = {l: torch.randn(d, generator=g).numpy() for l in layers}
+    path = tmp_path_factory.mktemp("g") / "cv.gguf"
+    write_control_vector(path, dirs, hint)
+    back, meta = read_control_vector(path)
+    assert meta["controlvector.model_hint"] == hint and meta["controlvector.layer_count"] == len(layers)
+    assert sorted(back) == sorted(layers)
+    for l in layers:
+        assert back[l].dtype.str == "<f4" and (back[l] == dirs[l]).all()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from pathlib import Path
 
@@ -150,8 +151,9 @@ class SteeringVector:
     def delta(self, hookpoint: str, alpha: float, alpha_units: str = "raw") -> torch.Tensor:
         """The vector added at `hookpoint` [d]: alpha * v ("raw"), or alpha times the mean
         activation norm there along the unit direction ("norm")."""
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-            raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
+            raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+        alpha = float(alpha)
         v = self.vectors[hookpoint]
         if alpha_units == "raw":
             return alpha * v
@@ -167,8 +169,13 @@ class SteeringVector:
     def apply(self, model, alpha: float, *, positions="all", normalize: bool = False,
               alpha_units: str = "raw", hookpoints=None) -> Intervention:
         """Add alpha·v at each hookpoint (or the given subset) in every forward and generate
-        step until the returned context exits. normalize=True rescales each steered token
-        to its original norm. Padding tokens are never steered."""
+        step until the returned context exits (or .remove() is called).
+
+        positions: "all"; "prompt" (tokens of a forward with an empty KV cache);
+        "generated" (tokens of later, cached forwards: each generated token once); or a
+        slice of token indices counted over each row's real tokens (padding excluded).
+        normalize=True rescales each steered token to its original norm. Padding tokens
+        (attention_mask == 0 in the top-level model call) are never steered."""
         hps = self.hookpoints if hookpoints is None else (
             [hookpoints] if isinstance(hookpoints, str) else list(hookpoints))
         for h in hps:
