@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import _activations as A
-from ._hooks import Intervention, add_direction
+from ._hooks import Intervention, add_direction, work_dtype
 
 _METHODS = ("mean", "pca", "probe")
 _FORMAT = 1
@@ -182,13 +182,17 @@ class SteeringVector:
             if h not in self.vectors:
                 raise ValueError(f"hookpoints: {h!r} is not one of this vector's {self.hookpoints}")
         deltas = {h: self.delta(h, alpha, alpha_units) for h in hps}
+        placed: dict = {}   # (hookpoint, device, dtype) -> delta there: one copy, not one per step
 
         def edit(x, info, name):
             delta = deltas[name]
             if x.shape[-1] != delta.shape[0]:
                 raise ValueError(f"hookpoint {name!r}: activation has d={x.shape[-1]}, "
                                  f"the steering vector has d={delta.shape[0]}")
-            return add_direction(x, delta, info, preserve_norm=normalize)
+            key = (name, x.device, work_dtype(x))
+            if key not in placed:
+                placed[key] = delta.to(device=x.device, dtype=key[2])
+            return add_direction(x, placed[key], info, preserve_norm=normalize)
 
         return Intervention(model, hps, edit, positions)
 
