@@ -115,8 +115,11 @@ def test_gguf_round_trip_exact_and_header(tmp_path, gpt2):
     raw = path.read_bytes()
     assert raw[:4] == b"GGUF" and struct.unpack_from("<IQQ", raw, 4) == (3, 2, 3)
     for needle in (b"general.architecture", b"controlvector", b"controlvector.model_hint", b"tiny-gpt2",
-                   b"controlvector.layer_count", b"direction.1", b"direction.2"):
+                   b"direction.1", b"direction.2"):
         assert needle in raw
+    key = b"controlvector.layer_count"
+    at = raw.index(key) + len(key)
+    assert struct.unpack_from("<II", raw, at) == (4, 2)             # GGUF uint32 (type 4), value 2
     w = SteeringVector.from_gguf(path, model=gpt2)
     assert w.hookpoints == list(hps) and w.provenance["model"] == "tiny-gpt2"
     for h in hps:
