@@ -205,3 +205,30 @@ def test_gguf_round_trip_property(tmp_path_factory, layers, d, hint, seed):
     assert sorted(back) == sorted(layers)
     for l in layers:
         assert back[l].dtype.str == "<f4" and (back[l] == dirs[l]).all()
+
+
+def test_gguf_interoperates_with_llama_cpp_gguf_package(tmp_path):
+    gguf = pytest.importorskip("gguf", reason="cross-check needs the gguf package (llama.cpp's Python reader)")
+    import numpy as np
+    dirs = {1: np.arange(5, dtype=np.float32), 3: -np.linspace(0, 1, 5, dtype=np.float32)}
+    write_control_vector(tmp_path / "ours.gguf", dirs, "llama")
+    r = gguf.GGUFReader(str(tmp_path / "ours.gguf"))
+    f = r.fields["general.architecture"]
+    assert bytes(f.parts[f.data[0]]).decode() == "controlvector"
+    f = r.fields["controlvector.layer_count"]
+    assert int(f.parts[f.data[0]][0]) == 2
+    assert {t.name: np.array(t.data) for t in r.tensors}.keys() == {"direction.1", "direction.3"}
+    for t in r.tensors:
+        assert (np.array(t.data) == dirs[int(t.name.split(".")[1])]).all()
+    w = gguf.GGUFWriter(str(tmp_path / "theirs.gguf"), "controlvector")
+    w.add_string("controlvector.model_hint", "mistral")
+    w.add_uint32("controlvector.layer_count", 2)
+    w.add_tensor("direction.2", np.ones(7, np.float32))
+    w.add_tensor("direction.5", np.full(7, 2.5, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    back, meta = read_control_vector(tmp_path / "theirs.gguf")
+    assert meta["controlvector.model_hint"] == "mistral" and sorted(back) == [2, 5]
+    assert (back[5] == 2.5).all() and back[2].shape == (7,)
