@@ -21,7 +21,7 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prompt", type=int, default=32)
-    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--new", type=int, default=32)  # generated tokens
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -45,18 +45,32 @@ def main():
         with vec.apply(model, 1.0):
             gen()
 
-    times = {"plain": [], "steered_all_layers": []}
-    for f in (gen, steered):
+    full = torch.randint(1, 1000, (a.batch, a.prompt + a.new))
+
+    def fwd():
+        with torch.no_grad():
+            model(input_ids=full, attention_mask=torch.ones_like(full))
+
+    def fwd_steered():
+        with vec.apply(model, 1.0):
+            fwd()
+
+    cases = {"generate_plain": gen, "generate_steered": steered,
+             "forward_plain": fwd, "forward_steered": fwd_steered}
+    times = {k: [] for k in cases}
+    for f in cases.values():
         f()                                          # warm-up
-    for _ in range(a.repeats):
-        for name, f in (("plain", gen), ("steered_all_layers", steered)):
+    for _ in range(a.repeats):                       # interleaved, so drift hits both alike
+        for name, f in cases.items():
             t = time.perf_counter()
             f()
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"config": vars(a), "dtype": "float32", "device": "cpu", "threads": torch.get_num_threads(),
-           "median_s": med, "ratio_steered_over_plain": med["steered_all_layers"] / med["plain"],
-           "tokens_per_s_plain": a.batch * a.new / med["plain"]}
+           "median_s": med,
+           "ratio_generate_steered_over_plain": med["generate_steered"] / med["generate_plain"],
+           "ratio_forward_steered_over_plain": med["forward_steered"] / med["forward_plain"],
+           "tokens_per_s_generate_plain": a.batch * a.new / med["generate_plain"]}
     text = json.dumps(res, indent=1)
     if a.out:
         with open(a.out, "w") as f:
