@@ -154,3 +154,25 @@ def test_hooks_removed_after_context_and_exception(lm):
                 raise RuntimeError("boom")
         assert (len(hp.module._forward_hooks), len(lm._forward_pre_hooks), len(lm._forward_hooks)) == n_mod
         torch.testing.assert_close(lm(input_ids=ids, attention_mask=am).logits, base, atol=0, rtol=0)
+
+
+def test_cached_forward_without_attention_mask(lm):
+    """No mask: the past length comes from the cache, read before the layers extend it."""
+    hookpoint = layer_hookpoint(lm, 2)
+    vec = torch.randn(D, generator=torch.Generator().manual_seed(5))
+    v = SteeringVector({hookpoint: vec})
+    ids = torch.randint(1, 101, (1, 7), generator=torch.Generator().manual_seed(6))
+    for positions in ("prompt", "generated", slice(5, 6), slice(1, 3)):
+        with torch.no_grad(), v.apply(lm, 1.0, positions=positions):
+            pre = lm(input_ids=ids[:, :5], use_cache=True)
+            step = lm(input_ids=ids[:, 5:], past_key_values=pre.past_key_values, use_cache=True).logits
+        steer = torch.zeros(1, 7, dtype=torch.bool)
+        if isinstance(positions, slice):
+            steer[:, positions] = True
+        else:
+            steer[:, :5] = positions == "prompt"
+            steer[:, 5:] = positions == "generated"
+        ref = _manual_logits(lm, hookpoint, vec, ids, torch.ones(1, 7, dtype=torch.long), steer,
+                             torch.arange(7).unsqueeze(0))
+        torch.testing.assert_close(pre.logits, ref[:, :5], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(step, ref[:, 5:], atol=2e-5, rtol=1e-4)

@@ -115,8 +115,11 @@ def test_gguf_round_trip_exact_and_header(tmp_path, gpt2):
     raw = path.read_bytes()
     assert raw[:4] == b"GGUF" and struct.unpack_from("<IQQ", raw, 4) == (3, 2, 3)
     for needle in (b"general.architecture", b"controlvector", b"controlvector.model_hint", b"tiny-gpt2",
-                   b"controlvector.layer_count", b"direction.1", b"direction.2"):
+                   b"direction.1", b"direction.2"):
         assert needle in raw
+    key = b"controlvector.layer_count"
+    at = raw.index(key) + len(key)
+    assert struct.unpack_from("<II", raw, at) == (4, 2)             # GGUF uint32 (type 4), value 2
     w = SteeringVector.from_gguf(path, model=gpt2)
     assert w.hookpoints == list(hps) and w.provenance["model"] == "tiny-gpt2"
     for h in hps:
@@ -159,3 +162,73 @@ def test_bad_input(gpt2, tok):
         with SteeringVector({hp: torch.ones(5)}).apply(gpt2, 1.0):
             gpt2(input_ids=torch.tensor([[1, 2]]))
     assert len(gpt2.transformer.h[1]._forward_hooks) == n_hooks
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from actspace.steer import _activations as A  # noqa: E402
+from actspace.steer.gguf import read_control_vector, write_control_vector  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(lens=st.lists(st.integers(1, 7), min_size=1, max_size=4), left=st.booleans(),
+       position=st.sampled_from(["last", "mean", 0, 2, -1, -3]), seed=st.integers(0, 1000))
+def test_pool_matches_per_row_float64(lens, left, position, seed):
+    g = torch.Generator().manual_seed(seed)
+    T, d = max(lens), 5
+    x = torch.randn(len(lens), T, d, generator=g, dtype=torch.float64)
+    mask = torch.zeros(len(lens), T, dtype=torch.long)
+    for i, n in enumerate(lens):
+        mask[i, (T - n if left else 0):(T if left else n)] = 1
+    ok = isinstance(position, str) or all(-n <= position < n for n in lens)
+    if not ok:
+        with pytest.raises(ValueError, match="position"):
+            A.pool(x, mask, position)
+        return
+    got = A.pool(x, mask, position)
+    for i, n in enumerate(lens):
+        real = x[i, mask[i].bool()]                                    # [n, d]
+        ref = real.mean(0) if position == "mean" else real[-1] if position == "last" else real[position]
+        torch.testing.assert_close(got[i].double(), ref, atol=1e-6, rtol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(layers=st.sets(st.integers(1, 40), min_size=1, max_size=5), d=st.integers(1, 70),
+       hint=st.text(max_size=12), seed=st.integers(0, 1000))
+def test_gguf_round_trip_property(tmp_path_factory, layers, d, hint, seed):
+    g = torch.Generator().manual_seed(seed)
+    dirs = {l: torch.randn(d, generator=g).numpy() for l in layers}
+    path = tmp_path_factory.mktemp("g") / "cv.gguf"
+    write_control_vector(path, dirs, hint)
+    back, meta = read_control_vector(path)
+    assert meta["controlvector.model_hint"] == hint and meta["controlvector.layer_count"] == len(layers)
+    assert sorted(back) == sorted(layers)
+    for l in layers:
+        assert back[l].dtype.str == "<f4" and (back[l] == dirs[l]).all()
+
+
+def test_gguf_interoperates_with_llama_cpp_gguf_package(tmp_path):
+    gguf = pytest.importorskip("gguf", reason="cross-check needs the gguf package (llama.cpp's Python reader)")
+    import numpy as np
+    dirs = {1: np.arange(5, dtype=np.float32), 3: -np.linspace(0, 1, 5, dtype=np.float32)}
+    write_control_vector(tmp_path / "ours.gguf", dirs, "llama")
+    r = gguf.GGUFReader(str(tmp_path / "ours.gguf"))
+    f = r.fields["general.architecture"]
+    assert bytes(f.parts[f.data[0]]).decode() == "controlvector"
+    f = r.fields["controlvector.layer_count"]
+    assert int(f.parts[f.data[0]][0]) == 2
+    assert {t.name: np.array(t.data) for t in r.tensors}.keys() == {"direction.1", "direction.3"}
+    for t in r.tensors:
+        assert (np.array(t.data) == dirs[int(t.name.split(".")[1])]).all()
+    w = gguf.GGUFWriter(str(tmp_path / "theirs.gguf"), "controlvector")
+    w.add_string("controlvector.model_hint", "mistral")
+    w.add_uint32("controlvector.layer_count", 2)
+    w.add_tensor("direction.2", np.ones(7, np.float32))
+    w.add_tensor("direction.5", np.full(7, 2.5, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    back, meta = read_control_vector(tmp_path / "theirs.gguf")
+    assert meta["controlvector.model_hint"] == "mistral" and sorted(back) == [2, 5]
+    assert (back[5] == 2.5).all() and back[2].shape == (7,)

@@ -31,6 +31,7 @@ class StepInfo:
     """What an edit function knows about the tokens of the current forward."""
     past_len: int                  # tokens already in the KV cache before this forward
     mask: torch.Tensor | None      # [B, T] bool: tokens that may be edited (None: all)
+    skip: bool = False             # nothing to edit in this forward (decided without a sync)
 
 
 def _positions_ok(positions) -> None:
@@ -66,6 +67,8 @@ class _CallState:
         st = {"attention_mask": bound.get("attention_mask"),
               "cache_position": bound.get("cache_position"),
               "past_key_values": bound.get("past_key_values")}
+        # read the cache length now: layers append to the cache during the forward
+        st["past_len"] = _past_len(st)
         self.stack.append(st)
 
     def pop(self) -> None:
@@ -76,8 +79,7 @@ class _CallState:
         """Editable-token mask for activation x [B, T, d] under `positions`."""
         st = self.stack[-1] if self.stack else {}
         if x.dim() != 3:   # not a [B, T, d] stream: no padding or position to respect
-            return StepInfo(0, None if positions in ("all", "prompt") else
-                            torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device))
+            return StepInfo(0, None, skip=positions not in ("all", "prompt"))
         B, T = x.shape[0], x.shape[1]
         am = st.get("attention_mask")
         if isinstance(am, torch.Tensor) and am.dim() == 2 and am.shape[0] == B and am.shape[1] >= T:
@@ -87,12 +89,12 @@ class _CallState:
             # index of each token among the row's real tokens (left padding shifts it)
             real_index = (am.long().cumsum(1) - 1)[:, past:]
         else:
-            past = _past_len(st)
+            past = st.get("past_len", 0)
             mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
             real_index = torch.arange(past, past + T, device=x.device).expand(B, T)
         if positions == "prompt" and past > 0 or positions == "generated" and past == 0:
-            mask = torch.zeros_like(mask)
-        elif isinstance(positions, slice):
+            return StepInfo(past, None, skip=True)
+        if isinstance(positions, slice):
             lo = positions.start or 0
             hi = positions.stop if positions.stop is not None else 1 << 62
             mask = mask & (real_index >= lo) & (real_index < hi)
@@ -152,9 +154,8 @@ class Intervention:
 
     def _apply(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
         info = self._state.step(x, self.positions)
-        if info.mask is not None and not bool(info.mask.any()):
-            return None
-        return self._edit(x, info, name)
+        # no `mask.any()` test: it would synchronise a GPU at every hooked layer
+        return None if info.skip else self._edit(x, info, name)
 
     def _make_out_hook(self, name):
         def hook(module, args, output):
@@ -197,12 +198,17 @@ def masked_update(x: torch.Tensor, new: torch.Tensor, info: StepInfo) -> torch.T
     return torch.where(info.mask.unsqueeze(-1), new, x)
 
 
+def work_dtype(x: torch.Tensor) -> torch.dtype:
+    """Edits compute in float32 for half types and in float64 for float64 models."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def add_direction(x: torch.Tensor, delta: torch.Tensor, info: StepInfo,
                   preserve_norm: bool = False) -> torch.Tensor:
     """x + delta on editable tokens; delta [d] or [..., d]. With preserve_norm each edited
-    token is rescaled to its original norm (in float32, then cast back)."""
-    xf = x.float()
-    new = xf + delta.to(device=x.device, dtype=torch.float32)
+    token is rescaled to its original norm (in float32 or wider, then cast back)."""
+    xf = x.to(work_dtype(x))
+    new = xf + delta.to(device=x.device, dtype=xf.dtype)
     if preserve_norm:
         scale = xf.norm(dim=-1, keepdim=True) / new.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         new = new * scale

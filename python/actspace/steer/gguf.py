@@ -33,8 +33,10 @@ def _kv(key: str, value) -> bytes:
         return _str(key) + struct.pack("<I", _STR) + _str(value)
     if isinstance(value, bool):
         return _str(key) + struct.pack("<I?", _BOOL, value)
-    if isinstance(value, int):
-        return _str(key) + struct.pack("<Ii", _I32, value)
+    if isinstance(value, int):   # repeng/llama.cpp write layer_count as uint32
+        if 0 <= value < 1 << 32:
+            return _str(key) + struct.pack("<II", _U32, value)
+        return _str(key) + struct.pack("<Iq", _I64, value)
     if isinstance(value, float):
         return _str(key) + struct.pack("<If", _F32, value)
     raise TypeError(f"GGUF metadata {key!r}: unsupported value type {type(value).__name__}")

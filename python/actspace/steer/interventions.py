@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._hooks import Intervention, masked_update
+from ._hooks import Intervention, masked_update, work_dtype
 
 
 def _directions(direction, hookpoint) -> dict[str, torch.Tensor]:
@@ -30,7 +30,7 @@ def _directions(direction, hookpoint) -> dict[str, torch.Tensor]:
         raise TypeError("direction must be a SteeringVector or a float tensor of shape [d]")
     if not isinstance(hookpoint, str):
         raise TypeError("hookpoint must be a hookpoint name when direction is a tensor")
-    return {hookpoint: direction.detach().float().cpu()}
+    return {hookpoint: direction.detach().cpu()}
 
 
 def ablate(model, direction, hookpoint=None, *, add: float | None = None,
@@ -38,15 +38,17 @@ def ablate(model, direction, hookpoint=None, *, add: float | None = None,
     """Project `direction` out of the activation: x - (x·v̂)v̂ on every steered token;
     with `add`, then add add·v̂ (ablation followed by addition: every token gets the same
     component along v̂). direction: SteeringVector (all or the given hookpoints) or [d]."""
-    units = {h: v / v.norm().clamp_min(1e-30) for h, v in _directions(direction, hookpoint).items()}
+    units = {h: v.double() / v.double().norm().clamp_min(1e-30)
+             for h, v in _directions(direction, hookpoint).items()}
     if add is not None and (not isinstance(add, (int, float)) or isinstance(add, bool)):
         raise TypeError(f"add must be a number or None, got {type(add).__name__}")
 
     def edit(x, info, name):
-        u = units[name].to(x.device)
-        if x.shape[-1] != u.shape[0]:
-            raise ValueError(f"hookpoint {name!r}: activation has d={x.shape[-1]}, direction has d={u.shape[0]}")
-        xf = x.float()
+        if x.shape[-1] != units[name].shape[0]:
+            raise ValueError(f"hookpoint {name!r}: activation has d={x.shape[-1]}, "
+                             f"direction has d={units[name].shape[0]}")
+        xf = x.to(work_dtype(x))
+        u = units[name].to(x.device, xf.dtype)
         new = xf - (xf @ u).unsqueeze(-1) * u
         if add is not None:
             new = new + add * u
@@ -84,7 +86,7 @@ def steer_with_sae(model, sae, features: dict, mode: str = "clamp", *,
             raise TypeError(f"features[{f}] must be a number, got {type(val).__name__}")
         ids.append(f)
     fid = torch.tensor(ids, dtype=torch.long)
-    target = torch.tensor([float(features[f]) for f in ids], dtype=torch.float32)
+    target = torch.tensor([float(features[f]) for f in ids], dtype=torch.float64)
 
     def edit(x, info, name):
         flat = x.reshape(-1, x.shape[-1])                              # [N, d]
@@ -92,11 +94,12 @@ def steer_with_sae(model, sae, features: dict, mode: str = "clamp", *,
             raise ValueError(f"hookpoint {name!r}: activation has d={flat.shape[1]}, sae.W_dec has d={W.shape[1]}")
         with torch.no_grad():
             code = sae.encode(flat.to(W.dtype))
-            old = _latent_values(code, fid.to(flat.device))            # [N, F] float32
+            old = _latent_values(code, fid.to(flat.device))            # [N, F] float64
         new = target.to(flat.device).expand_as(old) if mode == "clamp" else old + target.to(flat.device)
-        rows = W[fid.to(W.device)].to(device=flat.device, dtype=torch.float32)   # [F, d]
-        delta = (new - old) @ rows                                     # [N, d]
-        out = (flat.float() + delta).to(x.dtype).reshape(x.shape)
+        wd = torch.promote_types(work_dtype(x), W.dtype)
+        rows = W[fid.to(W.device)].to(device=flat.device, dtype=wd)   # [F, d]
+        delta = (new - old).to(wd) @ rows                              # [N, d]
+        out = (flat.to(wd) + delta).to(x.dtype).reshape(x.shape)
         return masked_update(x, out, info)
 
     return Intervention(model, [sae.hookpoint], edit, positions)
@@ -105,7 +108,7 @@ def steer_with_sae(model, sae, features: dict, mode: str = "clamp", *,
 def _latent_values(code, fid: torch.Tensor) -> torch.Tensor:
     """Dense values of latents fid [F] from a sparse (values/indices [N, k]) or dense code."""
     if isinstance(code, torch.Tensor):
-        return code[:, fid].float()
+        return code[:, fid].double()
     if isinstance(code, (tuple, list)) and len(code) == 2:
         values, indices = code
     else:
@@ -113,4 +116,4 @@ def _latent_values(code, fid: torch.Tensor) -> torch.Tensor:
     if not isinstance(values, torch.Tensor) or not isinstance(indices, torch.Tensor):
         raise TypeError("sae.encode must return a dense tensor or a code with .values/.indices")
     hit = indices.unsqueeze(-1) == fid                                 # [N, k, F]; -1 never matches
-    return (values.float().unsqueeze(-1) * hit).sum(1)
+    return (values.double().unsqueeze(-1) * hit).sum(1)

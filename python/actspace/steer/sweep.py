@@ -144,7 +144,7 @@ def steering_sweep(model, tokenizer, vector, alphas, *, neutral_texts, target=No
             h = (read_module.module.register_forward_hook(hook) if read_module.side == "output"
                  else read_module.module.register_forward_pre_hook(hook))
         try:
-            return model(**batch, output_hidden_states=want_hidden)
+            return model(**batch, output_hidden_states=True) if want_hidden else model(**batch)
         finally:
             if h is not None:
                 h.remove()

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from pathlib import Path
 
 import torch
 
 from . import _activations as A
-from ._hooks import Intervention, add_direction
+from ._hooks import Intervention, add_direction, work_dtype
 
 _METHODS = ("mean", "pca", "probe")
 _FORMAT = 1
@@ -80,6 +81,15 @@ def _direction(method: str, xp: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
     w, _ = A.fit_logistic(torch.cat([xp, xn]), torch.cat([torch.ones(len(xp)), torch.zeros(len(xn))]))
     u = w / w.norm().clamp_min(1e-30)
     return u * (diff @ u)
+
+
+def _atomic(target: Path, write) -> None:
+    """write(tmp) then fsync and rename: a crash never leaves a half-written file."""
+    tmp = target.with_name(target.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
 
 
 class SteeringVector:
@@ -141,8 +151,9 @@ class SteeringVector:
     def delta(self, hookpoint: str, alpha: float, alpha_units: str = "raw") -> torch.Tensor:
         """The vector added at `hookpoint` [d]: alpha * v ("raw"), or alpha times the mean
         activation norm there along the unit direction ("norm")."""
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-            raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
+            raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+        alpha = float(alpha)
         v = self.vectors[hookpoint]
         if alpha_units == "raw":
             return alpha * v
@@ -158,21 +169,30 @@ class SteeringVector:
     def apply(self, model, alpha: float, *, positions="all", normalize: bool = False,
               alpha_units: str = "raw", hookpoints=None) -> Intervention:
         """Add alpha·v at each hookpoint (or the given subset) in every forward and generate
-        step until the returned context exits. normalize=True rescales each steered token
-        to its original norm. Padding tokens are never steered."""
+        step until the returned context exits (or .remove() is called).
+
+        positions: "all"; "prompt" (tokens of a forward with an empty KV cache);
+        "generated" (tokens of later, cached forwards: each generated token once); or a
+        slice of token indices counted over each row's real tokens (padding excluded).
+        normalize=True rescales each steered token to its original norm. Padding tokens
+        (attention_mask == 0 in the top-level model call) are never steered."""
         hps = self.hookpoints if hookpoints is None else (
             [hookpoints] if isinstance(hookpoints, str) else list(hookpoints))
         for h in hps:
             if h not in self.vectors:
                 raise ValueError(f"hookpoints: {h!r} is not one of this vector's {self.hookpoints}")
         deltas = {h: self.delta(h, alpha, alpha_units) for h in hps}
+        placed: dict = {}   # (hookpoint, device, dtype) -> delta there: one copy, not one per step
 
         def edit(x, info, name):
             delta = deltas[name]
             if x.shape[-1] != delta.shape[0]:
                 raise ValueError(f"hookpoint {name!r}: activation has d={x.shape[-1]}, "
                                  f"the steering vector has d={delta.shape[0]}")
-            return add_direction(x, delta, info, preserve_norm=normalize)
+            key = (name, x.device, work_dtype(x))
+            if key not in placed:
+                placed[key] = delta.to(device=x.device, dtype=key[2])
+            return add_direction(x, placed[key], info, preserve_norm=normalize)
 
         return Intervention(model, hps, edit, positions)
 
@@ -183,14 +203,9 @@ class SteeringVector:
         path = Path(path)
         meta = {"format": _FORMAT, "hookpoints": self.hookpoints, "provenance": self.provenance}
         tensors = {f"vector.{i}": v for i, v in enumerate(self.vectors.values())}
-        for target, write in ((path, lambda p: save_file(tensors, str(p), metadata={"actspace": "steering"})),
-                              (path.with_suffix(".json"),
-                               lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False)))):
-            tmp = target.with_name(target.name + ".tmp")
-            write(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+        _atomic(path, lambda p: save_file(tensors, str(p), metadata={"actspace": "steering"}))
+        _atomic(path.with_suffix(".json"),
+                lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False)))
 
     @classmethod
     def load(cls, path) -> "SteeringVector":
