@@ -118,7 +118,7 @@ def main(argv=None) -> None:
         moment_shapes, reps = [(2048, 256)], 5
         latent_cfg = dict(N=1024, k=32, M=8192, d=256, T=16, reps=3)
     else:
-        moment_shapes, reps = [(8192, 768), (8192, 4096)], 9
+        moment_shapes, reps = [(8192, 768), (8192, 4096)], 5
         latent_cfg = dict(N=8192, k=64, M=65536, d=768, T=16, reps=5)
     res = {"machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),
