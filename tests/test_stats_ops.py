@@ -89,9 +89,10 @@ def test_moments_row_strided_and_transposed():
     _assert_moments_close(got, want)
 
 
-def test_moments_all_nonfinite_channel_and_numpy():
+def test_moments_all_nonfinite_channel_huge_values_and_numpy():
     x = _data(50, 5, torch.float32, seed=7, nonfinite=False)
     x[:, 2] = float("nan")
+    x[:, 3] = torch.linspace(2e38, 3e38, 50)     # a float32 sum of these overflows
     got, want = S.moments_init(5), R.moments_init(5)
     S.moments_update(got, x.numpy(), backend="kernel")   # NumPy input, zero-copy
     R.moments_update(want, x)

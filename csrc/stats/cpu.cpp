@@ -17,6 +17,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <memory>
 #include <vector>
@@ -62,40 +63,51 @@ struct Acc {
   }
 };
 
-// Per-thread sums of one tile, [CB] each.
+// Per-thread sums of one tile, [CB] each. Pass 1 runs in the input's own type (float or
+// double): counts stay exact (tiles have < 2^24 rows), min/max are exact, and the sum only
+// gives the shift c, whose error S1 corrects exactly; so float32 data get 16 lanes there.
 struct TileSums {
-  alignas(64) double cnt[CB], sum[CB], mn[CB], mx[CB], zer[CB], nf[CB];
+  alignas(64) unsigned char pass1[6 * CB * sizeof(double)];
   alignas(64) double c[CB], s1[CB], s2[CB], s3[CB], s4[CB];
 };
 
 // One tile: rows x w values of type T (float or double) with row stride ld, folded into a.
 template <typename T>
 void tile_moments(const T* x, int64_t ld, int64_t rows, int64_t w, Acc& a, TileSums& t) {
-  double* __restrict__ cnt = t.cnt; double* __restrict__ sum = t.sum;
-  double* __restrict__ mn = t.mn; double* __restrict__ mx = t.mx;
-  double* __restrict__ zer = t.zer; double* __restrict__ nf = t.nf;
+  T* __restrict__ cnt = reinterpret_cast<T*>(t.pass1);
+  T* __restrict__ sum = cnt + CB;
+  T* __restrict__ mn = cnt + 2 * CB;
+  T* __restrict__ mx = cnt + 3 * CB;
+  T* __restrict__ zer = cnt + 4 * CB;
+  T* __restrict__ nf = cnt + 5 * CB;
   double* __restrict__ c = t.c; double* __restrict__ s1 = t.s1; double* __restrict__ s2 = t.s2;
   double* __restrict__ s3 = t.s3; double* __restrict__ s4 = t.s4;
+  const T big = std::numeric_limits<T>::max(), inf = std::numeric_limits<T>::infinity();
   for (int64_t j = 0; j < w; ++j) {
-    cnt[j] = sum[j] = zer[j] = nf[j] = s1[j] = s2[j] = s3[j] = s4[j] = 0;
-    mn[j] = INFINITY;
-    mx[j] = -INFINITY;
+    cnt[j] = sum[j] = zer[j] = nf[j] = 0;
+    s1[j] = s2[j] = s3[j] = s4[j] = 0;
+    mn[j] = inf;
+    mx[j] = -inf;
   }
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = x + r * ld;
 #pragma omp simd
     for (int64_t j = 0; j < w; ++j) {
-      const double v = static_cast<double>(row[j]);
-      const bool fin = std::fabs(v) <= DBL_MAX;  // false for +-inf and NaN
-      cnt[j] += fin ? 1.0 : 0.0;
-      sum[j] += fin ? v : 0.0;
+      const T v = row[j];
+      const bool fin = std::fabs(v) <= big;  // false for +-inf and NaN
+      cnt[j] += fin ? T(1) : T(0);
+      sum[j] += fin ? v : T(0);
       mn[j] = (fin && v < mn[j]) ? v : mn[j];
       mx[j] = (fin && v > mx[j]) ? v : mx[j];
-      zer[j] += (v == 0) ? 1.0 : 0.0;
-      nf[j] += fin ? 0.0 : 1.0;
+      zer[j] += (v == 0) ? T(1) : T(0);
+      nf[j] += fin ? T(0) : T(1);
     }
   }
-  for (int64_t j = 0; j < w; ++j) c[j] = cnt[j] > 0 ? sum[j] / cnt[j] : 0.0;
+  for (int64_t j = 0; j < w; ++j) {
+    const double m = cnt[j] > 0 ? static_cast<double>(sum[j]) / cnt[j] : 0.0;
+    // a float sum may overflow: the midrange is then a finite shift as good as any
+    c[j] = std::fabs(m) <= DBL_MAX ? m : 0.5 * (double(mn[j]) + double(mx[j]));
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = x + r * ld;
 #pragma omp simd
@@ -114,8 +126,8 @@ void tile_moments(const T* x, int64_t ld, int64_t rows, int64_t w, Acc& a, TileS
     double mean, m2, m3, m4;
     shifted_to_central(cnt[j], c[j], s1[j], s2[j], s3[j], s4[j], mean, m2, m3, m4);
     chan_merge(a.n[j], a.mean[j], a.m2[j], a.m3[j], a.m4[j], cnt[j], mean, m2, m3, m4);
-    a.mn[j] = std::min(a.mn[j], mn[j]);
-    a.mx[j] = std::max(a.mx[j], mx[j]);
+    a.mn[j] = std::min(a.mn[j], static_cast<double>(mn[j]));
+    a.mx[j] = std::max(a.mx[j], static_cast<double>(mx[j]));
     a.zeros[j] += zer[j];
     a.nonfin[j] += nf[j];
   }
