@@ -227,7 +227,10 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
                     int64_t tok0, int64_t* count, double* sum, double* sumsq, int64_t* hist,
                     float* top_values, int64_t* top_tokens, int64_t* ws) {
   int64_t* off = ws;           // [M + 1] bucket starts
-  int64_t* ent = ws + M + 1;   // [N * k] entry ids n * k + j, bucketed by latent
+  int64_t* ent = ws + M + 1;   // [N * k] entries (n << kb) | j, bucketed by latent
+  int kb = 0;                  // shift instead of a division by k when unpacking
+  while ((int64_t(1) << kb) < k) ++kb;
+  const int64_t jmask = (int64_t(1) << kb) - 1;
   std::fill(off, off + M + 1, 0);
   int64_t bad = 0;
   for (int64_t n = 0; n < N; ++n) {
@@ -244,7 +247,7 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
     for (int64_t n = 0; n < N; ++n)
       for (int64_t j = 0; j < k; ++j) {
         const int64_t m = static_cast<int64_t>(indices[n * ild + j]);
-        if (m >= 0 && m < M && load_d(values + n * vld + j) > 0) ent[cur[m]++] = n * k + j;
+        if (m >= 0 && m < M && load_d(values + n * vld + j) > 0) ent[cur[m]++] = (n << kb) | j;
       }
   }
 #pragma omp parallel
@@ -261,7 +264,7 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
       double s = 0, ss = 0;
       int64_t* h = hist + m * nbins;
       for (int64_t e = e0; e < e1; ++e) {
-        const int64_t n = ent[e] / k, j = ent[e] % k;
+        const int64_t n = ent[e] >> kb, j = ent[e] & jmask;
         const double v = load_d(values + n * vld + j);
         const int64_t tok = tok0 + n;
         s += v;
