@@ -1,10 +1,10 @@
 """Benchmark of the stats kernels against torch, in one run (ratios, not absolute times).
 
-moments: our one-pass kernel vs the strongest plain-torch computation of the same set
-(count of non-finite, zeros, var_mean, M3/M4 from the deviations, aminmax, absmax) on
+moments: our one-pass kernel vs the fastest plain-torch computation of the same set we
+found (mean, M2/M3/M4 from the deviations, amin/amax, absmax, zeros, non-finite counts) on
 float32, plus the achieved GB/s against the measured copy bandwidth (x.clone() of the same
 size). The data is finite, so the torch baseline may skip all masking (its fast path);
-ours does the same work either way.
+ours does the same work either way. torch accumulates in float32, ours in float64.
 
 latent: our latent_update (counts, sums, histogram, top-T) vs the matmul a topk_encode of
 the same batch needs at least (x [N, d] @ W_enc^T [d, M]); the matmul is timed on a slice of
@@ -40,18 +40,25 @@ def timeit(fn, reps: int, warmup: int = 1) -> float:
 
 
 def torch_moments(x: torch.Tensor) -> dict:
-    """The same statistics with plain torch ops on x [N, d] (finite data fast path)."""
-    finite = torch.isfinite(x)
-    nonfinite = x.shape[0] - finite.sum(0)
-    zeros = (x == 0).sum(0)
-    var, mean = torch.var_mean(x, 0, correction=0)
+    """The same statistics with the fastest plain torch ops we found on x [N, d].
+
+    Finite data take a fast path: a finite column sum proves the column has no NaN/Inf, so
+    the non-finite count needs no pass (torch's bool reductions, var_mean and aminmax over
+    dim 0 are several times slower than these elementwise + sum(0) forms on CPU)."""
+    N, d = x.shape
+    mean = x.mean(0)
+    if not bool(torch.isfinite(mean).all()):
+        raise ValueError("the torch baseline only implements the finite fast path")
+    nonfinite = torch.zeros(d, dtype=torch.int64)
     dev = x - mean
     d2 = dev * dev
+    m2 = d2.sum(0)
     m3 = (d2 * dev).sum(0)
     m4 = (d2 * d2).sum(0)
-    mn, mx = torch.aminmax(x, dim=0)
-    return {"count": finite.sum(0), "mean": mean, "m2": var * x.shape[0], "m3": m3, "m4": m4,
-            "min": mn, "max": mx, "absmax": torch.maximum(-mn, mx), "zeros": zeros,
+    mn, mx = x.amin(0), x.amax(0)
+    zeros = (x == 0).sum(0, dtype=torch.int32)
+    return {"count": torch.full((d,), N) - nonfinite, "mean": mean, "m2": m2, "m3": m3,
+            "m4": m4, "min": mn, "max": mx, "absmax": torch.maximum(-mn, mx), "zeros": zeros,
             "nonfinite": nonfinite}
 
 
