@@ -238,8 +238,10 @@ def test_bad_inputs_are_named():
         S.latent_update(ls, i, i, 0)
     with pytest.raises(ValueError, match=r"values and indices must both be \[N, k\]"):
         S.latent_update(ls, v, i[:, :1], 0)
-    with pytest.raises(TypeError, match="token_offset"):
+    with pytest.raises(ValueError, match="token_offset must be >= 0"):
         S.latent_update(ls, v, i, -1)
+    with pytest.raises(TypeError, match="token_offset must be an int"):
+        S.latent_update(ls, v, i, 1.5)
     assert ls["count"].sum() == 0 and st_["count"].sum() == 0   # nothing half-applied
 
 

@@ -12,6 +12,8 @@ family is verified on a GPU (see ops._common.use_kernel); the reference path oth
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from ..reference import stats as _ref
@@ -98,8 +100,14 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
     if indices.shape != values.shape or values.dim() != 2:
         raise ValueError(f"values and indices must both be [N, k], got {list(values.shape)} "
                          f"and {list(indices.shape)}")
-    if isinstance(token_offset, bool) or not isinstance(token_offset, int) or token_offset < 0:
-        raise TypeError(f"token_offset must be a non-negative int, got {token_offset!r}")
+    try:  # any integer (int, numpy/torch integer scalars), never bool or float
+        if isinstance(token_offset, bool):
+            raise TypeError
+        token_offset = operator.index(token_offset)
+    except TypeError:
+        raise TypeError(f"token_offset must be an int, got {token_offset!r}") from None
+    if token_offset < 0:
+        raise ValueError(f"token_offset must be >= 0, got {token_offset}")
     if indices.device != values.device:
         raise ValueError(f"indices is on {indices.device} but values is on {values.device}")
     if not isinstance(state, dict) or "hist" not in state:
