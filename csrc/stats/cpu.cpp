@@ -231,23 +231,46 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
   int kb = 0;                  // shift instead of a division by k when unpacking
   while ((int64_t(1) << kb) < k) ++kb;
   const int64_t jmask = (int64_t(1) << kb) - 1;
-  std::fill(off, off + M + 1, 0);
-  int64_t bad = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t m = static_cast<int64_t>(indices[n * ild + j]);
-      if (m < 0) continue;
-      if (m >= M) { ++bad; continue; }
-      if (load_d(values + n * vld + j) > 0) ++off[m + 1];  // NaN never fires
-    }
-  }
-  for (int64_t m = 0; m < M; ++m) off[m + 1] += off[m];
+  // Counting sort over contiguous row ranges, one per thread: per-thread counts, then each
+  // thread's cursor for latent m starts after the earlier threads' entries, so every
+  // bucket stays in row order (the top-T does not need it; it keeps the sums' order fixed).
+  const int nth = N * k >= (int64_t(1) << 15) ? max_threads() : 1;
+  std::vector<int64_t> cur(static_cast<size_t>(nth) * M, 0);  // [nth, M]
+  std::vector<int64_t> bad(nth, 0);
+#pragma omp parallel num_threads(nth)
   {
-    std::vector<int64_t> cur(off, off + M);
-    for (int64_t n = 0; n < N; ++n)
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+#else
+    const int t = 0;
+#endif
+    const int64_t n0 = N * t / nth, n1 = N * (t + 1) / nth;
+    int64_t* c = cur.data() + static_cast<size_t>(t) * M;
+    for (int64_t n = n0; n < n1; ++n)
       for (int64_t j = 0; j < k; ++j) {
         const int64_t m = static_cast<int64_t>(indices[n * ild + j]);
-        if (m >= 0 && m < M && load_d(values + n * vld + j) > 0) ent[cur[m]++] = (n << kb) | j;
+        if (m < 0) continue;
+        if (m >= M) { ++bad[t]; continue; }
+        if (load_d(values + n * vld + j) > 0) ++c[m];  // NaN never fires
+      }
+#pragma omp barrier
+#pragma omp single
+    {
+      int64_t run = 0;
+      for (int64_t m = 0; m < M; ++m) {
+        off[m] = run;
+        for (int u = 0; u < nth; ++u) {
+          const int64_t n_u = cur[static_cast<size_t>(u) * M + m];
+          cur[static_cast<size_t>(u) * M + m] = run;
+          run += n_u;
+        }
+      }
+      off[M] = run;
+    }
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t m = static_cast<int64_t>(indices[n * ild + j]);
+        if (m >= 0 && m < M && load_d(values + n * vld + j) > 0) ent[c[m]++] = (n << kb) | j;
       }
   }
 #pragma omp parallel
@@ -286,7 +309,9 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
       for (int64_t t = 0; t < T; ++t) { mv[t] = static_cast<float>(tv[t]); mt[t] = tt[t]; }
     }
   }
-  return bad;
+  int64_t nbad = 0;
+  for (int64_t b : bad) nbad += b;
+  return nbad;
 }
 
 }  // namespace
