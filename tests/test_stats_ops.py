@@ -171,6 +171,17 @@ def test_latent_matches_reference_over_batches(dtype, idtype):
     _assert_latent_equal(got, want)
 
 
+def test_latent_large_batch_threaded_sort():
+    """N*k above the kernel's threading threshold: the counting sort runs per thread."""
+    M, T = 500, 16
+    vals, idx = _code(2048, 32, M, seed=21, dtype=torch.bfloat16)
+    got, want = S.latent_init(M, top_t=T), R.latent_init(M, top_t=T)
+    for off in (0, 2048):
+        S.latent_update(got, vals, idx, off, backend="kernel")
+        R.latent_update(want, vals, idx, off)
+    _assert_latent_equal(got, want)
+
+
 def test_latent_ties_to_earlier_token_and_out_of_order_offsets():
     M, T = 3, 4
     got, want = S.latent_init(M, top_t=T), R.latent_init(M, top_t=T)
