@@ -77,9 +77,10 @@ def moments_update(state: dict, x, *, backend: str = "auto") -> None:
         chunks = c.stats_moments_cuda_chunks(N)
         part_f = torch.empty(chunks * 8 * d, dtype=torch.float64, device=x.device)
         part_i = torch.empty(chunks * 2 * d, dtype=torch.int64, device=x.device)
-        c.stats_moments_update_cuda(x.data_ptr(), dtype_code(x), N, d, x.stride(0), ptrs,
-                                    part_f.data_ptr(), part_i.data_ptr(),
-                                    stream_handle(x.device))
+        with torch.cuda.device(x.device):  # kernels launch on the current device
+            c.stats_moments_update_cuda(x.data_ptr(), dtype_code(x), N, d, x.stride(0), ptrs,
+                                        part_f.data_ptr(), part_i.data_ptr(),
+                                        stream_handle(x.device))
     else:
         c.stats_moments_update(x.data_ptr(), dtype_code(x), N, d, x.stride(0), ptrs)
     for f, w in zip(fields, work):
@@ -119,15 +120,18 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
               for key, dt in _LATENT_FIELDS.items()}
     if values.shape[0] == 0 or values.shape[1] == 0:
         return
-    if int(indices.max()) >= M:
-        raise ValueError(f"indices must be < M={M} (or -1 for an empty slot), "
-                         f"got max {int(indices.max())}")
+    top = int(indices.max())  # one device sync on CUDA: out-of-range ids must not pass silently
+    if top >= M:
+        raise ValueError(f"indices must be < M={M} (or -1 for an empty slot), got max {top}")
+    lo, hi = (float(v) for v in state["hist_range"].tolist())
+    if not hi > lo:
+        raise ValueError(f"state['hist_range'] must be [log10_min, log10_max] with "
+                         f"log10_min < log10_max, got {[lo, hi]}")
     if not use_kernel("stats", values.device, backend):
         _ref.latent_update(state, values, indices, int(token_offset))
         return
     values, indices = _rows(values.detach()), _rows(indices)
     work = {key: f if f.is_contiguous() else f.contiguous() for key, f in fields.items()}
-    lo, hi = (float(v) for v in state["hist_range"].tolist())
     N, k = values.shape
     c = core()
     args = (values.data_ptr(), dtype_code(values), values.stride(0), indices.data_ptr(),
@@ -135,7 +139,8 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
             *(work[key].data_ptr() for key in _LATENT_FIELDS))
     if values.device.type == "cuda":
         ws = torch.empty(2 * (M + 1) + N * k, dtype=torch.int64, device=values.device)
-        c.stats_latent_update_cuda(*args, ws.data_ptr(), stream_handle(values.device))
+        with torch.cuda.device(values.device):
+            c.stats_latent_update_cuda(*args, ws.data_ptr(), stream_handle(values.device))
     else:
         ws = torch.empty(M + 1 + N * k, dtype=torch.int64)
         bad = c.stats_latent_update(*args, ws.data_ptr())
