@@ -27,15 +27,19 @@ from actspace.ops import stats as S
 from actspace.ops._common import core
 
 
-def timeit(fn, reps: int, warmup: int = 1) -> float:
-    """Median wall time of fn() in seconds."""
+def timeit(fn, reps: int, warmup: int = 1, cpu: list | None = None) -> float:
+    """Median wall time of fn() in seconds; appends the median process CPU time (all
+    threads) to cpu when given: on a shared machine it is the steadier of the two."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpus = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.append(statistics.median(cpus))
     return statistics.median(times)
 
 
@@ -73,14 +77,16 @@ def bench_moments(N: int, d: int, reps: int) -> dict:
             v.zero_()
         S.moments_update(state, x, backend="kernel")
 
-    t_torch = timeit(lambda: torch_moments(x), reps)
-    t_ours = timeit(ours, reps)
+    cpu: list = []
+    t_torch = timeit(lambda: torch_moments(x), reps, cpu=cpu)
+    t_ours = timeit(ours, reps, cpu=cpu)
     t_copy = timeit(lambda: x.clone(), reps)
     # sanity: both computed the same thing
     ref = torch_moments(x.double())
     rel = ((state["m2"] - ref["m2"]).abs() / ref["m2"]).max().item()
     return {"N": N, "d": d, "dtype": "float32", "t_torch_s": t_torch, "t_ours_s": t_ours,
-            "speedup": t_torch / t_ours, "t_copy_s": t_copy,
+            "speedup": t_torch / t_ours, "cpu_torch_s": cpu[0], "cpu_ours_s": cpu[1],
+            "speedup_cpu_time": cpu[0] / cpu[1], "t_copy_s": t_copy,
             "copy_GBps": 2 * nbytes / t_copy / 1e9,  # clone reads and writes
             "ours_GBps": nbytes / t_ours / 1e9, "torch_GBps": nbytes / t_torch / 1e9,
             "ours_read_vs_copy_read": (nbytes / t_ours) / (nbytes / t_copy),
@@ -134,7 +140,8 @@ def main(argv=None) -> None:
         r = bench_moments(N, d, reps)
         res["moments"].append(r)
         print(f"moments N={N} d={d} f32: torch {r['t_torch_s']*1e3:.2f} ms, ours "
-              f"{r['t_ours_s']*1e3:.2f} ms, speedup {r['speedup']:.2f}x, ours {r['ours_GBps']:.1f}"
+              f"{r['t_ours_s']*1e3:.2f} ms, speedup {r['speedup']:.2f}x (CPU time "
+              f"{r['speedup_cpu_time']:.2f}x), ours {r['ours_GBps']:.1f}"
               f" GB/s read vs copy {r['copy_GBps']:.1f} GB/s (r+w)")
     r = bench_latent(**latent_cfg)
     res["latent"] = r
