@@ -1,14 +1,16 @@
 // stats CPU kernels. Compiled once per ISA into namespace actspace::ACTSPACE_ISA.
 //
 // moments: the input is cut into tiles of rows x CB channels (whole rows for d <= CB, so a
-// tile is one contiguous stream for the prefetcher) that stay in L2. Per tile,
-// pass 1 gathers the finite count, sum, min, max, zero and non-finite counts; pass 2 (from
-// cache) sums the powers of the deviations from the tile mean in float64. The tile's
-// central moments are then Chan-merged into a running state. Every step is float64, so
-// float32 inputs with a large mean keep M2..M4 to float64 rounding (no cancellation, as the
-// deviations are taken from the tile mean, not from zero). Loops run over contiguous
-// channels so the compiler vectorises them with masks. OpenMP splits the work into
-// (channel block, row range) tasks whose states are merged in row order at the end.
+// tile is one contiguous stream for the prefetcher) that stay in L2. Per tile, pass 1
+// gathers the finite count, sum, min, max, zero and non-finite counts in the input's
+// precision (exact except the sum, which only picks the shift c); pass 2 (from cache) sums
+// the powers of the deviations from c in float64, and the exact S1 = sum(x - c) corrects
+// for c not being the exact mean. The tile's central moments are then Chan-merged into a
+// running float64 state. So float32 inputs with a large mean keep M2..M4 to float64
+// rounding (no cancellation: deviations are taken from the tile mean, not from zero; a
+// float32 sum of squares would lose it all). Loops run over contiguous channels so the
+// compiler vectorises them with masks. OpenMP splits the work into (channel block, row
+// range) tasks whose states are merged in row order at the end.
 //
 // latent: entries that fire are bucketed by latent with a counting sort (stable, so each
 // bucket is in token order), then every latent updates its own counts, sums, histogram and
@@ -18,8 +20,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #if defined(__F16C__)
