@@ -100,6 +100,20 @@ def test_moments_all_nonfinite_channel_huge_values_and_numpy():
     assert got["count"][2] == 0 and got["nonfinite"][2] == 50 and got["absmax"][2] == 0
 
 
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_moments_half_subnormals_and_extremes(dtype):
+    """Tiny (float16-subnormal) and extreme values through the half-precision conversions."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(333, 45, generator=g, dtype=torch.float64) * 1e-6
+    x[:, 1] = torch.finfo(dtype).max * torch.rand(333, generator=g, dtype=torch.float64)
+    x[:, 2] = -torch.finfo(dtype).tiny / 4          # subnormal in both formats
+    x = x.to(dtype)
+    got, want = S.moments_init(45), R.moments_init(45)
+    S.moments_update(got, x, backend="kernel")
+    R.moments_update(want, x)
+    _assert_moments_close(got, want)
+
+
 def test_moments_several_batches_equal_whole():
     x = _data(2000, 65, torch.float32, seed=8, mean=-300.0)
     inc, whole = S.moments_init(65), S.moments_init(65)
