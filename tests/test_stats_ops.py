@@ -51,7 +51,7 @@ def _assert_moments_close(got, want, tol=1e-10):
 
 # ------------------------------------------------------------------------------ moments
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,d", [(1, 1), (257, 37), (1000, 300), (300, 769)])
+@pytest.mark.parametrize("N,d", [(1, 1), (257, 37), (1000, 300), (300, 769), (150, 2100)])
 def test_moments_match_reference(dtype, N, d):
     x = _data(N, d, dtype, seed=N + d)
     got, want = S.moments_init(d), R.moments_init(d)
@@ -89,14 +89,29 @@ def test_moments_row_strided_and_transposed():
     _assert_moments_close(got, want)
 
 
-def test_moments_all_nonfinite_channel_and_numpy():
+def test_moments_all_nonfinite_channel_huge_values_and_numpy():
     x = _data(50, 5, torch.float32, seed=7, nonfinite=False)
     x[:, 2] = float("nan")
+    x[:, 3] = torch.linspace(2e38, 3e38, 50)     # a float32 sum of these overflows
     got, want = S.moments_init(5), R.moments_init(5)
     S.moments_update(got, x.numpy(), backend="kernel")   # NumPy input, zero-copy
     R.moments_update(want, x)
     _assert_moments_close(got, want)
     assert got["count"][2] == 0 and got["nonfinite"][2] == 50 and got["absmax"][2] == 0
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_moments_half_subnormals_and_extremes(dtype):
+    """Tiny (float16-subnormal) and extreme values through the half-precision conversions."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(333, 45, generator=g, dtype=torch.float64) * 1e-6
+    x[:, 1] = torch.finfo(dtype).max * torch.rand(333, generator=g, dtype=torch.float64)
+    x[:, 2] = -torch.finfo(dtype).tiny / 4          # subnormal in both formats
+    x = x.to(dtype)
+    got, want = S.moments_init(45), R.moments_init(45)
+    S.moments_update(got, x, backend="kernel")
+    R.moments_update(want, x)
+    _assert_moments_close(got, want)
 
 
 def test_moments_several_batches_equal_whole():
@@ -170,6 +185,17 @@ def test_latent_matches_reference_over_batches(dtype, idtype):
     _assert_latent_equal(got, want)
 
 
+def test_latent_large_batch_threaded_sort():
+    """N*k above the kernel's threading threshold: the counting sort runs per thread."""
+    M, T = 500, 16
+    vals, idx = _code(2048, 32, M, seed=21, dtype=torch.bfloat16)
+    got, want = S.latent_init(M, top_t=T), R.latent_init(M, top_t=T)
+    for off in (0, 2048):
+        S.latent_update(got, vals, idx, off, backend="kernel")
+        R.latent_update(want, vals, idx, off)
+    _assert_latent_equal(got, want)
+
+
 def test_latent_ties_to_earlier_token_and_out_of_order_offsets():
     M, T = 3, 4
     got, want = S.latent_init(M, top_t=T), R.latent_init(M, top_t=T)
@@ -237,8 +263,10 @@ def test_bad_inputs_are_named():
         S.latent_update(ls, i, i, 0)
     with pytest.raises(ValueError, match=r"values and indices must both be \[N, k\]"):
         S.latent_update(ls, v, i[:, :1], 0)
-    with pytest.raises(TypeError, match="token_offset"):
+    with pytest.raises(ValueError, match="token_offset must be >= 0"):
         S.latent_update(ls, v, i, -1)
+    with pytest.raises(TypeError, match="token_offset must be an int"):
+        S.latent_update(ls, v, i, 1.5)
     assert ls["count"].sum() == 0 and st_["count"].sum() == 0   # nothing half-applied
 
 

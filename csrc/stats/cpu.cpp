@@ -1,14 +1,16 @@
 // stats CPU kernels. Compiled once per ISA into namespace actspace::ACTSPACE_ISA.
 //
 // moments: the input is cut into tiles of rows x CB channels (whole rows for d <= CB, so a
-// tile is one contiguous stream for the prefetcher) that stay in L2. Per tile,
-// pass 1 gathers the finite count, sum, min, max, zero and non-finite counts; pass 2 (from
-// cache) sums the powers of the deviations from the tile mean in float64. The tile's
-// central moments are then Chan-merged into a running state. Every step is float64, so
-// float32 inputs with a large mean keep M2..M4 to float64 rounding (no cancellation, as the
-// deviations are taken from the tile mean, not from zero). Loops run over contiguous
-// channels so the compiler vectorises them with masks. OpenMP splits the work into
-// (channel block, row range) tasks whose states are merged in row order at the end.
+// tile is one contiguous stream for the prefetcher) that stay in L2. Per tile, pass 1
+// gathers the finite count, sum, min, max, zero and non-finite counts in the input's
+// precision (exact except the sum, which only picks the shift c); pass 2 (from cache) sums
+// the powers of the deviations from c in float64, and the exact S1 = sum(x - c) corrects
+// for c not being the exact mean. The tile's central moments are then Chan-merged into a
+// running float64 state. So float32 inputs with a large mean keep M2..M4 to float64
+// rounding (no cancellation: deviations are taken from the tile mean, not from zero; a
+// float32 sum of squares would lose it all). Loops run over contiguous channels so the
+// compiler vectorises them with masks. OpenMP splits the work into (channel block, row
+// range) tasks whose states are merged in row order at the end.
 //
 // latent: entries that fire are bucketed by latent with a counting sort (stable, so each
 // bucket is in token order), then every latent updates its own counts, sums, histogram and
@@ -17,8 +19,9 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
+#include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #if defined(__F16C__)
@@ -62,40 +65,51 @@ struct Acc {
   }
 };
 
-// Per-thread sums of one tile, [CB] each.
+// Per-thread sums of one tile, [CB] each. Pass 1 runs in the input's own type (float or
+// double): counts stay exact (tiles have < 2^24 rows), min/max are exact, and the sum only
+// gives the shift c, whose error S1 corrects exactly; so float32 data get 16 lanes there.
 struct TileSums {
-  alignas(64) double cnt[CB], sum[CB], mn[CB], mx[CB], zer[CB], nf[CB];
+  alignas(64) unsigned char pass1[6 * CB * sizeof(double)];
   alignas(64) double c[CB], s1[CB], s2[CB], s3[CB], s4[CB];
 };
 
 // One tile: rows x w values of type T (float or double) with row stride ld, folded into a.
 template <typename T>
 void tile_moments(const T* x, int64_t ld, int64_t rows, int64_t w, Acc& a, TileSums& t) {
-  double* __restrict__ cnt = t.cnt; double* __restrict__ sum = t.sum;
-  double* __restrict__ mn = t.mn; double* __restrict__ mx = t.mx;
-  double* __restrict__ zer = t.zer; double* __restrict__ nf = t.nf;
+  T* __restrict__ cnt = reinterpret_cast<T*>(t.pass1);
+  T* __restrict__ sum = cnt + CB;
+  T* __restrict__ mn = cnt + 2 * CB;
+  T* __restrict__ mx = cnt + 3 * CB;
+  T* __restrict__ zer = cnt + 4 * CB;
+  T* __restrict__ nf = cnt + 5 * CB;
   double* __restrict__ c = t.c; double* __restrict__ s1 = t.s1; double* __restrict__ s2 = t.s2;
   double* __restrict__ s3 = t.s3; double* __restrict__ s4 = t.s4;
+  const T big = std::numeric_limits<T>::max(), inf = std::numeric_limits<T>::infinity();
   for (int64_t j = 0; j < w; ++j) {
-    cnt[j] = sum[j] = zer[j] = nf[j] = s1[j] = s2[j] = s3[j] = s4[j] = 0;
-    mn[j] = INFINITY;
-    mx[j] = -INFINITY;
+    cnt[j] = sum[j] = zer[j] = nf[j] = 0;
+    s1[j] = s2[j] = s3[j] = s4[j] = 0;
+    mn[j] = inf;
+    mx[j] = -inf;
   }
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = x + r * ld;
 #pragma omp simd
     for (int64_t j = 0; j < w; ++j) {
-      const double v = static_cast<double>(row[j]);
-      const bool fin = std::fabs(v) <= DBL_MAX;  // false for +-inf and NaN
-      cnt[j] += fin ? 1.0 : 0.0;
-      sum[j] += fin ? v : 0.0;
+      const T v = row[j];
+      const bool fin = std::fabs(v) <= big;  // false for +-inf and NaN
+      cnt[j] += fin ? T(1) : T(0);
+      sum[j] += fin ? v : T(0);
       mn[j] = (fin && v < mn[j]) ? v : mn[j];
       mx[j] = (fin && v > mx[j]) ? v : mx[j];
-      zer[j] += (v == 0) ? 1.0 : 0.0;
-      nf[j] += fin ? 0.0 : 1.0;
+      zer[j] += (v == 0) ? T(1) : T(0);
+      nf[j] += fin ? T(0) : T(1);
     }
   }
-  for (int64_t j = 0; j < w; ++j) c[j] = cnt[j] > 0 ? sum[j] / cnt[j] : 0.0;
+  for (int64_t j = 0; j < w; ++j) {
+    const double m = cnt[j] > 0 ? static_cast<double>(sum[j]) / cnt[j] : 0.0;
+    // a float sum may overflow: the midrange is then a finite shift as good as any
+    c[j] = std::fabs(m) <= DBL_MAX ? m : 0.5 * (double(mn[j]) + double(mx[j]));
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = x + r * ld;
 #pragma omp simd
@@ -114,8 +128,8 @@ void tile_moments(const T* x, int64_t ld, int64_t rows, int64_t w, Acc& a, TileS
     double mean, m2, m3, m4;
     shifted_to_central(cnt[j], c[j], s1[j], s2[j], s3[j], s4[j], mean, m2, m3, m4);
     chan_merge(a.n[j], a.mean[j], a.m2[j], a.m3[j], a.m4[j], cnt[j], mean, m2, m3, m4);
-    a.mn[j] = std::min(a.mn[j], mn[j]);
-    a.mx[j] = std::max(a.mx[j], mx[j]);
+    a.mn[j] = std::min(a.mn[j], static_cast<double>(mn[j]));
+    a.mx[j] = std::max(a.mx[j], static_cast<double>(mx[j]));
     a.zeros[j] += zer[j];
     a.nonfin[j] += nf[j];
   }
@@ -215,24 +229,50 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
                     int64_t tok0, int64_t* count, double* sum, double* sumsq, int64_t* hist,
                     float* top_values, int64_t* top_tokens, int64_t* ws) {
   int64_t* off = ws;           // [M + 1] bucket starts
-  int64_t* ent = ws + M + 1;   // [N * k] entry ids n * k + j, bucketed by latent
-  std::fill(off, off + M + 1, 0);
-  int64_t bad = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t m = static_cast<int64_t>(indices[n * ild + j]);
-      if (m < 0) continue;
-      if (m >= M) { ++bad; continue; }
-      if (load_d(values + n * vld + j) > 0) ++off[m + 1];  // NaN never fires
-    }
-  }
-  for (int64_t m = 0; m < M; ++m) off[m + 1] += off[m];
+  int64_t* ent = ws + M + 1;   // [N * k] entries (n << kb) | j, bucketed by latent
+  int kb = 0;                  // shift instead of a division by k when unpacking
+  while ((int64_t(1) << kb) < k) ++kb;
+  const int64_t jmask = (int64_t(1) << kb) - 1;
+  // Counting sort over contiguous row ranges, one per thread: per-thread counts, then each
+  // thread's cursor for latent m starts after the earlier threads' entries, so every
+  // bucket stays in row order (the top-T does not need it; it keeps the sums' order fixed).
+  const int nth = N * k >= (int64_t(1) << 15) ? max_threads() : 1;
+  std::vector<int64_t> cur(static_cast<size_t>(nth) * M, 0);  // [nth, M]
+  std::vector<int64_t> bad(nth, 0);
+#pragma omp parallel num_threads(nth)
   {
-    std::vector<int64_t> cur(off, off + M);
-    for (int64_t n = 0; n < N; ++n)
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+#else
+    const int t = 0;
+#endif
+    const int64_t n0 = N * t / nth, n1 = N * (t + 1) / nth;
+    int64_t* c = cur.data() + static_cast<size_t>(t) * M;
+    for (int64_t n = n0; n < n1; ++n)
       for (int64_t j = 0; j < k; ++j) {
         const int64_t m = static_cast<int64_t>(indices[n * ild + j]);
-        if (m >= 0 && m < M && load_d(values + n * vld + j) > 0) ent[cur[m]++] = n * k + j;
+        if (m < 0) continue;
+        if (m >= M) { ++bad[t]; continue; }
+        if (load_d(values + n * vld + j) > 0) ++c[m];  // NaN never fires
+      }
+#pragma omp barrier
+#pragma omp single
+    {
+      int64_t run = 0;
+      for (int64_t m = 0; m < M; ++m) {
+        off[m] = run;
+        for (int u = 0; u < nth; ++u) {
+          const int64_t n_u = cur[static_cast<size_t>(u) * M + m];
+          cur[static_cast<size_t>(u) * M + m] = run;
+          run += n_u;
+        }
+      }
+      off[M] = run;
+    }
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t m = static_cast<int64_t>(indices[n * ild + j]);
+        if (m >= 0 && m < M && load_d(values + n * vld + j) > 0) ent[c[m]++] = (n << kb) | j;
       }
   }
 #pragma omp parallel
@@ -249,7 +289,7 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
       double s = 0, ss = 0;
       int64_t* h = hist + m * nbins;
       for (int64_t e = e0; e < e1; ++e) {
-        const int64_t n = ent[e] / k, j = ent[e] % k;
+        const int64_t n = ent[e] >> kb, j = ent[e] & jmask;
         const double v = load_d(values + n * vld + j);
         const int64_t tok = tok0 + n;
         s += v;
@@ -271,7 +311,9 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
       for (int64_t t = 0; t < T; ++t) { mv[t] = static_cast<float>(tv[t]); mt[t] = tt[t]; }
     }
   }
-  return bad;
+  int64_t nbad = 0;
+  for (int64_t b : bad) nbad += b;
+  return nbad;
 }
 
 }  // namespace

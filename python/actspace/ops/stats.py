@@ -12,6 +12,8 @@ family is verified on a GPU (see ops._common.use_kernel); the reference path oth
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from ..reference import stats as _ref
@@ -75,9 +77,10 @@ def moments_update(state: dict, x, *, backend: str = "auto") -> None:
         chunks = c.stats_moments_cuda_chunks(N)
         part_f = torch.empty(chunks * 8 * d, dtype=torch.float64, device=x.device)
         part_i = torch.empty(chunks * 2 * d, dtype=torch.int64, device=x.device)
-        c.stats_moments_update_cuda(x.data_ptr(), dtype_code(x), N, d, x.stride(0), ptrs,
-                                    part_f.data_ptr(), part_i.data_ptr(),
-                                    stream_handle(x.device))
+        with torch.cuda.device(x.device):  # kernels launch on the current device
+            c.stats_moments_update_cuda(x.data_ptr(), dtype_code(x), N, d, x.stride(0), ptrs,
+                                        part_f.data_ptr(), part_i.data_ptr(),
+                                        stream_handle(x.device))
     else:
         c.stats_moments_update(x.data_ptr(), dtype_code(x), N, d, x.stride(0), ptrs)
     for f, w in zip(fields, work):
@@ -98,8 +101,14 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
     if indices.shape != values.shape or values.dim() != 2:
         raise ValueError(f"values and indices must both be [N, k], got {list(values.shape)} "
                          f"and {list(indices.shape)}")
-    if isinstance(token_offset, bool) or not isinstance(token_offset, int) or token_offset < 0:
-        raise TypeError(f"token_offset must be a non-negative int, got {token_offset!r}")
+    try:  # any integer (int, numpy/torch integer scalars), never bool or float
+        if isinstance(token_offset, bool):
+            raise TypeError
+        token_offset = operator.index(token_offset)
+    except TypeError:
+        raise TypeError(f"token_offset must be an int, got {token_offset!r}") from None
+    if token_offset < 0:
+        raise ValueError(f"token_offset must be >= 0, got {token_offset}")
     if indices.device != values.device:
         raise ValueError(f"indices is on {indices.device} but values is on {values.device}")
     if not isinstance(state, dict) or "hist" not in state:
@@ -111,15 +120,18 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
               for key, dt in _LATENT_FIELDS.items()}
     if values.shape[0] == 0 or values.shape[1] == 0:
         return
-    if int(indices.max()) >= M:
-        raise ValueError(f"indices must be < M={M} (or -1 for an empty slot), "
-                         f"got max {int(indices.max())}")
+    top = int(indices.max())  # one device sync on CUDA: out-of-range ids must not pass silently
+    if top >= M:
+        raise ValueError(f"indices must be < M={M} (or -1 for an empty slot), got max {top}")
+    lo, hi = (float(v) for v in state["hist_range"].tolist())
+    if not hi > lo:
+        raise ValueError(f"state['hist_range'] must be [log10_min, log10_max] with "
+                         f"log10_min < log10_max, got {[lo, hi]}")
     if not use_kernel("stats", values.device, backend):
         _ref.latent_update(state, values, indices, int(token_offset))
         return
     values, indices = _rows(values.detach()), _rows(indices)
     work = {key: f if f.is_contiguous() else f.contiguous() for key, f in fields.items()}
-    lo, hi = (float(v) for v in state["hist_range"].tolist())
     N, k = values.shape
     c = core()
     args = (values.data_ptr(), dtype_code(values), values.stride(0), indices.data_ptr(),
@@ -127,7 +139,8 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
             *(work[key].data_ptr() for key in _LATENT_FIELDS))
     if values.device.type == "cuda":
         ws = torch.empty(2 * (M + 1) + N * k, dtype=torch.int64, device=values.device)
-        c.stats_latent_update_cuda(*args, ws.data_ptr(), stream_handle(values.device))
+        with torch.cuda.device(values.device):
+            c.stats_latent_update_cuda(*args, ws.data_ptr(), stream_handle(values.device))
     else:
         ws = torch.empty(M + 1 + N * k, dtype=torch.int64)
         bad = c.stats_latent_update(*args, ws.data_ptr())
