@@ -6,7 +6,19 @@
 #include <stdexcept>
 #include <string>
 
+// Each per-ISA copy of the CPU kernels (CMakeLists.txt) gets its own inline namespace, so
+// the inline functions below are distinct symbols per ISA and the linker can never hand
+// the generic kernels an AVX-512 copy of them.
+#define ACTSPACE_CAT_(a, b) a##b
+#define ACTSPACE_CAT(a, b) ACTSPACE_CAT_(a, b)
+#ifdef ACTSPACE_ISA
+#define ACTSPACE_DTYPE_NS ACTSPACE_CAT(dtype_, ACTSPACE_ISA)
+#else
+#define ACTSPACE_DTYPE_NS dtype_host
+#endif
+
 namespace actspace {
+inline namespace ACTSPACE_DTYPE_NS {
 
 enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3, kI32 = 4, kI64 = 5 };
 
@@ -120,4 +132,5 @@ inline void dispatch_float(int code, const char* what, Fn&& fn) {
   }
 }
 
+}  // inline namespace ACTSPACE_DTYPE_NS
 }  // namespace actspace
