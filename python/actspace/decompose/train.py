@@ -68,7 +68,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
               dead_tokens=10_000_000, l1_coeff=1.0, l0_coeff=1e-3, bandwidth=1e-3,
               b_dec_init="mean", shuffle=True, seed=0, device=None, dtype=torch.float32,
               out_dir=None, checkpoint_every=1000, resume=True, max_steps=None,
-              log_every=10, progress=True, save_format="saelens"):
+              log_every=10, progress=True, save_format="saelens", model=None, tokenizer=None,
+              texts=None, max_length=128):
     """Train SAEs on data -> (SAE or list of SAEs, history: list of dicts).
 
     data: an ActivationStore (anything with iter_batches), a tensor x [N, d_in], a pair
@@ -80,7 +81,15 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     dead_tokens: a latent not active in the last this-many tokens counts as dead.
     out_dir: checkpoint, final SAEs (``sae`` or ``sae_{i}``) and history.json are written
     there; with resume=True an existing checkpoint there is continued.
+    On the fly: data=None, model, tokenizer, texts (list of str) and hookpoint (plus
+    hookpoint_out for a transcoder) train on the model's activations (see ModelSource).
     """
+    if data is None and model is not None:
+        from .train_model import ModelSource
+        if hookpoint is None or texts is None or tokenizer is None:
+            raise ValueError("training from a model needs tokenizer, texts and hookpoint")
+        data = ModelSource(model, tokenizer, texts, hookpoint, hookpoint_out=hookpoint_out,
+                           max_length=max_length)
     source, known = as_source(data)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
