@@ -190,3 +190,18 @@ def test_path_errors(tmp_path):
         sae.save(tmp_path / "x", format="pickle")
     with pytest.raises(ValueError, match="TopK SAEs only"):
         sae.save(tmp_path / "x", format="sparsify")
+
+
+def test_atomic_write_keeps_old_file_on_crash(tmp_path):
+    from actspace.decompose.interop import atomic_write
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+
+    def crash(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise KeyboardInterrupt  # a kill in the middle of a write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, crash)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]

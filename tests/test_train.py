@@ -180,3 +180,22 @@ def test_argument_errors():
         acts.train_sae(x, k=2)
     with pytest.raises(ValueError, match="b_dec_init"):
         acts.train_sae(x, d_sae=16, k=2, b_dec_init="zero")
+
+
+def test_geometric_median_b_dec_init_is_robust():
+    from actspace.decompose.train_losses import geometric_median
+    x = torch.randn(400, 8) * 0.1 + 2.0
+    x[:20] += 1000.0  # 5 % outliers drag the mean, not the median
+    med = geometric_median(x)
+    assert (med - 2.0).abs().max() < 0.1 and (x.mean(0) - 2.0).abs().min() > 40
+    sae, _ = acts.train_sae(x, d_sae=16, k=2, batch_size=400, lr=1e-12, b_dec_init="median",
+                            shuffle=False, progress=False)
+    torch.testing.assert_close(sae.b_dec.detach(), med, atol=1e-4, rtol=0)
+
+
+def test_fit_trains_in_place():
+    x, _ = _sparse_data(N=600, d=16, M=40)
+    sae = acts.SAE(16, 40, "topk", 4)
+    W0 = sae.W_dec.detach().clone()
+    assert sae.fit(x, batch_size=100, lr=1e-3, progress=False) is sae
+    assert not torch.equal(sae.W_dec, W0)

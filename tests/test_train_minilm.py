@@ -38,3 +38,30 @@ def test_topk_sae_on_minilm_reaches_fvu_below_0_2(tmp_path):
     assert hist[-1]["fvu"] < 0.2 and hist[-1]["dead_fraction"] < 0.5
     loaded = acts.SAE.load(tmp_path / "sae")
     assert loaded.hookpoint == "encoder.layer.2" and torch.equal(loaded.W_enc, sae.W_enc)
+
+
+def test_on_the_fly_from_model_and_texts():
+    from pydoc_data.topics import topics
+
+    from actspace.decompose.train_model import ModelSource
+
+    path = os.path.join(os.path.dirname(mini.__file__), "model")
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    texts = [topics[k][:400] for k in sorted(topics)][:12]
+    src = ModelSource(model, tok, texts, "encoder.layer.2", max_length=64)
+    first = next(src.iter_batches(50))
+    with torch.no_grad():
+        b = tok(texts[:8], return_tensors="pt", padding=True, truncation=True, max_length=64)
+        want = model(**b, output_hidden_states=True).hidden_states[3][b["attention_mask"].bool()]
+    torch.testing.assert_close(first, want[:50])
+    rows = sum(t.shape[0] for t in src.iter_batches(50))
+    assert rows == len(src)
+    resumed = list(src.iter_batches(50, shuffle=True, seed=1, start_batch=2))
+    assert all(torch.equal(a, c) for a, c in
+               zip(list(src.iter_batches(50, shuffle=True, seed=1))[2:], resumed))
+    sae, hist = acts.train_sae(None, model=model, tokenizer=tok, texts=texts,
+                               hookpoint="encoder.layer.2", max_length=64, d_sae=96, k=8,
+                               batch_size=100, lr=3e-3, progress=False)
+    assert sae.d_in == 384 and sae.hookpoint == "encoder.layer.2"
+    assert hist[-1]["fvu"] < hist[0]["fvu"]

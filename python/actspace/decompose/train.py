@@ -28,7 +28,7 @@ from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_data import as_source, batches_per_epoch, split_batch
 from .train_losses import geometric_median, project_decoder_grad, train_forward
 
-__all__ = ["train_sae", "lr_at"]
+__all__ = ["train_sae", "lr_at", "make_optimizer"]
 
 
 def lr_at(step, total, base_lr, warmup_steps, decay_fraction):
@@ -39,6 +39,15 @@ def lr_at(step, total, base_lr, warmup_steps, decay_fraction):
     if step >= decay_start and total > decay_start:
         return base_lr * max(total - step, 0) / (total - decay_start)
     return base_lr
+
+
+def make_optimizer(sae, lr=0.0):
+    """Adam, fused (one kernel over all parameters: ~5x faster on CPU) where torch has it."""
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def _as_list(v):
@@ -68,7 +77,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
               dead_tokens=10_000_000, l1_coeff=1.0, l0_coeff=1e-3, bandwidth=1e-3,
               b_dec_init="mean", shuffle=True, seed=0, device=None, dtype=torch.float32,
               out_dir=None, checkpoint_every=1000, resume=True, max_steps=None,
-              log_every=10, progress=True, save_format="saelens"):
+              log_every=10, progress=True, save_format="saelens", model=None, tokenizer=None,
+              texts=None, max_length=128):
     """Train SAEs on data -> (SAE or list of SAEs, history: list of dicts).
 
     data: an ActivationStore (anything with iter_batches), a tensor x [N, d_in], a pair
@@ -80,7 +90,15 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     dead_tokens: a latent not active in the last this-many tokens counts as dead.
     out_dir: checkpoint, final SAEs (``sae`` or ``sae_{i}``) and history.json are written
     there; with resume=True an existing checkpoint there is continued.
+    On the fly: data=None, model, tokenizer, texts (list of str) and hookpoint (plus
+    hookpoint_out for a transcoder) train on the model's activations (see ModelSource).
     """
+    if data is None and model is not None:
+        from .train_model import ModelSource
+        if hookpoint is None or texts is None or tokenizer is None:
+            raise ValueError("training from a model needs tokenizer, texts and hookpoint")
+        data = ModelSource(model, tokenizer, texts, hookpoint, hookpoint_out=hookpoint_out,
+                           max_length=max_length)
     source, known = as_source(data)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -105,8 +123,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
                           hookpoint_out, device, dtype, seed)
     saes = list(saes)
     dev = saes[0].device
-    opts = [torch.optim.Adam(s.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
-            for s in saes]
+    opts = [make_optimizer(s) for s in saes]
     base_lrs = [lr if lr is not None else 2e-4 / math.sqrt(s.d_sae / 2 ** 14) for s in saes]
     if warmup_steps is None:
         warmup_steps = min(1000, steps // 10)
