@@ -47,7 +47,7 @@ def test_recovers_planted_factorisation():
     torch.testing.assert_close(m.D.norm(dim=1), torch.ones(6, dtype=torch.float64))
 
 
-def test_batched_fit_close_to_full_fit():
+def test_batched_fit_close_to_full_fit(tmp_path):
     X, _, D = planted(seed=1)
     full = SNMF(6).fit(X, n_iter=40)
     batched = SNMF(6).fit(list(X.split(300)), n_iter=25)
@@ -59,6 +59,11 @@ def test_batched_fit_close_to_full_fit():
             return ({"acts": b} for b in X.split(batch_size))
     store = SNMF(6).fit(Store(), n_iter=25, batch_size=300)
     torch.testing.assert_close(store.D, batched.D)
+    from _saeeval_helpers import write_store                  # a store directory on disk
+    n = torch.zeros(300, dtype=torch.int64)
+    path = write_store(tmp_path / "s", [{"acts": b, "token_ids": n, "doc_ids": n.clone(),
+                                         "positions": n.clone()} for b in X.split(300)], 24)
+    torch.testing.assert_close(SNMF(6).fit(str(path), n_iter=25, batch_size=300).D, batched.D)
     e_full, e_b = rel_err(X, full), rel_err(X, batched)
     assert e_b < 0.01 and e_full < 0.01
     # same atoms up to order

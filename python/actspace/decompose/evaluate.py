@@ -18,29 +18,9 @@ from pathlib import Path
 import torch
 
 from ..capture.hookpoints import first_tensor, replace_first_tensor, resolve
-from .latents import _code_parts, _sae_apply_dtype
+from .latents import _code_parts, _sae_apply_dtype, iter_batches
 
 SPLICES = ("sae", "sae_with_error", "zero_ablation", "mean_ablation")
-
-
-def _batches(data, batch_size: int):
-    """Yield [B, d] tensors from a tensor [N, d], an iterable of [B, d] tensors (or dicts
-    with 'acts') or an object with iter_batches(batch_size, shuffle=False)."""
-    if isinstance(data, torch.Tensor):
-        if data.dim() != 2:
-            raise ValueError(f"data must be [N, d], got shape {list(data.shape)}")
-        yield from data.split(batch_size)
-        return
-    if hasattr(data, "iter_batches"):
-        data = data.iter_batches(batch_size, shuffle=False)
-    elif isinstance(data, (str, os.PathLike)):
-        from .latents import iter_store_shards
-        data = (s["acts"] for s in iter_store_shards(data, keys=("acts",)))
-    for b in data:
-        b = b["acts"] if isinstance(b, dict) else b
-        if not isinstance(b, torch.Tensor) or b.dim() != 2:
-            raise TypeError("data batches must be [B, d] tensors")
-        yield from b.split(batch_size)
 
 
 @torch.no_grad()
@@ -56,7 +36,7 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
     l0 = 0
     fires = torch.zeros(M, dtype=torch.int64)
     nonfinite = 0
-    for x in _batches(data, batch_size):
+    for x in iter_batches(data, batch_size):
         if x.shape[1] != d:
             raise ValueError(f"data has d={x.shape[1]}, sae.d_in={d}")
         finite = torch.isfinite(x).all(1)

@@ -189,6 +189,26 @@ def iter_store_shards(store, keys=("acts",) + _META_KEYS):
             yield {k: f.get_tensor(k) for k in keys if k in names}
 
 
+def iter_batches(data, batch_size: int):
+    """Yield [B, d] activation batches (B <= batch_size) from a tensor [N, d], a store
+    path, an object with iter_batches(batch_size, shuffle=False) (an ActivationStore), or
+    an iterable of [B, d] tensors or of dicts holding "acts"."""
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 2:
+            raise ValueError(f"data must be [N, d], got shape {list(data.shape)}")
+        yield from data.split(batch_size)
+        return
+    if hasattr(data, "iter_batches"):
+        data = data.iter_batches(batch_size, shuffle=False)
+    elif isinstance(data, (str, os.PathLike)):
+        data = (s["acts"] for s in iter_store_shards(data, keys=("acts",)))
+    for b in data:
+        b = b["acts"] if isinstance(b, dict) else b
+        if not isinstance(b, torch.Tensor) or b.dim() != 2:
+            raise TypeError(f"data batches must be [B, d] tensors, got {type(b).__name__}")
+        yield from b.split(batch_size)
+
+
 def read_manifest(root) -> dict:
     path = Path(root) / "manifest.json"
     if not path.is_file():
