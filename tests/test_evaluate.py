@@ -166,3 +166,23 @@ def test_splice_minilm_encoder(minilm, tmp_path):
     assert back["downstream"]["cosine_sae"] == pytest.approx(ds["cosine_sae"])
     with pytest.raises(ValueError, match="texts"):
         evaluate_sae(sae, acts, model=model)
+
+
+def test_splice_llama_input_side_matches_previous_output():
+    """A Llama layer's input is the previous layer's output: splicing the same SAE at
+    either name gives the same numbers (the input hook finds hidden_states), and token ids
+    work as texts without a tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)).eval()
+    ids = torch.randint(0, 97, (3, 11))
+    sae = TinySAE(32, k=6)
+    a = evaluate_sae(sae, model=model, texts=ids, hookpoint="model.layers.1:input")
+    b = evaluate_sae(sae, model=model, texts=ids, hookpoint="model.layers.0")
+    a, b = a["downstream"], b["downstream"]
+    for key in ("ce_clean", "ce_sae", "kl_sae", "ce_zero_ablation", "kl_zero_ablation"):
+        assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-15), key
+    assert a["kl_sae_with_error"] == 0.0 and a["kl_sae"] > 0
+    assert "ce_mean_ablation" not in a          # no data given: no mean to ablate with

@@ -27,7 +27,8 @@ SPLICES = ("sae", "sae_with_error", "zero_ablation", "mean_ablation")
 def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold: float = 0.1,
                            n_bins: int = 20, log10_min: float = -8.0) -> dict:
     """FVU, explained variance, MSE, L0, dead/dense latents and a log10 firing-frequency
-    histogram over data. Rows with NaN/inf are skipped and counted (nonfinite_rows). FVU = Σ‖x - x̂‖² / Σ‖x - mean(x)‖², accumulated in float64."""
+    histogram over data. FVU = Σ‖x - x̂‖² / Σ‖x - mean(x)‖², accumulated in float64.
+    Rows with NaN/inf are skipped and counted (nonfinite_rows)."""
     d, M = sae.d_in, sae.d_sae
     n = 0
     s1 = torch.zeros(d, dtype=torch.float64)
@@ -97,7 +98,10 @@ def splice(model: torch.nn.Module, hookpoint: str, fn):
             for i, a in enumerate(args):
                 if isinstance(a, torch.Tensor):
                     return args[:i] + (fn(a),) + args[i + 1:], kwargs
-            for key, a in kwargs.items():
+            # HF layers may get their stream as hidden_states=...; else the first tensor kwarg
+            keys = sorted(kwargs, key=lambda k: k != "hidden_states")
+            for key in keys:
+                a = kwargs[key]
                 if isinstance(a, torch.Tensor):
                     return args, {**kwargs, key: fn(a)}
             raise TypeError(f"hookpoint {hp.name}: the module got no tensor input")
@@ -118,7 +122,8 @@ def _splice_fn(kind: str, sae, mean: torch.Tensor | None):
         x_hat = sae(_sae_apply_dtype(sae, flat))[0]
         if kind == "sae":
             return x_hat.to(device=x.device, dtype=x.dtype).reshape(x.shape)
-        # x̂ + (x - x̂) in float64: exact for float32/16 inputs, so the model output is unchanged
+        # x̂ + (x - x̂) in float64 is exactly x for float32/16 values (unless their exponents
+        # differ by > ~29 bits), so the model output is unchanged
         x64, h64 = flat.to(torch.float64), x_hat.to(torch.float64).to(x.device)
         return (h64 + (x64 - h64)).to(x.dtype).reshape(x.shape)
     return fn
