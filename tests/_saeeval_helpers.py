@@ -73,8 +73,9 @@ def random_store(root, d=16, sizes=(37, 50, 21), seed=0):
         lens = []
         while sum(lens) < n:
             lens.append(min(int(torch.randint(5, 13, (1,), generator=g)), n - sum(lens)))
-        doc_ids = torch.cat([torch.full((L,), doc + j) for j, L in enumerate(lens)])
-        positions = torch.cat([torch.arange(L) for L in lens])
+        doc_ids = torch.cat([torch.full((L,), doc + j) for j, L in enumerate(lens)]
+                            + [torch.zeros(0, dtype=torch.int64)])
+        positions = torch.cat([torch.arange(L) for L in lens] + [torch.zeros(0, dtype=torch.int64)])
         doc += len(lens)
         shards.append({"acts": torch.randn(n, d, generator=g),
                        "token_ids": torch.randint(0, 1000, (n,), generator=g),

@@ -173,10 +173,28 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
         encode_store(TinySAE(16, k=3), store, tmp_path / "lat")
     other, _ = random_store(tmp_path / "acts2", d=16, sizes=(20, 30, 25), seed=5)
     man = json.loads((tmp_path / "lat" / "manifest.json").read_text())
-    man["source"] = str(other)
+    man["source"] = str(other.resolve())
     (tmp_path / "lat" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(ValueError, match="different data"):
         encode_store(sae, other, tmp_path / "lat")
+    # a latent shard corrupted on disk is detected, not silently counted
+    man["source"] = str(store.resolve())
+    (tmp_path / "lat" / "manifest.json").write_text(json.dumps(man))
+    f = tmp_path / "lat" / man["shards"][1]["file"]
+    f.write_bytes(f.read_bytes()[:-8] + bytes(8))
+    with pytest.raises(ValueError, match="corrupted"):
+        encode_store(sae, store, tmp_path / "lat")
+
+
+def test_encode_store_empty_shard(tmp_path):
+    store, shards = random_store(tmp_path / "acts", d=16, sizes=(9, 0, 6))
+    sae = TinySAE(16, k=3)
+    st = encode_store(sae, store, tmp_path / "lat", batch_size=4)
+    man, lat = _load_shards(tmp_path / "lat")
+    assert [s["rows"] for s in man["shards"]] == [9, 0, 6] and lat[1]["indices"].shape == (0, 3)
+    c = sae.encode(torch.cat([s["acts"] for s in shards]))
+    ref = LatentStats(32).update((c.values.half(), c.indices), 0)
+    assert torch.equal(st.counts, ref.counts) and torch.equal(st.top_tokens, ref.top_tokens)
 
 
 def test_encode_store_bad_input(tmp_path):

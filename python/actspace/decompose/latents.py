@@ -265,6 +265,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     the same document, decoded to text when a tokenizer is given); the stats are of the
     values as stored (rounded to values_dtype). Rerunning on a partly
     written out_dir resumes after its last complete shard. Returns the LatentStats."""
+    from safetensors.torch import load as safetensors_load
     from tqdm import tqdm
 
     if values_dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -281,7 +282,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     manifest = {"format_version": FORMAT_VERSION, "kind": "latents", "d_sae": sae.d_sae,
                 "k": sae.k, "hookpoint": getattr(sae, "hookpoint", None),
                 "dtype": str(values_dtype).replace("torch.", ""),
-                "source": str(store) if src_manifest else None, "rows": 0, "shards": []}
+                "source": str(Path(store).resolve()) if src_manifest else None, "rows": 0, "shards": []}
     done = []
     if (out / "manifest.json").is_file():         # resume after the last complete shard
         old = read_manifest(out)
@@ -302,11 +303,16 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                     src_sha[i] if i < len(src_sha) else None):
                 raise ValueError(f"{out}: latent shard {i} was encoded from different data "
                                  "than the store holds now: use a new directory")
-            prev = next(iter_store_shards(_OneShard(out / done[i]["file"])))
+            data = (out / done[i]["file"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != done[i]["sha256"]:
+                raise ValueError(f"{out / done[i]['file']}: sha256 does not match the "
+                                 "manifest (corrupted): use a new directory")
+            prev = safetensors_load(data)
             stats.update((prev["values"], prev["indices"]), offset)
             manifest["shards"].append(done[i])
         else:
-            vals, idxs = [], []
+            vals = [torch.zeros(0, sae.k, dtype=values_dtype)]      # an empty shard stays valid
+            idxs = [torch.zeros(0, sae.k, dtype=torch.int32)]
             with torch.no_grad():
                 for s in range(0, rows, batch_size):
                     x = _sae_apply_dtype(sae, shard["acts"][s:s + batch_size])
@@ -328,17 +334,6 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     stats.save(out)
     _write_json_atomic(out / "top_examples.json", top_examples(out, stats, context, tokenizer))
     return stats
-
-
-class _OneShard:
-    """A one-shard view with iter_shards(), to reuse iter_store_shards on a single file."""
-
-    def __init__(self, file):
-        self.file = file
-
-    def iter_shards(self):
-        from safetensors.torch import load_file
-        yield load_file(str(self.file))
 
 
 def top_examples(latent_dir, stats: LatentStats, context: int, tokenizer=None) -> dict:
