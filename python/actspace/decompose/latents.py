@@ -282,7 +282,8 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     manifest = {"format_version": FORMAT_VERSION, "kind": "latents", "d_sae": sae.d_sae,
                 "k": sae.k, "hookpoint": getattr(sae, "hookpoint", None),
                 "dtype": str(values_dtype).replace("torch.", ""),
-                "source": str(Path(store).resolve()) if src_manifest else None, "rows": 0, "shards": []}
+                "source": str(Path(store).resolve()) if src_manifest else None,
+                "rows": 0, "shards": []}
     done = []
     if (out / "manifest.json").is_file():         # resume after the last complete shard
         old = read_manifest(out)
