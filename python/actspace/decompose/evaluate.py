@@ -48,13 +48,14 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
                 continue
         x_hat, code = sae(_sae_apply_dtype(sae, x))
         v, ix = _code_parts(code)
-        x64 = x.to(torch.float64).cpu()
-        sse += (x64 - x_hat.to(torch.float64).cpu()).pow(2).sum().item()
-        s1 += x64.sum(0)
-        s2 += x64.pow(2).sum(0)
-        fired = ((ix >= 0) & (v != 0)).cpu()
+        # reduce on the data's device; only [d] / [M] vectors come back to the CPU
+        x64 = x.to(torch.float64)
+        sse += (x64 - x_hat.to(device=x64.device, dtype=torch.float64)).pow(2).sum().item()
+        s1 += x64.sum(0).cpu()
+        s2 += x64.pow(2).sum(0).cpu()
+        fired = (ix >= 0) & (v != 0)
         l0 += int(fired.sum())
-        fires += torch.bincount(ix.cpu().long()[fired], minlength=M)
+        fires += torch.bincount(ix.long()[fired], minlength=M).cpu()
         n += x.shape[0]
     if n == 0:
         raise ValueError(f"data has no finite rows ({nonfinite} rows with NaN/inf skipped)")
