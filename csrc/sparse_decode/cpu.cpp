@@ -1,10 +1,280 @@
-// sparse_decode CPU kernels. Compiled once per ISA into namespace actspace::ACTSPACE_ISA.
+// sparse_decode CPU kernels. Compiled once per ISA into namespace actspace::ACTSPACE_ISA
+// (generic, avx2, avx512): the inner loops over d are plain loops marked `omp simd` so
+// each copy auto-vectorises for its instruction set; bf16/f16 are widened in the loop.
+//
+// Forward and grad_values are row-parallel gathers of W rows. grad_W is latent-major:
+// Python hands in a CSR of the (n, j) slots sorted by latent (built here by counting
+// sort), and each latent sums its contributions in CSR order, so the result is
+// bitwise-repeatable whatever the thread count. When grad_values is wanted too it is
+// fused into that pass (W[m] is read once per latent instead of once per slot).
+#include <algorithm>
+#include <cstring>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "sparse_decode/sparse_decode.h"
 
 namespace actspace {
 namespace ACTSPACE_ISA {
+namespace {
 
-int sparse_decode_kernel_version() { return 1; }
+// Storage traits: raw element type, accumulation type, widening load and narrowing store.
+template <typename T> struct St;
+template <> struct St<float> {
+  using raw = float; using acc = float;
+  static inline float ld(const float* p) { return *p; }
+  static inline void st(float* p, float v) { *p = v; }
+};
+template <> struct St<double> {
+  using raw = double; using acc = double;
+  static inline double ld(const double* p) { return *p; }
+  static inline void st(double* p, double v) { *p = v; }
+};
+template <> struct St<bf16_t> {
+  using raw = uint16_t; using acc = float;
+  static inline float ld(const uint16_t* p) {  // shift into the high half: vectorises
+    const uint32_t u = static_cast<uint32_t>(*p) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static inline void st(uint16_t* p, float v) { *p = float_to_bf16(v); }
+};
+template <> struct St<f16_t> {
+  using raw = uint16_t; using acc = float;
+#if defined(__F16C__)
+  static inline float ld(const uint16_t* p) { return _cvtsh_ss(*p); }
+#else
+  static inline float ld(const uint16_t* p) { return f16_to_float(*p); }
+#endif
+  static inline void st(uint16_t* p, float v) { *p = float_to_f16(v); }
+};
+
+// Accumulators live on the stack in tiles over d (no allocation; 4 KiB per thread).
+template <typename A> constexpr int64_t tile() { return 4096 / sizeof(A); }
+
+// How many slots ahead forward / grad_values prefetch the gathered W row.
+constexpr int64_t kPrefetch = 1;
+
+template <typename R>
+inline void prefetch_row(const R* p, int64_t len) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < len * static_cast<int64_t>(sizeof(R)); b += 64) __builtin_prefetch(c + b);
+}
+
+inline bool bad_index(int64_t m, int64_t M) { return m < -1 || m >= M; }
+
+template <typename T, typename I>
+int64_t forward_impl(const typename St<T>::acc* __restrict values, const I* __restrict idx,
+                     const typename St<T>::raw* __restrict W, int64_t ldw,
+                     const typename St<T>::acc* __restrict bias,
+                     typename St<T>::raw* __restrict out, int64_t N, int64_t k, int64_t M,
+                     int64_t d) {
+  using A = typename St<T>::acc;
+  constexpr int64_t DB = tile<A>();
+  int64_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : bad)
+  for (int64_t n = 0; n < N; ++n) {
+    alignas(64) A acc[DB];
+    const I* ir = idx + n * k;
+    const A* vr = values + n * k;
+    for (int64_t d0 = 0; d0 < d; d0 += DB) {
+      const int64_t len = std::min(DB, d - d0);
+      if (bias) {
+        for (int64_t t = 0; t < len; ++t) acc[t] = bias[d0 + t];
+      } else {
+        for (int64_t t = 0; t < len; ++t) acc[t] = A(0);
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t m = static_cast<int64_t>(ir[j]);
+        if (m < 0 || m >= M) {
+          bad += (d0 == 0 && bad_index(m, M));
+          continue;
+        }
+        const A v = vr[j];
+        const typename St<T>::raw* __restrict w = W + m * ldw + d0;
+        // The gathered rows are random in W (far larger than cache): fetch a row a few
+        // slots ahead so its DRAM latency overlaps this row's arithmetic.
+        if (j + kPrefetch < k) {
+          const int64_t mp = static_cast<int64_t>(ir[j + kPrefetch]);
+          if (mp >= 0 && mp < M) prefetch_row(W + mp * ldw + d0, len);
+        }
+#pragma omp simd
+        for (int64_t t = 0; t < len; ++t) acc[t] += v * St<T>::ld(w + t);
+      }
+      typename St<T>::raw* o = out + n * d + d0;
+      for (int64_t t = 0; t < len; ++t) St<T>::st(o + t, acc[t]);
+    }
+  }
+  return bad;
+}
+
+template <typename T, typename I>
+int64_t grad_values_impl(const typename St<T>::acc* __restrict g, const I* __restrict idx,
+                         const typename St<T>::raw* __restrict W, int64_t ldw,
+                         typename St<T>::acc* __restrict gv, int64_t N, int64_t k, int64_t M,
+                         int64_t d) {
+  using A = typename St<T>::acc;
+  int64_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : bad)
+  for (int64_t n = 0; n < N; ++n) {
+    const A* __restrict gr = g + n * d;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t m = static_cast<int64_t>(idx[n * k + j]);
+      A s = A(0);
+      if (j + kPrefetch < k) {
+        const int64_t mp = static_cast<int64_t>(idx[n * k + j + kPrefetch]);
+        if (mp >= 0 && mp < M) prefetch_row(W + mp * ldw, d);
+      }
+      if (m >= 0 && m < M) {
+        const typename St<T>::raw* __restrict w = W + m * ldw;
+#pragma omp simd reduction(+ : s)
+        for (int64_t t = 0; t < d; ++t) s += gr[t] * St<T>::ld(w + t);
+      } else {
+        bad += bad_index(m, M);
+      }
+      gv[n * k + j] = s;
+    }
+  }
+  return bad;
+}
+
+template <typename I>
+int64_t build_csr_impl(const I* __restrict idx, int64_t total, int64_t M,
+                       int32_t* __restrict offsets, int32_t* __restrict order) {
+  std::fill(offsets, offsets + M + 1, 0);
+  int64_t bad = 0;
+  for (int64_t s = 0; s < total; ++s) {
+    const int64_t m = static_cast<int64_t>(idx[s]);
+    if (m < 0 || m >= M) { bad += bad_index(m, M); continue; }
+    ++offsets[m + 1];
+  }
+  for (int64_t m = 0; m < M; ++m) offsets[m + 1] += offsets[m];
+  // Fill with offsets[m] as the cursor of latent m (slots stay ascending), then shift back.
+  for (int64_t s = 0; s < total; ++s) {
+    const int64_t m = static_cast<int64_t>(idx[s]);
+    if (m < 0 || m >= M) continue;
+    order[offsets[m]++] = static_cast<int32_t>(s);
+  }
+  for (int64_t m = M; m > 0; --m) offsets[m] = offsets[m - 1];
+  offsets[0] = 0;
+  return bad;
+}
+
+template <typename T>
+void grad_W_impl(const typename St<T>::acc* __restrict g, const typename St<T>::acc* __restrict values,
+                 const int32_t* __restrict offsets, const int32_t* __restrict order, int64_t k,
+                 const typename St<T>::raw* __restrict W, int64_t ldw,
+                 typename St<T>::raw* __restrict gW, typename St<T>::acc* __restrict gv,
+                 int64_t M, int64_t d) {
+  using A = typename St<T>::acc;
+  using R = typename St<T>::raw;
+  constexpr int64_t DB = tile<A>();
+  // Dynamic schedule: latent frequencies are very uneven in trained SAEs.
+#pragma omp parallel for schedule(dynamic, 32)
+  for (int64_t m = 0; m < M; ++m) {
+    const int32_t beg = offsets[m], end = offsets[m + 1];
+    R* __restrict out = gW + m * d;
+    if (beg == end) {  // dead latent in this batch: its gradient is exactly zero
+      std::memset(out, 0, sizeof(R) * d);
+      continue;
+    }
+    alignas(64) A acc[DB];
+    for (int64_t d0 = 0; d0 < d; d0 += DB) {
+      const int64_t len = std::min(DB, d - d0);
+      for (int64_t t = 0; t < len; ++t) acc[t] = A(0);
+      const R* __restrict w = gv ? W + m * ldw + d0 : nullptr;
+      for (int32_t s = beg; s < end; ++s) {
+        const int64_t slot = order[s];
+        const A v = values[slot];
+        const A* __restrict gr = g + (slot / k) * d + d0;
+        if (s + 1 < end) __builtin_prefetch(g + (order[s + 1] / k) * d + d0);
+        if (gv) {
+          A dot = A(0);
+#pragma omp simd reduction(+ : dot)
+          for (int64_t t = 0; t < len; ++t) {
+            acc[t] += v * gr[t];
+            dot += gr[t] * St<T>::ld(w + t);
+          }
+          gv[slot] = d0 == 0 ? dot : gv[slot] + dot;
+        } else {
+#pragma omp simd
+          for (int64_t t = 0; t < len; ++t) acc[t] += v * gr[t];
+        }
+      }
+      for (int64_t t = 0; t < len; ++t) St<T>::st(out + d0 + t, acc[t]);
+    }
+  }
+}
+
+// Call fn(I{}) for the index dtype.
+template <typename Fn>
+int64_t dispatch_index(int code, Fn&& fn) {
+  if (code == kI32) return fn(int32_t{});
+  if (code == kI64) return fn(int64_t{});
+  throw std::invalid_argument(std::string("sparse_decode: indices must be int32 or int64, got ") +
+                              dtype_name(code));
+}
+
+}  // namespace
+
+int64_t sparse_decode_forward(const void* values, const void* indices, int idx_code,
+                              const void* W, int64_t ldw, int w_code, const void* bias,
+                              void* out, int64_t N, int64_t k, int64_t M, int64_t d) {
+  int64_t bad = 0;
+  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename St<T>::acc;
+    using R = typename St<T>::raw;
+    bad = dispatch_index(idx_code, [&](auto itag) {
+      using I = decltype(itag);
+      return forward_impl<T, I>(static_cast<const A*>(values), static_cast<const I*>(indices),
+                                static_cast<const R*>(W), ldw, static_cast<const A*>(bias),
+                                static_cast<R*>(out), N, k, M, d);
+    });
+  });
+  return bad;
+}
+
+int64_t sparse_decode_grad_values(const void* grad_out, const void* indices, int idx_code,
+                                  const void* W, int64_t ldw, int w_code, void* grad_values,
+                                  int64_t N, int64_t k, int64_t M, int64_t d) {
+  int64_t bad = 0;
+  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename St<T>::acc;
+    using R = typename St<T>::raw;
+    bad = dispatch_index(idx_code, [&](auto itag) {
+      using I = decltype(itag);
+      return grad_values_impl<T, I>(static_cast<const A*>(grad_out),
+                                    static_cast<const I*>(indices), static_cast<const R*>(W),
+                                    ldw, static_cast<A*>(grad_values), N, k, M, d);
+    });
+  });
+  return bad;
+}
+
+int64_t sparse_decode_build_csr(const void* indices, int idx_code, int64_t N, int64_t k,
+                                int64_t M, int32_t* offsets, int32_t* order) {
+  return dispatch_index(idx_code, [&](auto itag) {
+    using I = decltype(itag);
+    return build_csr_impl<I>(static_cast<const I*>(indices), N * k, M, offsets, order);
+  });
+}
+
+void sparse_decode_grad_W(const void* grad_out, const void* values, const int32_t* offsets,
+                          const int32_t* order, int64_t k, const void* W, int64_t ldw,
+                          int w_code, void* grad_W, void* grad_values, int64_t M, int64_t d) {
+  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename St<T>::acc;
+    using R = typename St<T>::raw;
+    grad_W_impl<T>(static_cast<const A*>(grad_out), static_cast<const A*>(values), offsets,
+                   order, k, static_cast<const R*>(W), ldw, static_cast<R*>(grad_W),
+                   static_cast<A*>(grad_values), M, d);
+  });
+}
 
 }  // namespace ACTSPACE_ISA
 }  // namespace actspace

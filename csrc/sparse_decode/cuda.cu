@@ -1,4 +1,295 @@
 // sparse_decode CUDA kernels (compiled only when nvcc is available).
+//
+// forward      : one block per (row, column tile); each thread owns V consecutive columns
+//                (16-byte vector loads of W rows) and walks the row's k slots.
+// grad_values  : one warp per slot (n, j): a vectorised dot product <grad_out[n], W[m]>
+//                reduced with warp shuffles.
+// grad_W       : atomics (one block per (row, column tile), atomicAdd into an acc-type
+//                buffer; fast, order not fixed) or latent-major from a CSR built by Python
+//                with a stable sort (one block per (latent, column tile), contributions
+//                summed in CSR order: bitwise-repeatable).
+// Launchers enqueue on the caller's stream, allocate nothing and never synchronise.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <stdexcept>
+#include <string>
+
 #include "sparse_decode/sparse_decode.h"
+
+namespace actspace {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+// Storage traits on the device: raw element, accumulation type, widen / narrow.
+template <typename T> struct CT;
+template <> struct CT<float> {
+  using raw = float; using acc = float;
+  __device__ static float ld(float x) { return x; }
+  __device__ static float st(float x) { return x; }
+};
+template <> struct CT<double> {
+  using raw = double; using acc = double;
+  __device__ static double ld(double x) { return x; }
+  __device__ static double st(double x) { return x; }
+};
+template <> struct CT<bf16_t> {
+  using raw = __nv_bfloat16; using acc = float;
+  __device__ static float ld(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 st(float x) { return __float2bfloat16_rn(x); }
+};
+template <> struct CT<f16_t> {
+  using raw = __half; using acc = float;
+  __device__ static float ld(__half x) { return __half2float(x); }
+  __device__ static __half st(float x) { return __float2half_rn(x); }
+};
+
+// V elements moved as one aligned access (16 bytes or less).
+template <typename R, int V> struct alignas(sizeof(R) * V) Vec { R v[V]; };
+
+template <typename R, int V>
+__device__ __forceinline__ Vec<R, V> vload(const R* p) {
+  return *reinterpret_cast<const Vec<R, V>*>(p);
+}
+
+template <typename T, typename I, int V>
+__global__ void forward_kernel(const typename CT<T>::acc* __restrict__ values,
+                               const I* __restrict__ idx, const typename CT<T>::raw* __restrict__ W,
+                               int64_t ldw, const typename CT<T>::acc* __restrict__ bias,
+                               typename CT<T>::raw* __restrict__ out, int64_t k, int64_t M,
+                               int64_t d) {
+  using A = typename CT<T>::acc;
+  using R = typename CT<T>::raw;
+  const int64_t n = blockIdx.x;
+  const int64_t c = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * V;
+  if (c >= d) return;
+  A acc[V];
+#pragma unroll
+  for (int t = 0; t < V; ++t) acc[t] = bias ? bias[c + t] : A(0);
+  const I* ir = idx + n * k;
+  const A* vr = values + n * k;
+#pragma unroll 4
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t m = static_cast<int64_t>(ir[j]);
+    if (m < 0 || m >= M) continue;  // empty slot (or a bad index: backstop, skipped)
+    const A v = vr[j];
+    const Vec<R, V> w = vload<R, V>(W + m * ldw + c);
+#pragma unroll
+    for (int t = 0; t < V; ++t) acc[t] += v * CT<T>::ld(w.v[t]);
+  }
+  Vec<R, V> o;
+#pragma unroll
+  for (int t = 0; t < V; ++t) o.v[t] = CT<T>::st(acc[t]);
+  *reinterpret_cast<Vec<R, V>*>(out + n * d + c) = o;
+}
+
+template <typename T, typename I, int V>
+__global__ void grad_values_kernel(const typename CT<T>::acc* __restrict__ g,
+                                   const I* __restrict__ idx,
+                                   const typename CT<T>::raw* __restrict__ W, int64_t ldw,
+                                   typename CT<T>::acc* __restrict__ gv, int64_t NK, int64_t k,
+                                   int64_t M, int64_t d) {
+  using A = typename CT<T>::acc;
+  using R = typename CT<T>::raw;
+  const int64_t slot = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (slot >= NK) return;  // whole warps exit together (slot is warp-uniform)
+  const int64_t m = static_cast<int64_t>(idx[slot]);
+  A s = A(0);
+  if (m >= 0 && m < M) {
+    const A* gr = g + (slot / k) * d;
+    const R* w = W + m * ldw;
+    for (int64_t c = static_cast<int64_t>(lane) * V; c < d; c += 32 * V) {
+      const Vec<R, V> wv = vload<R, V>(w + c);
+      const Vec<A, V> gvv = vload<A, V>(gr + c);
+#pragma unroll
+      for (int t = 0; t < V; ++t) s += gvv.v[t] * CT<T>::ld(wv.v[t]);
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (lane == 0) gv[slot] = s;
+}
+
+template <typename A, typename I>
+__global__ void grad_W_atomic_kernel(const A* __restrict__ g, const A* __restrict__ values,
+                                     const I* __restrict__ idx, A* __restrict__ gacc, int64_t k,
+                                     int64_t M, int64_t d) {
+  const int64_t n = blockIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= d) return;
+  const A gc = g[n * d + c];
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t m = static_cast<int64_t>(idx[n * k + j]);
+    if (m < 0 || m >= M) continue;
+    atomicAdd(gacc + m * d + c, values[n * k + j] * gc);
+  }
+}
+
+template <typename T, int V>
+__global__ void grad_W_csr_kernel(const typename CT<T>::acc* __restrict__ g,
+                                  const typename CT<T>::acc* __restrict__ values,
+                                  const int32_t* __restrict__ offsets,
+                                  const int32_t* __restrict__ order, int64_t k,
+                                  typename CT<T>::raw* __restrict__ gW, int64_t d) {
+  using A = typename CT<T>::acc;
+  using R = typename CT<T>::raw;
+  const int64_t m = blockIdx.x;
+  const int64_t c = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * V;
+  if (c >= d) return;
+  A acc[V];
+#pragma unroll
+  for (int t = 0; t < V; ++t) acc[t] = A(0);
+  const int32_t end = offsets[m + 1];
+  for (int32_t s = offsets[m]; s < end; ++s) {  // fixed order: deterministic
+    const int64_t slot = order[s];
+    const A v = values[slot];
+    const Vec<A, V> gr = vload<A, V>(g + (slot / k) * d + c);
+#pragma unroll
+    for (int t = 0; t < V; ++t) acc[t] += v * gr.v[t];
+  }
+  Vec<R, V> o;
+#pragma unroll
+  for (int t = 0; t < V; ++t) o.v[t] = CT<T>::st(acc[t]);
+  *reinterpret_cast<Vec<R, V>*>(gW + m * d + c) = o;
+}
+
+// ---------------------------------------------------------------- host helpers
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string(what) + ": CUDA launch failed: " + cudaGetErrorString(e));
+}
+
+bool aligned(const void* p, int64_t bytes) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+template <typename Fn>
+void dispatch_index(int code, Fn&& fn) {
+  if (code == kI32) fn(int32_t{});
+  else if (code == kI64) fn(int64_t{});
+  else throw std::invalid_argument(std::string("sparse_decode: indices must be int32 or int64, got ") +
+                                   dtype_name(code));
+}
+
+// Vector width: 16 bytes of R when every row start is aligned, else scalar accesses.
+template <typename R>
+bool can_vec(int64_t V, int64_t d, int64_t ldw, std::initializer_list<const void*> ptrs) {
+  if (d % V != 0 || ldw % V != 0) return false;
+  for (const void* p : ptrs)
+    if (!aligned(p, 16)) return false;
+  return true;
+}
+
+dim3 tiles(int64_t rows, int64_t d, int V) {
+  return dim3(static_cast<unsigned>(rows),
+              static_cast<unsigned>((d / V + kThreads - 1) / kThreads));
+}
+
+}  // namespace
+
+void sparse_decode_forward(const void* values, const void* indices, int idx_code,
+                           const void* W, int64_t ldw, int w_code, const void* bias, void* out,
+                           int64_t N, int64_t k, int64_t M, int64_t d, void* stream) {
+  if (N == 0) return;
+  auto st = static_cast<cudaStream_t>(stream);
+  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename CT<T>::acc;
+    using R = typename CT<T>::raw;
+    constexpr int V = 16 / sizeof(R);
+    dispatch_index(idx_code, [&](auto itag) {
+      using I = decltype(itag);
+      auto va = static_cast<const A*>(values);
+      auto ip = static_cast<const I*>(indices);
+      auto wp = static_cast<const R*>(W);
+      auto bp = static_cast<const A*>(bias);
+      auto op = static_cast<R*>(out);
+      // bias is read one scalar at a time: no alignment needed beyond its type
+      if (can_vec<R>(V, d, ldw, {W, out})) {
+        forward_kernel<T, I, V><<<tiles(N, d, V), kThreads, 0, st>>>(va, ip, wp, ldw, bp, op, k, M, d);
+      } else {
+        forward_kernel<T, I, 1><<<tiles(N, d, 1), kThreads, 0, st>>>(va, ip, wp, ldw, bp, op, k, M, d);
+      }
+    });
+  });
+  check_launch("sparse_decode_forward");
+}
+
+void sparse_decode_grad_values(const void* grad_out, const void* indices, int idx_code,
+                               const void* W, int64_t ldw, int w_code, void* grad_values,
+                               int64_t N, int64_t k, int64_t M, int64_t d, void* stream) {
+  const int64_t NK = N * k;
+  if (NK == 0) return;
+  auto st = static_cast<cudaStream_t>(stream);
+  const unsigned blocks = static_cast<unsigned>((NK * 32 + kThreads - 1) / kThreads);
+  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename CT<T>::acc;
+    using R = typename CT<T>::raw;
+    // V limited so that V elements of both R and A fit a 16-byte access... or two of A
+    constexpr int V = 16 / sizeof(A);
+    dispatch_index(idx_code, [&](auto itag) {
+      using I = decltype(itag);
+      auto gp = static_cast<const A*>(grad_out);
+      auto ip = static_cast<const I*>(indices);
+      auto wp = static_cast<const R*>(W);
+      auto op = static_cast<A*>(grad_values);
+      if (can_vec<R>(V, d, ldw, {W, grad_out})) {
+        grad_values_kernel<T, I, V><<<blocks, kThreads, 0, st>>>(gp, ip, wp, ldw, op, NK, k, M, d);
+      } else {
+        grad_values_kernel<T, I, 1><<<blocks, kThreads, 0, st>>>(gp, ip, wp, ldw, op, NK, k, M, d);
+      }
+    });
+  });
+  check_launch("sparse_decode_grad_values");
+}
+
+void sparse_decode_grad_W_atomic(const void* grad_out, const void* values, const void* indices,
+                                 int idx_code, int acc_code, void* grad_W_acc, int64_t N,
+                                 int64_t k, int64_t M, int64_t d, void* stream) {
+  if (N == 0 || k == 0) return;
+  auto st = static_cast<cudaStream_t>(stream);
+  auto launch = [&](auto atag) {
+    using A = decltype(atag);
+    dispatch_index(idx_code, [&](auto itag) {
+      using I = decltype(itag);
+      grad_W_atomic_kernel<A, I><<<tiles(N, d, 1), kThreads, 0, st>>>(
+          static_cast<const A*>(grad_out), static_cast<const A*>(values),
+          static_cast<const I*>(indices), static_cast<A*>(grad_W_acc), k, M, d);
+    });
+  };
+  if (acc_code == kF32) launch(float{});
+  else if (acc_code == kF64) launch(double{});
+  else throw std::invalid_argument("sparse_decode_grad_W_atomic: accumulator must be float32 or float64");
+  check_launch("sparse_decode_grad_W_atomic");
+}
+
+void sparse_decode_grad_W_csr(const void* grad_out, const void* values, const int32_t* offsets,
+                              const int32_t* order, int64_t k, int w_code, void* grad_W,
+                              int64_t M, int64_t d, void* stream) {
+  if (M == 0) return;
+  auto st = static_cast<cudaStream_t>(stream);
+  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename CT<T>::acc;
+    using R = typename CT<T>::raw;
+    constexpr int V = 16 / sizeof(A);
+    auto gp = static_cast<const A*>(grad_out);
+    auto vp = static_cast<const A*>(values);
+    auto op = static_cast<R*>(grad_W);
+    if (can_vec<R>(V, d, d, {grad_out, grad_W})) {
+      grad_W_csr_kernel<T, V><<<tiles(M, d, V), kThreads, 0, st>>>(gp, vp, offsets, order, k, op, d);
+    } else {
+      grad_W_csr_kernel<T, 1><<<tiles(M, d, 1), kThreads, 0, st>>>(gp, vp, offsets, order, k, op, d);
+    }
+  });
+  check_launch("sparse_decode_grad_W_csr");
+}
+
+}  // namespace cuda
+}  // namespace actspace

@@ -1,4 +1,276 @@
-// stats CUDA kernels (compiled only when nvcc is available).
+// stats CUDA kernels (compiled only when nvcc is available). Device pointers in, the stream
+// as an integer, all workspace allocated by Python; nothing here synchronises.
+//
+// moments: kernel 1 gives each block a tile of 32 channels x rows_per_chunk rows; its
+// 32x8 threads each take every 8th row of one channel (coalesced 128-byte row segments),
+// make two passes (count/sum/min/max, then float64 powers of the deviations from their own
+// mean, the second pass served from L1/L2), and the 8 row lanes are Chan-merged in shared
+// memory into one partial state per (chunk, channel). Kernel 2 merges the partials of each
+// channel in chunk order into the state: the same formulas as the CPU path (stats.h).
+//
+// latent: a counting sort buckets the firing entries by latent (atomic counts, one-block
+// scan, atomic scatter), then one thread per latent folds its bucket into its own count,
+// sums, histogram and top-T list. The top-T insertion compares (value desc, token asc)
+// completely, so the arbitrary order the atomic scatter leaves in a bucket cannot change
+// the result: correct under races without any lock.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <stdexcept>
+#include <string>
+
 #include "stats/stats.h"
+
+namespace actspace {
+namespace {
+
+constexpr int TX = 32, TY = 8;      // moments block: channels x row lanes
+constexpr int64_t MIN_ROWS = 256;   // rows per chunk (more when N would exceed grid.y)
+
+struct LoadF32 { using T = float; static __device__ double ld(const float* p) { return __ldg(p); } };
+struct LoadF64 { using T = double; static __device__ double ld(const double* p) { return __ldg(p); } };
+struct LoadBF16 {
+  using T = uint16_t;
+  static __device__ double ld(const uint16_t* p) {
+    return __uint_as_float(static_cast<unsigned>(__ldg(p)) << 16);
+  }
+};
+struct LoadF16 {
+  using T = uint16_t;
+  static __device__ double ld(const uint16_t* p) { return __half2float(__ushort_as_half(__ldg(p))); }
+};
+
+template <typename Fn>
+void dispatch_load(int code, const char* what, Fn&& fn) {
+  switch (code) {
+    case kF32: fn(LoadF32{}); break;
+    case kF64: fn(LoadF64{}); break;
+    case kBF16: fn(LoadBF16{}); break;
+    case kF16: fn(LoadF16{}); break;
+    default:
+      throw std::invalid_argument(std::string(what) + ": unsupported dtype " + dtype_name(code));
+  }
+}
+
+int64_t rows_per_chunk(int64_t N) {
+  const int64_t need = (N + 65534) / 65535;  // keep grid.y <= 65535
+  return need > MIN_ROWS ? need : MIN_ROWS;
+}
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// part_f [chunks][8][d]: n, mean, m2, m3, m4, min, max, (unused); part_i [chunks][2][d].
+template <typename L>
+__global__ void moments_partial(const typename L::T* __restrict__ x, int64_t N, int64_t d,
+                                int64_t ld, int64_t rc, double* __restrict__ part_f,
+                                int64_t* __restrict__ part_i) {
+  __shared__ double sf[7][TY][TX];
+  __shared__ long long si[2][TY][TX];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * TX + tx, chunk = blockIdx.y;
+  const int64_t r0 = chunk * rc, r1 = min(N, r0 + rc);
+  double cnt = 0, sum = 0, mn = INFINITY, mx = -INFINITY;
+  long long zer = 0, nf = 0;
+  if (c < d) {
+    for (int64_t r = r0 + ty; r < r1; r += TY) {
+      const double v = L::ld(x + r * ld + c);
+      const bool fin = isfinite(v);
+      cnt += fin;
+      sum += fin ? v : 0.0;
+      if (fin) { mn = fmin(mn, v); mx = fmax(mx, v); }
+      zer += (v == 0);
+      nf += !fin;
+    }
+  }
+  const double sh = cnt > 0 ? sum / cnt : 0.0;
+  double s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+  if (c < d) {
+    for (int64_t r = r0 + ty; r < r1; r += TY) {
+      const double v = L::ld(x + r * ld + c);
+      const double dv = isfinite(v) ? v - sh : 0.0, d2 = dv * dv;
+      s1 += dv; s2 += d2; s3 += d2 * dv; s4 += d2 * d2;
+    }
+  }
+  double mean, m2, m3, m4;
+  shifted_to_central(cnt, sh, s1, s2, s3, s4, mean, m2, m3, m4);
+  sf[0][ty][tx] = cnt; sf[1][ty][tx] = mean; sf[2][ty][tx] = m2; sf[3][ty][tx] = m3;
+  sf[4][ty][tx] = m4; sf[5][ty][tx] = mn; sf[6][ty][tx] = mx;
+  si[0][ty][tx] = zer; si[1][ty][tx] = nf;
+  __syncthreads();
+  if (ty != 0 || c >= d) return;
+  for (int y = 1; y < TY; ++y) {
+    chan_merge(cnt, mean, m2, m3, m4, sf[0][y][tx], sf[1][y][tx], sf[2][y][tx], sf[3][y][tx],
+               sf[4][y][tx]);
+    mn = fmin(mn, sf[5][y][tx]);
+    mx = fmax(mx, sf[6][y][tx]);
+    zer += si[0][y][tx];
+    nf += si[1][y][tx];
+  }
+  double* pf = part_f + chunk * 8 * d + c;
+  pf[0] = cnt; pf[d] = mean; pf[2 * d] = m2; pf[3 * d] = m3; pf[4 * d] = m4;
+  pf[5 * d] = mn; pf[6 * d] = mx;
+  int64_t* pi = part_i + chunk * 2 * d + c;
+  pi[0] = zer; pi[d] = nf;
+}
+
+__global__ void moments_finish(int64_t d, int64_t chunks, const double* __restrict__ part_f,
+                               const int64_t* __restrict__ part_i, MomentState st) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= d) return;
+  double n = st.count[c], mean = st.mean[c], m2 = st.m2[c], m3 = st.m3[c], m4 = st.m4[c];
+  double mn = st.min[c], mx = st.max[c];
+  int64_t zer = st.zeros[c], nf = st.nonfinite[c];
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const double* pf = part_f + ch * 8 * d + c;
+    chan_merge(n, mean, m2, m3, m4, pf[0], pf[d], pf[2 * d], pf[3 * d], pf[4 * d]);
+    mn = fmin(mn, pf[5 * d]);
+    mx = fmax(mx, pf[6 * d]);
+    zer += part_i[ch * 2 * d + c];
+    nf += part_i[ch * 2 * d + d + c];
+  }
+  st.count[c] = n; st.mean[c] = mean; st.m2[c] = m2; st.m3[c] = m3; st.m4[c] = m4;
+  st.min[c] = mn; st.max[c] = mx; st.zeros[c] = zer; st.nonfinite[c] = nf;
+  if (n > 0) st.absmax[c] = fmax(st.absmax[c], fmax(-mn, mx));
+}
+
+// ------------------------------------------------------------------ latent statistics
+template <typename I>
+__device__ __forceinline__ int64_t load_index(const I* p) { return static_cast<int64_t>(__ldg(p)); }
+
+template <typename L, typename I>
+__global__ void latent_count(const typename L::T* __restrict__ values, int64_t vld,
+                             const I* __restrict__ indices, int64_t ild, int64_t N, int64_t k,
+                             int64_t M, unsigned long long* __restrict__ off) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= N * k) return;
+  const int64_t n = e / k, j = e % k, m = load_index(indices + n * ild + j);
+  if (m >= 0 && m < M && L::ld(values + n * vld + j) > 0) atomicAdd(off + m + 1, 1ull);
+}
+
+// Inclusive scan of off[1..M] in place by one block: serial segments, then a block scan.
+__global__ void latent_scan(int64_t M, unsigned long long* off) {
+  __shared__ unsigned long long part[1024];
+  const int t = threadIdx.x, nt = blockDim.x;
+  const int64_t seg = (M + nt - 1) / nt, b = 1 + t * seg, e = min(M + 1, b + seg);
+  unsigned long long s = 0;
+  for (int64_t i = b; i < e; ++i) { s += off[i]; off[i] = s; }
+  part[t] = s;
+  __syncthreads();
+  if (t == 0)
+    for (int i = 1; i < nt; ++i) part[i] += part[i - 1];
+  __syncthreads();
+  const unsigned long long add = t > 0 ? part[t - 1] : 0;
+  for (int64_t i = b; i < e; ++i) off[i] += add;
+}
+
+template <typename L, typename I>
+__global__ void latent_scatter(const typename L::T* __restrict__ values, int64_t vld,
+                               const I* __restrict__ indices, int64_t ild, int64_t N, int64_t k,
+                               int64_t M, const unsigned long long* __restrict__ off,
+                               unsigned long long* __restrict__ cur, int64_t* __restrict__ ent) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= N * k) return;
+  const int64_t n = e / k, j = e % k, m = load_index(indices + n * ild + j);
+  if (m >= 0 && m < M && L::ld(values + n * vld + j) > 0)
+    ent[off[m] + atomicAdd(cur + m, 1ull)] = e;
+}
+
+template <typename L>
+__global__ void latent_fold(const typename L::T* __restrict__ values, int64_t vld, int64_t k,
+                            int64_t M, int64_t T, int64_t nbins, double lo, double hi,
+                            int64_t tok0, const unsigned long long* __restrict__ off,
+                            const int64_t* __restrict__ ent, int64_t* count, double* sum,
+                            double* sumsq, int64_t* hist, float* top_values,
+                            int64_t* top_tokens) {
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  const int64_t e0 = off[m], e1 = off[m + 1];
+  if (e0 == e1) return;
+  float* tv = top_values + m * T;
+  int64_t* tt = top_tokens + m * T;
+  int64_t* h = hist + m * nbins;
+  double s = 0, ss = 0;
+  for (int64_t e = e0; e < e1; ++e) {
+    const int64_t id = ent[e], n = id / k, j = id % k;
+    const double v = L::ld(values + n * vld + j);
+    const int64_t tok = tok0 + n;
+    s += v;
+    ss += v * v;
+    ++h[latent_bin(log10(v), lo, hi, nbins)];
+    if (T > 0 && top_before(v, tok, tv[T - 1], tt[T - 1])) {
+      int64_t p = T - 1;
+      for (; p > 0 && top_before(v, tok, tv[p - 1], tt[p - 1]); --p) {
+        tv[p] = tv[p - 1];
+        tt[p] = tt[p - 1];
+      }
+      tv[p] = static_cast<float>(v);
+      tt[p] = tok;
+    }
+  }
+  count[m] += e1 - e0;
+  sum[m] += s;
+  sumsq[m] += ss;
+}
+
+inline unsigned grid_for(int64_t n, int block) { return static_cast<unsigned>((n + block - 1) / block); }
+
+}  // namespace
+
+int64_t moments_cuda_chunks(int64_t N) {
+  const int64_t rc = rows_per_chunk(N);
+  return (N + rc - 1) / rc;
+}
+
+void moments_update_cuda(const void* x, int dtype, int64_t N, int64_t d, int64_t ld,
+                         const MomentState& st, double* part_f, int64_t* part_i,
+                         uintptr_t stream) {
+  if (N <= 0 || d <= 0) return;
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const int64_t rc = rows_per_chunk(N), chunks = (N + rc - 1) / rc;
+  dispatch_load(dtype, "moments_update: x", [&](auto tag) {
+    using L = decltype(tag);
+    dim3 grid(grid_for(d, TX), static_cast<unsigned>(chunks)), block(TX, TY);
+    moments_partial<L><<<grid, block, 0, s>>>(static_cast<const typename L::T*>(x), N, d, ld, rc,
+                                              part_f, part_i);
+  });
+  check(cudaGetLastError(), "moments_partial");
+  moments_finish<<<grid_for(d, 256), 256, 0, s>>>(d, chunks, part_f, part_i, st);
+  check(cudaGetLastError(), "moments_finish");
+}
+
+void latent_update_cuda(const void* values, int vdtype, int64_t vld, const void* indices,
+                        int idtype, int64_t ild, int64_t N, int64_t k, int64_t M, int64_t T,
+                        int64_t nbins, double lo, double hi, int64_t token_offset,
+                        int64_t* count, double* sum, double* sumsq, int64_t* hist,
+                        float* top_values, int64_t* top_tokens, int64_t* ws,
+                        uintptr_t stream) {
+  if (N <= 0 || k <= 0 || M <= 0) return;
+  if (idtype != kI32 && idtype != kI64)
+    throw std::invalid_argument("latent_update: indices must be int32 or int64");
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  auto* off = reinterpret_cast<unsigned long long*>(ws);           // [M + 1]
+  auto* cur = reinterpret_cast<unsigned long long*>(ws + M + 1);   // [M + 1]
+  int64_t* ent = ws + 2 * (M + 1);                                 // [N * k]
+  check(cudaMemsetAsync(ws, 0, 2 * (M + 1) * sizeof(int64_t), s), "latent_update: memset");
+  const int64_t E = N * k;
+  dispatch_load(vdtype, "latent_update: values", [&](auto tag) {
+    using L = decltype(tag);
+    const auto* v = static_cast<const typename L::T*>(values);
+    auto run = [&](auto* idx) {
+      latent_count<L><<<grid_for(E, 256), 256, 0, s>>>(v, vld, idx, ild, N, k, M, off);
+      latent_scan<<<1, 1024, 0, s>>>(M, off);
+      latent_scatter<L><<<grid_for(E, 256), 256, 0, s>>>(v, vld, idx, ild, N, k, M, off, cur, ent);
+      latent_fold<L><<<grid_for(M, 128), 128, 0, s>>>(v, vld, k, M, T, nbins, lo, hi,
+                                                      token_offset, off, ent, count, sum, sumsq,
+                                                      hist, top_values, top_tokens);
+    };
+    if (idtype == kI32) run(static_cast<const int32_t*>(indices));
+    else run(static_cast<const int64_t*>(indices));
+  });
+  check(cudaGetLastError(), "latent_update");
+}
+
+}  // namespace actspace

@@ -1,10 +1,169 @@
 // topk_encode CPU kernels. Compiled once per ISA into namespace actspace::ACTSPACE_ISA.
+//
+// merge: one pass over a pre-activation tile. Each row keeps a min-heap of its k best
+// (value, index) pairs; the heap root is the current k-th best, so almost every element
+// is rejected by one compare. Columns go in chunks of kChunk: the chunk's keys are
+// computed and tested against the root in a branch-free, vectorisable loop, and only
+// chunks with a hit take the scalar insert path.
+// Ties: latents arrive in increasing index order, so a newcomer equal to the root loses
+// (the root has the lower index): "v > root" is the whole test, and it also rejects NaN.
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "topk_encode/topk_encode.h"
 
 namespace actspace {
 namespace ACTSPACE_ISA {
+namespace {
 
-int topk_encode_kernel_version() { return 1; }
+constexpr int64_t kChunk = 16;
+
+// a is worse than b: lower value, or equal value and higher index.
+template <typename A>
+inline bool worse(A av, int32_t ai, A bv, int32_t bi) {
+  return av < bv || (av == bv && ai > bi);
+}
+
+// Replace the root of the min-heap (v[0..k), id[0..k)) by (nv, ni) and restore the heap.
+template <typename A>
+inline void heap_replace_root(A* v, int32_t* id, int64_t k, A nv, int32_t ni) {
+  int64_t pos = 0;
+  for (;;) {
+    int64_t c = 2 * pos + 1;
+    if (c >= k) break;
+    if (c + 1 < k && worse(v[c + 1], id[c + 1], v[c], id[c])) ++c;
+    if (!worse(v[c], id[c], nv, ni)) break;
+    v[pos] = v[c];
+    id[pos] = id[c];
+    pos = c;
+  }
+  v[pos] = nv;
+  id[pos] = ni;
+}
+
+template <typename T, typename A, bool RELU, bool SCALE, bool THR>
+void merge_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0, int64_t m0,
+                const A* b_enc, const A* scale, const A* thr, int64_t k, A* run_vals,
+                int32_t* run_idx) {
+  constexpr A kNegInf = -std::numeric_limits<A>::infinity();
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* t = tile + r * ld;
+    A* hv = run_vals + (row0 + r) * k;
+    int32_t* hi = run_idx + (row0 + r) * k;
+    A key[kChunk];
+    for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+      const int64_t nc = std::min(kChunk, cols - c0);
+      const A root = hv[0];
+      int hit = 0;
+      for (int64_t c = 0; c < nc; ++c) {
+        const int64_t j = c0 + c;
+        A v = static_cast<A>(Scalar<T>::load(t + j));
+        v += b_enc[j];
+        if (SCALE) v *= scale[j];
+        if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN as NaN, like torch.relu
+        if (THR) v = v > thr[j] ? v : kNegInf;
+        key[c] = v;
+        hit |= v > root;
+      }
+      if (!hit) continue;
+      for (int64_t c = 0; c < nc; ++c) {
+        if (key[c] > hv[0]) heap_replace_root(hv, hi, k, key[c], static_cast<int32_t>(m0 + c0 + c));
+      }
+    }
+  }
+}
+
+template <typename T, typename A>
+void merge_dispatch(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0,
+                    int64_t m0, const A* b, const A* s, const A* th, bool relu, int64_t k,
+                    A* rv, int32_t* ri) {
+  // 8 specialisations so the inner loop carries no run-time option branches.
+  const int code = (relu ? 4 : 0) | (s ? 2 : 0) | (th ? 1 : 0);
+  switch (code) {
+#define ACTSPACE_MERGE_CASE(c, R, S, H) \
+  case c: merge_rows<T, A, R, S, H>(tile, rows, cols, ld, row0, m0, b, s, th, k, rv, ri); break;
+    ACTSPACE_MERGE_CASE(0, false, false, false)
+    ACTSPACE_MERGE_CASE(1, false, false, true)
+    ACTSPACE_MERGE_CASE(2, false, true, false)
+    ACTSPACE_MERGE_CASE(3, false, true, true)
+    ACTSPACE_MERGE_CASE(4, true, false, false)
+    ACTSPACE_MERGE_CASE(5, true, false, true)
+    ACTSPACE_MERGE_CASE(6, true, true, false)
+    ACTSPACE_MERGE_CASE(7, true, true, true)
+#undef ACTSPACE_MERGE_CASE
+  }
+}
+
+template <typename A, typename O>
+void finish_rows(const A* rv, const int32_t* ri, int64_t n, int64_t k, O* ov, int32_t* oi) {
+#pragma omp parallel
+  {
+    std::vector<std::pair<A, int32_t>> buf(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < n; ++r) {
+      int64_t f = 0;
+      for (int64_t j = 0; j < k; ++j)
+        if (ri[r * k + j] >= 0) buf[f++] = {rv[r * k + j], ri[r * k + j]};
+      std::sort(buf.begin(), buf.begin() + f, [](const auto& a, const auto& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      });
+      for (int64_t j = 0; j < k; ++j) {
+        const bool filled = j < f;
+        Scalar<O>::store(ov + r * k + j, filled ? static_cast<typename Scalar<O>::acc>(buf[j].first)
+                                                : typename Scalar<O>::acc(0));
+        oi[r * k + j] = filled ? buf[j].second : -1;
+      }
+    }
+  }
+}
+
+template <typename Fn>
+void dispatch_acc(int acc_dtype, Fn&& fn) {
+  if (acc_dtype == kF32) fn(float{});
+  else if (acc_dtype == kF64) fn(double{});
+  else throw std::invalid_argument(std::string("topk_encode: accumulation dtype must be float32 "
+                                               "or float64, got ") + dtype_name(acc_dtype));
+}
+
+}  // namespace
+
+void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t cols, int64_t ld,
+                       int64_t row0, int64_t m0, uintptr_t b_enc, uintptr_t scale,
+                       uintptr_t threshold, int acc_dtype, bool relu, int64_t k,
+                       uintptr_t run_vals, uintptr_t run_idx) {
+  if (rows < 0 || cols < 0 || ld < cols || k < 1 || m0 + cols > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("topk_encode_merge: bad sizes");
+  if (!b_enc) throw std::invalid_argument("topk_encode_merge: b_enc is required (pass zeros)");
+  dispatch_acc(acc_dtype, [&](auto acc_tag) {
+    using A = decltype(acc_tag);
+    dispatch_float(tile_dtype, "topk_encode_merge tile", [&](auto tile_tag) {
+      using T = decltype(tile_tag);
+      merge_dispatch<T, A>(reinterpret_cast<const T*>(tile), rows, cols, ld, row0, m0,
+                           reinterpret_cast<const A*>(b_enc), reinterpret_cast<const A*>(scale),
+                           reinterpret_cast<const A*>(threshold), relu, k,
+                           reinterpret_cast<A*>(run_vals), reinterpret_cast<int32_t*>(run_idx));
+    });
+  });
+}
+
+void topk_encode_finish(uintptr_t run_vals, uintptr_t run_idx, int acc_dtype, int64_t n,
+                        int64_t k, uintptr_t out_vals, int out_dtype, uintptr_t out_idx) {
+  if (n < 0 || k < 1) throw std::invalid_argument("topk_encode_finish: bad sizes");
+  dispatch_acc(acc_dtype, [&](auto acc_tag) {
+    using A = decltype(acc_tag);
+    dispatch_float(out_dtype, "topk_encode_finish values", [&](auto out_tag) {
+      using O = decltype(out_tag);
+      finish_rows<A, O>(reinterpret_cast<const A*>(run_vals),
+                        reinterpret_cast<const int32_t*>(run_idx), n, k,
+                        reinterpret_cast<O*>(out_vals), reinterpret_cast<int32_t*>(out_idx));
+    });
+  });
+}
 
 }  // namespace ACTSPACE_ISA
 }  // namespace actspace

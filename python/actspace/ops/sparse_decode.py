@@ -1,11 +1,28 @@
-"""actspace.ops.sparse_decode: x_hat = Σ_j values[n,j] · W_dec[indices[n,j]] + b_dec."""
+"""actspace.ops.sparse_decode: x_hat = Σ_j values[n,j] · W_dec[indices[n,j]] + b_dec.
+
+Why this module exists: a sparse dictionary decode touches only k rows of W_dec per token,
+so it should cost N·k·d, never N·M·d, in memory and time, forward and backward. This file
+validates arguments, picks our kernel or the pure-torch reference, allocates every output
+and workspace (the kernels allocate nothing) and wires autograd through
+torch.library custom ops so the op also works under torch.compile.
+
+Backward: grad_values by gathered dot products; grad_W_dec latent-major from a CSR of the
+slots sorted by latent (bitwise-repeatable; on CPU fused with grad_values so each W_dec
+row is read once), or on CUDA by atomics (the default there, faster, order not fixed).
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from .. import reference
-from ._common import (check_float, check_same_device, check_shape, from_torch,
-                      optional_to_torch, to_torch, use_kernel)
+from ..reference.sparse_decode import sparse_decode_backward as _ref_backward
+from ._common import (acc_dtype, check_float, check_same_device, check_shape, core,
+                      dtype_code, from_torch, optional_to_torch, stream_handle, to_torch,
+                      use_kernel)
+
+_INT32_MAX = 2**31 - 1
 
 
 def _validate(values, indices, W_dec, b_dec):
@@ -26,36 +43,216 @@ def _validate(values, indices, W_dec, b_dec):
         check_float(b_dec, "b_dec")
         check_shape(b_dec, "b_dec", (W_dec.shape[1],), f"[d] = [{W_dec.shape[1]}]")
     check_same_device(values, indices=indices, W_dec=W_dec, b_dec=b_dec)
+    if indices.numel() > _INT32_MAX:
+        raise ValueError(f"indices has {indices.numel()} entries; at most 2**31 - 1 supported "
+                         "(split the batch)")
+    if indices.numel():  # one cheap pass over N·k ints (on CUDA this synchronises)
+        lo, hi = torch.aminmax(indices)
+        lo, hi, M = int(lo), int(hi), W_dec.shape[0]
+        if lo < -1 or hi >= M:
+            bad = lo if lo < -1 else hi
+            raise ValueError(f"indices must lie in [-1, M) = [-1, {M}) (-1 = empty slot), "
+                             f"found {bad}")
 
 
-def sparse_decode(values, indices, W_dec, b_dec=None, *, backend="auto"):
+def sparse_decode(values, indices, W_dec, b_dec=None, *, backend="auto", deterministic=None):
     """x_hat[n] = Σ_j values[n, j] · W_dec[indices[n, j]] + b_dec   (index -1: empty slot).
 
     values [N, k], indices [N, k] int32/int64, W_dec [M, d], b_dec [d] -> x_hat [N, d]
-    in W_dec's dtype. Differentiable in values, W_dec and b_dec.
+    in W_dec's dtype (values are cast to it; accumulation in float32, float64 for float64).
+    Differentiable in values, W_dec and b_dec. deterministic (CUDA backward only; CPU is
+    always deterministic): None follows torch.are_deterministic_algorithms_enabled().
+    Accepts torch tensors, NumPy or CuPy arrays (returns the same kind).
     """
     values, kind = to_torch(values, "values")
     indices = to_torch(indices, "indices")[0]
     W_dec = to_torch(W_dec, "W_dec")[0]
     b_dec = optional_to_torch(b_dec, "b_dec")
     _validate(values, indices, W_dec, b_dec)
-    if use_kernel("sparse_decode", values.device, backend) and False:  # kernel lands with issue 2
-        pass
-    return from_torch(reference.sparse_decode(values, indices, W_dec, b_dec), kind)
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be None or a bool, got {type(deterministic).__name__}")
+    if not use_kernel("sparse_decode", values.device, backend):
+        return from_torch(reference.sparse_decode(values, indices, W_dec, b_dec), kind)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (values, W_dec, b_dec))
+    if needs_grad:
+        out = torch.ops.actspace.sparse_decode(values, indices, W_dec, b_dec, deterministic)
+    else:  # inference: straight to the kernel, no dispatcher or autograd bookkeeping
+        out = _forward(values, indices, W_dec, b_dec, True)
+    return from_torch(out, kind)
+
+
+# ------------------------------------------------------------------ kernel calls
+def _wrows(W):
+    """W with unit column stride (rows may be strided) and its row stride."""
+    if W.stride(1) != 1 or W.stride(0) < W.shape[1]:
+        W = W.contiguous()
+    return W, W.stride(0)
+
+
+def _forward(values, indices, W, b, kernel):
+    """values [N,k], indices [N,k], W [M,d], b [d] or None -> [N, d] in W.dtype."""
+    if not kernel or indices.numel() > _INT32_MAX:
+        return reference.sparse_decode(values, indices, W, b)
+    acc = acc_dtype(W.dtype)
+    N, k = values.shape
+    M, d = W.shape
+    v = values.to(acc).contiguous()
+    idx = indices.contiguous()
+    W, ldw = _wrows(W)
+    bb = None if b is None else b.to(acc).contiguous()
+    out = torch.empty((N, d), dtype=W.dtype, device=W.device)
+    args = (v.data_ptr(), idx.data_ptr(), dtype_code(idx), W.data_ptr(), ldw, dtype_code(W),
+            0 if bb is None else bb.data_ptr(), out.data_ptr(), N, k, M, d)
+    if W.device.type == "cuda":
+        with torch.cuda.device(W.device):
+            core().sparse_decode_forward_cuda(*args, stream_handle(W.device))
+    else:
+        core().sparse_decode_forward(*args)
+    return out
+
+
+def _csr_cuda(idx, M):
+    """Slots sorted by latent with a stable sort (deterministic): (offsets [M+1], order [N·k])."""
+    flat = idx.reshape(-1).long()
+    key = torch.where(flat < 0, torch.full_like(flat, M), flat)  # empty slots sort last
+    order = torch.sort(key, stable=True).indices.to(torch.int32)
+    counts = torch.bincount(key, minlength=M + 1)[:M]
+    offsets = torch.zeros(M + 1, dtype=torch.int32, device=idx.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return offsets, order
+
+
+def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, kernel):
+    """-> (grad_values [N,k] in values.dtype or None, grad_W [M,d] in W.dtype or None)."""
+    if not kernel or indices.numel() > _INT32_MAX:
+        gv, gW, _ = _ref_backward(grad_out, values, indices, W)
+        return (gv if need_values else None), (gW if need_W else None)
+    acc = acc_dtype(W.dtype)
+    N, k = values.shape
+    M, d = W.shape
+    g = grad_out.to(acc).contiguous()
+    idx = indices.contiguous()
+    W, ldw = _wrows(W)
+    dev = W.device
+    gv = gW = None
+    if dev.type == "cpu":
+        c = core()
+        if need_W:
+            offsets = torch.empty(M + 1, dtype=torch.int32)
+            order = torch.empty(max(N * k, 1), dtype=torch.int32)
+            c.sparse_decode_build_csr(idx.data_ptr(), dtype_code(idx), N, k, M,
+                                      offsets.data_ptr(), order.data_ptr())
+            v = values.to(acc).contiguous()
+            gW = torch.empty((M, d), dtype=W.dtype)
+            # fused pass writes only filled slots: empty ones stay 0
+            gv = torch.zeros((N, k), dtype=acc) if need_values else None
+            c.sparse_decode_grad_W(g.data_ptr(), v.data_ptr(), offsets.data_ptr(),
+                                   order.data_ptr(), k, W.data_ptr(), ldw, dtype_code(W),
+                                   gW.data_ptr(), 0 if gv is None else gv.data_ptr(), M, d)
+        elif need_values:
+            gv = torch.empty((N, k), dtype=acc)
+            c.sparse_decode_grad_values(g.data_ptr(), idx.data_ptr(), dtype_code(idx),
+                                        W.data_ptr(), ldw, dtype_code(W), gv.data_ptr(),
+                                        N, k, M, d)
+    else:
+        c, stream = core(), stream_handle(dev)
+        with torch.cuda.device(dev):
+            if need_values:
+                gv = torch.empty((N, k), dtype=acc, device=dev)
+                c.sparse_decode_grad_values_cuda(g.data_ptr(), idx.data_ptr(), dtype_code(idx),
+                                                 W.data_ptr(), ldw, dtype_code(W),
+                                                 gv.data_ptr(), N, k, M, d, stream)
+            if need_W:
+                v = values.to(acc).contiguous()
+                if deterministic:
+                    offsets, order = _csr_cuda(idx, M)
+                    gW = torch.empty((M, d), dtype=W.dtype, device=dev)
+                    c.sparse_decode_grad_W_csr_cuda(g.data_ptr(), v.data_ptr(),
+                                                    offsets.data_ptr(), order.data_ptr(), k,
+                                                    dtype_code(W), gW.data_ptr(), M, d, stream)
+                else:
+                    gacc = torch.zeros((M, d), dtype=acc, device=dev)
+                    c.sparse_decode_grad_W_atomic_cuda(g.data_ptr(), v.data_ptr(),
+                                                       idx.data_ptr(), dtype_code(idx),
+                                                       dtype_code(gacc), gacc.data_ptr(),
+                                                       N, k, M, d, stream)
+                    gW = gacc.to(W.dtype)
+    if gv is not None:
+        gv = gv.to(values.dtype)
+    return gv, gW
+
+
+# ------------------------------------------------------------------ torch.library ops
+@torch.library.custom_op("actspace::sparse_decode", mutates_args=())
+def _sparse_decode_op(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
+                      b_dec: Optional[torch.Tensor], deterministic: bool) -> torch.Tensor:
+    return _forward(values, indices, W_dec, b_dec, True)
+
+
+@_sparse_decode_op.register_fake
+def _(values, indices, W_dec, b_dec, deterministic):
+    return W_dec.new_empty((values.shape[0], W_dec.shape[1]))
+
+
+@torch.library.custom_op("actspace::sparse_decode_backward", mutates_args=())
+def _sparse_decode_backward_op(grad_out: torch.Tensor, values: torch.Tensor,
+                               indices: torch.Tensor, W_dec: torch.Tensor, need_values: bool,
+                               need_W: bool, deterministic: bool) -> list[torch.Tensor]:
+    gv, gW = _backward(grad_out, values, indices, W_dec, need_values, need_W, deterministic,
+                       True)
+    # custom ops cannot return None: an unneeded gradient comes back as an empty tensor
+    return [values.new_empty(0) if gv is None else gv, W_dec.new_empty(0) if gW is None else gW]
+
+
+@_sparse_decode_backward_op.register_fake
+def _(grad_out, values, indices, W_dec, need_values, need_W, deterministic):
+    return [values.new_empty(values.shape if need_values else (0,)),
+            W_dec.new_empty(W_dec.shape if need_W else (0,))]
+
+
+def _setup_context(ctx, inputs, output):
+    values, indices, W_dec, b_dec, deterministic = inputs
+    ctx.save_for_backward(values, indices, W_dec)
+    ctx.deterministic = deterministic
+    ctx.b_dtype = None if b_dec is None else b_dec.dtype
+
+
+def _autograd_backward(ctx, grad):
+    values, indices, W_dec = ctx.saved_tensors
+    need_v, _, need_W, need_b, _ = ctx.needs_input_grad
+    gv = gW = gb = None
+    if need_v or need_W:
+        gv, gW = torch.ops.actspace.sparse_decode_backward(
+            grad, values, indices, W_dec, need_v, need_W, ctx.deterministic)
+        gv = gv if need_v else None
+        gW = gW if need_W else None
+    if need_b:
+        gb = grad.sum(0, dtype=acc_dtype(grad.dtype)).to(ctx.b_dtype)
+    return gv, None, gW, gb, None
+
+
+_sparse_decode_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------ internal raw entry points
 # No validation, no autograd, torch tensors only: used by backward passes (topk_encode's
 # backward is two sparse products: grad_x = decode_forward(g, idx, W_enc) and
-# grad_W_enc = decode_backward(x, g, idx, W_enc, need_values=False)).
+# grad_W_enc = decode_backward(x, g, idx, W_enc, need_values=False)). CUDA tensors use our
+# kernel only once the family is verified (ops._common.VERIFIED_CUDA).
+def _kernel_ok(device):
+    return use_kernel("sparse_decode", device, "auto")
+
+
 def decode_forward(values, indices, W, b=None):
     """values [N,k], indices [N,k] -> Σ_j values[n,j] · W[indices[n,j]] (+ b)  [N, d]."""
-    return reference.sparse_decode(values, indices, W, b)
+    return _forward(values, indices, W, b, _kernel_ok(W.device))
 
 
 def decode_backward(grad_out, values, indices, W, *, need_values=True, need_W=True,
                     deterministic=False):
     """-> (grad_values [N,k] or None, grad_W [M,d] or None); see reference.sparse_decode."""
-    from ..reference.sparse_decode import sparse_decode_backward
-    gv, gW, _ = sparse_decode_backward(grad_out, values, indices, W)
-    return (gv if need_values else None), (gW if need_W else None)
+    return _backward(grad_out, values, indices, W, need_values, need_W, deterministic,
+                     _kernel_ok(W.device))

@@ -1,11 +1,32 @@
-"""actspace.ops.topk_encode: sparse top-k encoding without the N×M pre-activation."""
+"""actspace.ops.topk_encode: sparse top-k encoding without the N×M pre-activation.
+
+Tier-0 design: torch's matmul produces the pre-activation one tile at a time
+(tile = x_centered[rows] @ W_enc[m0:m1]ᵀ, at most TILE_BYTES) and our kernel merges each
+tile into a running top-k per row in one pass (bias, scale, activation, JumpReLU filter,
+early reject against the row's k-th value). Memory beyond the inputs and outputs: one
+tile (≤ TILE_BYTES), x_centered [N, d] when b_dec is given or a copy is needed, and the
+running buffers [N, k]. The op is registered as torch.library custom op
+``actspace::topk_encode`` with a fake kernel and a backward through the selected entries
+only (never a dense N×M gradient), so it works under autograd and torch.compile.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from .. import reference
-from ._common import (check_float, check_same_device, check_shape, from_torch,
-                      optional_to_torch, to_torch, use_kernel)
+from ._common import (DTYPE_CODES, acc_dtype, check_float, check_same_device, check_shape, core,
+                      from_torch, optional_to_torch, stream_handle, to_torch, use_kernel)
+
+# Upper bound of the pre-activation tile, in bytes. 16 MB keeps the tile in the last-level
+# cache of most server CPUs between the matmul that writes it and the merge that reads it,
+# while keeping the matmul large enough to run at full speed.
+TILE_BYTES = 16 << 20
+# Rows per tile: a latent tile of W_enc is reused across row blocks while it is in cache.
+MAX_TILE_ROWS = 2048
+# Rows per chunk when backward regathers W_enc rows to recompute pre-activations ([c, k, d]).
+_GATHER_BYTES = 16 << 20
 
 
 def _validate(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
@@ -37,6 +58,157 @@ def _validate(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
     check_same_device(x, W_enc=W_enc, b_enc=b_enc, b_dec=b_dec, threshold=threshold, scale=scale)
 
 
+def tile_plan(N: int, M: int, elem_size: int, tile_bytes: int | None = None) -> tuple[int, int]:
+    """(rows, cols) of the pre-activation tile: rows * cols * elem_size <= tile_bytes."""
+    tile_bytes = TILE_BYTES if tile_bytes is None else tile_bytes
+    rows = max(1, min(N, MAX_TILE_ROWS, tile_bytes // (elem_size * 64)))
+    cols = max(1, min(M, tile_bytes // (elem_size * rows)))
+    if cols < M and cols >= 64:
+        cols -= cols % 64  # whole SIMD chunks in the CPU merge
+    return rows, cols
+
+
+def _compute_dtype(x, W_enc):
+    return torch.promote_types(x.dtype, W_enc.dtype)
+
+
+def _tile_mm(a, b, out, cuda_fp32):
+    """out [r, c] = a [r, d] @ b[c, d]ᵀ; on CUDA bf16/fp16 inputs give a float32 tile."""
+    if cuda_fp32:
+        return torch.mm(a, b.T, out_dtype=torch.float32, out=out)
+    return torch.mm(a, b.T, out=out)
+
+
+def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
+    """The tiled kernel path. Tensors already validated, all on one device."""
+    c = core()
+    N, d = x.shape
+    M = W_enc.shape[0]
+    dev = x.device
+    cdt = _compute_dtype(x, W_enc)
+    acc = acc_dtype(cdt)
+    # x_centered [N, d]: b_dec is subtracted in the accumulation type, then cast for the matmul.
+    if b_dec is not None:
+        xc = (x.to(acc) - b_dec.to(acc)).to(cdt).contiguous()
+    else:
+        xc = x.to(cdt).contiguous()
+    W = W_enc.to(cdt).contiguous()
+    params = [None if t is None else t.detach().to(acc).contiguous() for t in (b_enc, scale, threshold)]
+    b_p, s_p, t_p = params
+    if b_p is None:  # the kernel always adds a bias: one [M] vector keeps its inner loop branch-free
+        b_p = torch.zeros(M, dtype=acc, device=dev)
+    on_cuda = dev.type == "cuda"
+    cuda_fp32 = on_cuda and cdt in (torch.bfloat16, torch.float16)
+    tile_dt = torch.float32 if cuda_fp32 else cdt
+    rows, cols = tile_plan(N, M, torch.empty((), dtype=tile_dt).element_size())
+    tile_buf = torch.empty(rows * cols, dtype=tile_dt, device=dev)
+    run_vals = torch.full((N, k), float("-inf"), dtype=acc, device=dev)
+    run_idx = torch.full((N, k), -1, dtype=torch.int32, device=dev)
+    tcode, acode = DTYPE_CODES[tile_dt], DTYPE_CODES[acc]
+    relu = activation == "relu"
+    if on_cuda:
+        stream = stream_handle(dev)
+        merge = lambda *a: c.topk_encode_merge_cuda(*a, stream)  # noqa: E731
+    else:
+        merge = c.topk_encode_merge
+    esz = run_vals.element_size()
+    for m0 in range(0, M, cols):
+        m1 = min(M, m0 + cols)
+        Wt = W[m0:m1]
+        off = [0 if p is None else p.data_ptr() + m0 * esz for p in (b_p, s_p, t_p)]
+        for r0 in range(0, N, rows):
+            r1 = min(N, r0 + rows)
+            tile = tile_buf[: (r1 - r0) * (m1 - m0)].view(r1 - r0, m1 - m0)
+            _tile_mm(xc[r0:r1], Wt, tile, cuda_fp32)
+            merge(tile.data_ptr(), tcode, r1 - r0, m1 - m0, m1 - m0, r0, m0, off[0], off[1],
+                  off[2], acode, relu, k, run_vals.data_ptr(), run_idx.data_ptr())
+    values = torch.empty((N, k), dtype=x.dtype, device=dev)
+    indices = torch.empty((N, k), dtype=torch.int32, device=dev)
+    args = (run_vals.data_ptr(), run_idx.data_ptr(), acode, N, k, values.data_ptr(),
+            DTYPE_CODES[x.dtype], indices.data_ptr())
+    if on_cuda:
+        c.topk_encode_finish_cuda(*args, stream_handle(dev))
+    else:
+        c.topk_encode_finish(*args)
+    return values, indices
+
+
+# ------------------------------------------------------------------ torch.library registration
+@torch.library.custom_op("actspace::topk_encode", mutates_args=())
+def _topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: Optional[torch.Tensor], k: int,
+                    b_dec: Optional[torch.Tensor], activation: str,
+                    threshold: Optional[torch.Tensor],
+                    scale: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale)
+
+
+@_topk_encode_op.register_fake
+def _(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
+    N = x.shape[0]
+    return x.new_empty((N, k)), x.new_empty((N, k), dtype=torch.int32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, W_enc, b_enc, k, b_dec, activation, threshold, scale = inputs
+    values, indices = output
+    ctx.activation = activation
+    ctx.has = (b_enc is not None, b_dec is not None, scale is not None)
+    ctx.save_for_backward(x, W_enc, b_enc, b_dec, scale, values, indices)
+
+
+def _preact_unscaled(xc, W, b_enc, idx, acc):
+    """u[n, j] = xc[n] · W[idx[n, j]] + b_enc[idx[n, j]] in row chunks ([c, k, d] ≤ _GATHER_BYTES).
+
+    xc [N, d] (acc), W [M, d], b_enc [M] or None, idx [N, k] int64 (clamped) -> u [N, k]
+    """
+    N, k = idx.shape
+    d = xc.shape[1]
+    step = max(1, _GATHER_BYTES // max(1, k * d * xc.element_size()))
+    parts = []
+    for r0 in range(0, N, step):
+        Wg = W[idx[r0:r0 + step]].to(acc)  # [c, k, d]
+        parts.append(torch.einsum("nkd,nd->nk", Wg, xc[r0:r0 + step]))
+    u = torch.cat(parts)
+    if b_enc is not None:
+        u = u + b_enc.to(acc)[idx]
+    return u
+
+
+def _backward(ctx, grad_values, grad_indices):
+    from .sparse_decode import decode_backward, decode_forward  # noqa: PLC0415
+
+    x, W_enc, b_enc, b_dec, scale, values, indices = ctx.saved_tensors
+    need = ctx.needs_input_grad  # x, W_enc, b_enc, k, b_dec, activation, threshold, scale
+    acc = torch.float64 if torch.float64 in (x.dtype, W_enc.dtype) else torch.float32
+    valid = indices >= 0
+    idx = indices.long().clamp_min(0)
+    gv = torch.where(valid, grad_values.to(acc), torch.zeros((), dtype=acc, device=x.device))
+    if ctx.activation == "relu":
+        gv = gv * (values > 0)  # relu'(0) = 0, as torch.relu
+    g = gv * scale.to(acc)[idx] if scale is not None else gv  # d loss / d (xc·W + b_enc)
+    xc = x.to(acc) if b_dec is None else x.to(acc) - b_dec.to(acc)
+    grad_x = grad_W = grad_b = grad_bd = grad_s = None
+    if need[0] or need[4]:
+        gx = decode_forward(g, indices, W_enc.to(acc))  # [N, d]
+        grad_x = gx.to(x.dtype) if need[0] else None
+        grad_bd = (-gx.sum(0)).to(b_dec.dtype) if need[4] else None
+    if need[1]:
+        grad_W = decode_backward(xc, g, indices, W_enc.to(acc), need_values=False)[1]
+        grad_W = grad_W.to(W_enc.dtype)
+    if need[2]:
+        grad_b = torch.zeros(W_enc.shape[0], dtype=acc, device=x.device)
+        grad_b = grad_b.index_add_(0, idx.reshape(-1), g.reshape(-1)).to(b_enc.dtype)
+    if need[7]:
+        u = _preact_unscaled(xc, W_enc, b_enc, idx, acc)
+        grad_s = torch.zeros(W_enc.shape[0], dtype=acc, device=x.device)
+        grad_s = grad_s.index_add_(0, idx.reshape(-1), (gv * u).reshape(-1)).to(scale.dtype)
+    return grad_x, grad_W, grad_b, None, grad_bd, None, None, grad_s
+
+
+_topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------ public entry point
 def topk_encode(x, W_enc, b_enc, k, *, b_dec=None, activation="relu", threshold=None,
                 scale=None, backend="auto"):
     """values, indices = TopK(act(((x - b_dec) @ W_encᵀ + b_enc) * scale), k).
@@ -53,9 +225,17 @@ def topk_encode(x, W_enc, b_enc, k, *, b_dec=None, activation="relu", threshold=
     b_enc, b_dec = optional_to_torch(b_enc, "b_enc"), optional_to_torch(b_dec, "b_dec")
     threshold, scale = optional_to_torch(threshold, "threshold"), optional_to_torch(scale, "scale")
     _validate(x, W_enc, b_enc, k, b_dec, activation, threshold, scale)
-    if use_kernel("topk_encode", x.device, backend) and False:  # kernel lands with issue 2
-        pass
-    values, indices = reference.topk_encode(x, W_enc, b_enc, k, b_dec=b_dec,
-                                            activation=activation, threshold=threshold,
-                                            scale=scale)
+    if use_kernel("topk_encode", x.device, backend):
+        tensors = (x, W_enc, b_enc, b_dec, threshold, scale)
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        if grad or torch.compiler.is_compiling():
+            values, indices = torch.ops.actspace.topk_encode(x, W_enc, b_enc, k, b_dec,
+                                                             activation, threshold, scale)
+        else:  # direct call: no dispatcher round trip when nothing needs a gradient
+            values, indices = _forward_kernel(x, W_enc, b_enc, k, b_dec, activation,
+                                              threshold, scale)
+    else:
+        values, indices = reference.topk_encode(x, W_enc, b_enc, k, b_dec=b_dec,
+                                                activation=activation, threshold=threshold,
+                                                scale=scale)
     return from_torch(values, kind), from_torch(indices, kind)

@@ -133,7 +133,8 @@ def latent_merge(a: dict, b: dict) -> dict:
     vals = torch.cat([a["top_values"], b["top_values"]], 1)
     toks = torch.cat([a["top_tokens"], b["top_tokens"]], 1)
     # order by value desc, then token asc; empty slots (-inf) sort last
-    o = torch.argsort(toks.masked_fill(toks < 0, torch.iinfo(torch.int64).max), dim=1, stable=True)
+    o = torch.argsort(toks.masked_fill(toks < 0, torch.iinfo(torch.int64).max), dim=1,
+                      stable=True)
     vals, toks = vals.gather(1, o), toks.gather(1, o)
     o = torch.argsort(-vals, dim=1, stable=True)
     out["top_values"] = vals.gather(1, o)[:, :T].contiguous()

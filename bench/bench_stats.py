@@ -1,0 +1,144 @@
+"""Benchmark of the stats kernels against torch, in one run (ratios, not absolute times).
+
+moments: our one-pass kernel vs the strongest plain-torch computation of the same set
+(count of non-finite, zeros, var_mean, M3/M4 from the deviations, aminmax, absmax) on
+float32, plus the achieved GB/s against the measured copy bandwidth (x.clone() of the same
+size). The data is finite, so the torch baseline may skip all masking (its fast path);
+ours does the same work either way.
+
+latent: our latent_update (counts, sums, histogram, top-T) vs the matmul a topk_encode of
+the same batch needs at least (x [N, d] @ W_enc^T [d, M]); the matmul is timed on a slice of
+rows and scaled linearly to N (it is linear in N), to keep the run short.
+
+    python bench/bench_stats.py [--quick] [--out bench/out/bench_stats.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from actspace.ops import stats as S
+from actspace.ops._common import core
+
+
+def timeit(fn, reps: int, warmup: int = 1) -> float:
+    """Median wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def torch_moments(x: torch.Tensor) -> dict:
+    """The same statistics with plain torch ops on x [N, d] (finite data fast path)."""
+    finite = torch.isfinite(x)
+    nonfinite = x.shape[0] - finite.sum(0)
+    zeros = (x == 0).sum(0)
+    var, mean = torch.var_mean(x, 0, correction=0)
+    dev = x - mean
+    d2 = dev * dev
+    m3 = (d2 * dev).sum(0)
+    m4 = (d2 * d2).sum(0)
+    mn, mx = torch.aminmax(x, dim=0)
+    return {"count": finite.sum(0), "mean": mean, "m2": var * x.shape[0], "m3": m3, "m4": m4,
+            "min": mn, "max": mx, "absmax": torch.maximum(-mn, mx), "zeros": zeros,
+            "nonfinite": nonfinite}
+
+
+def bench_moments(N: int, d: int, reps: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, d, generator=g) * 2 + 5
+    nbytes = x.numel() * x.element_size()
+    state = S.moments_init(d)
+
+    def ours():
+        for v in state.values():  # fresh state each time (cost: a few d-sized fills)
+            v.zero_()
+        S.moments_update(state, x, backend="kernel")
+
+    t_torch = timeit(lambda: torch_moments(x), reps)
+    t_ours = timeit(ours, reps)
+    t_copy = timeit(lambda: x.clone(), reps)
+    # sanity: both computed the same thing
+    ref = torch_moments(x.double())
+    rel = ((state["m2"] - ref["m2"]).abs() / ref["m2"]).max().item()
+    return {"N": N, "d": d, "dtype": "float32", "t_torch_s": t_torch, "t_ours_s": t_ours,
+            "speedup": t_torch / t_ours, "t_copy_s": t_copy,
+            "copy_GBps": 2 * nbytes / t_copy / 1e9,  # clone reads and writes
+            "ours_GBps": nbytes / t_ours / 1e9, "torch_GBps": nbytes / t_torch / 1e9,
+            "ours_read_vs_copy_read": (nbytes / t_ours) / (nbytes / t_copy),
+            "m2_max_rel_err_vs_f64": rel}
+
+
+def bench_latent(N: int, k: int, M: int, d: int, T: int, reps: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    # a plausible code: top-k of random positive scores, int32 indices, sorted per row
+    vals = torch.rand(N, k, generator=g).sort(1, descending=True).values * 4
+    idx = torch.stack([torch.randperm(M, generator=g)[:k] for _ in range(min(N, 64))])
+    idx = idx.repeat((N + 63) // 64, 1)[:N].to(torch.int32)
+    idx = (idx + torch.arange(N, dtype=torch.int32).unsqueeze(1) * 7919) % M  # spread latents
+    state = S.latent_init(M, top_t=T)
+    offset = [0]
+
+    def ours():
+        S.latent_update(state, vals, idx, offset[0], backend="kernel")
+        offset[0] += N
+
+    t_ours = timeit(ours, reps)
+    rows = min(N, 512)
+    x = torch.randn(rows, d, generator=g)
+    W = torch.randn(M, d, generator=g) / d**0.5
+    out = torch.empty(rows, M)
+    t_mm = timeit(lambda: torch.matmul(x, W.t(), out=out), max(1, reps // 2)) * (N / rows)
+    return {"N": N, "k": k, "M": M, "d": d, "T": T, "values_dtype": "float32",
+            "t_latent_s": t_ours, "t_encode_matmul_s": t_mm,
+            "latent_fraction_of_matmul": t_ours / t_mm,
+            "workspace_bytes": (M + 1 + N * k) * 8}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out",
+                                                 "bench_stats.json"))
+    args = p.parse_args(argv)
+    if core() is None:
+        raise SystemExit("actspace._core is not built")
+    if args.quick:
+        moment_shapes, reps = [(2048, 256)], 5
+        latent_cfg = dict(N=1024, k=32, M=8192, d=256, T=16, reps=3)
+    else:
+        moment_shapes, reps = [(8192, 768), (8192, 4096)], 9
+        latent_cfg = dict(N=8192, k=64, M=65536, d=768, T=16, reps=5)
+    res = {"machine": platform.processor() or platform.machine(),
+           "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "build": core().build_info(), "moments": [], "latent": None}
+    for N, d in moment_shapes:
+        r = bench_moments(N, d, reps)
+        res["moments"].append(r)
+        print(f"moments N={N} d={d} f32: torch {r['t_torch_s']*1e3:.2f} ms, ours "
+              f"{r['t_ours_s']*1e3:.2f} ms, speedup {r['speedup']:.2f}x, ours {r['ours_GBps']:.1f}"
+              f" GB/s read vs copy {r['copy_GBps']:.1f} GB/s (r+w)")
+    r = bench_latent(**latent_cfg)
+    res["latent"] = r
+    print(f"latent N={r['N']} k={r['k']} M={r['M']}: {r['t_latent_s']*1e3:.2f} ms = "
+          f"{100 * r['latent_fraction_of_matmul']:.2f}% of the encode matmul "
+          f"({r['t_encode_matmul_s']*1e3:.0f} ms, d={r['d']})")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""`acts.ActivationStore`: read an on-disk activation store.
+
+Format (version 1) -- one directory per hookpoint:
+
+    out_dir/                              what capture_to_store(..., out_dir) writes
+      <hookpoint>/                        one store per hookpoint; ':' in a name -> '__'
+        manifest.json                     {"format": "actspace.activation_store",
+                                           "version": 1, "model", "revision", "hookpoint",
+                                           "tokenizer", "d", "dtype", "total_rows",
+                                           "docs_done", "complete", "config",
+                                           "shards": [{"file", "rows", "sha256",
+                                                       "first_doc", "last_doc"}, ...]}
+        shard-000000.safetensors          acts [rows, d] (dtype), token_ids [rows] int32,
+        shard-000001.safetensors          doc_ids [rows] int64 (index of the document in the
+        ...                               source), positions [rows] int32 (position in the
+                                          model's input sequence)
+        stats.safetensors, stats.json     ActivationStats of the stored rows (optional)
+        .lock                             present while a writer runs (holds its pid)
+
+Rows are tokens in source order; padding is never stored, special tokens only on request.
+A shard is written to a temporary name, fsynced, renamed and only then recorded in the
+manifest (replaced atomically), and shards end at document boundaries: a killed job leaves
+a valid store, and `docs_done` says where a rerun resumes. Files not in the manifest are
+leftovers of an interrupted write and are ignored (and overwritten on resume).
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+
+import torch
+
+FORMAT = "actspace.activation_store"
+VERSION = 1
+MANIFEST = "manifest.json"
+STATS = "stats"
+
+
+def hookpoint_dirname(name: str) -> str:
+    """Directory of a hookpoint's store inside a capture out_dir."""
+    return name.replace(":", "__").replace("/", "_")
+
+
+class ActivationStore:
+    """A read-only view of a store directory; shards are memory-mapped (safetensors)."""
+
+    def __init__(self, path, manifest: dict):
+        self.path = os.fspath(path)
+        self.manifest = manifest
+        self.shards = manifest["shards"]
+        self._starts = [0]
+        for s in self.shards:
+            self._starts.append(self._starts[-1] + int(s["rows"]))
+        self._handles: dict[int, object] = {}
+
+    @classmethod
+    def open(cls, path) -> "ActivationStore":
+        """Open a store directory, or a capture out_dir holding exactly one store."""
+        path = os.fspath(path)
+        mpath = os.path.join(path, MANIFEST)
+        if not os.path.exists(mpath):
+            subs = sorted(s for s in (os.listdir(path) if os.path.isdir(path) else [])
+                          if os.path.exists(os.path.join(path, s, MANIFEST)))
+            if len(subs) == 1:
+                return cls.open(os.path.join(path, subs[0]))
+            if subs:
+                raise ValueError(f"{path!r} holds several stores, open one of: "
+                                 f"{[os.path.join(path, s) for s in subs]}")
+            raise FileNotFoundError(f"no activation store at {path!r} (no {MANIFEST})")
+        with open(mpath) as f:
+            man = json.load(f)
+        if man.get("format") != FORMAT:
+            raise ValueError(f"{mpath} is not an actspace activation store")
+        if man.get("version", 0) > VERSION:
+            raise ValueError(f"{mpath} has format version {man['version']}; this actspace "
+                             f"reads up to {VERSION}")
+        return cls(path, man)
+
+    # ------------------------------------------------------------------ metadata
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @property
+    def d(self) -> int:
+        return int(self.manifest["d"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.manifest["dtype"].removeprefix("torch."))
+
+    @property
+    def hookpoint(self) -> str:
+        return self.manifest.get("hookpoint")
+
+    @property
+    def stats(self):
+        """The ActivationStats saved with the store, or None."""
+        from ..stats.activation import ActivationStats
+
+        p = os.path.join(self.path, STATS)
+        return ActivationStats.load(p) if os.path.exists(p + ".json") else None
+
+    def __repr__(self) -> str:
+        return (f"ActivationStore({self.path!r}, rows={len(self)}, d={self.d}, "
+                f"dtype={self.dtype}, shards={len(self.shards)})")
+
+    # ------------------------------------------------------------------ reads
+    def _handle(self, i: int):
+        h = self._handles.get(i)
+        if h is None:
+            from safetensors import safe_open
+
+            h = safe_open(os.path.join(self.path, self.shards[i]["file"]), framework="pt")
+            self._handles[i] = h
+        return h
+
+    def read(self, start: int, stop: int, field: str = "acts") -> torch.Tensor:
+        """Rows [start, stop) of one field: acts [n, d], token_ids, doc_ids or positions [n]."""
+        n = len(self)
+        if not (0 <= start <= stop <= n):
+            raise IndexError(f"row range [{start}, {stop}) outside the store's {n} rows")
+        parts = []
+        s = bisect.bisect_right(self._starts, start) - 1
+        while start < stop:
+            lo, hi = self._starts[s], self._starts[s + 1]
+            end = min(stop, hi)
+            parts.append(self._handle(s).get_slice(field)[start - lo:end - lo])
+            start, s = end, s + 1
+        if not parts:
+            shape = (0, self.d) if field == "acts" else (0,)
+            return torch.empty(shape, dtype=self.dtype if field == "acts" else torch.int64)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        """store[i:j] -> acts [j - i, d]; store[i] -> [d]."""
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("store slices must have step 1")
+            return self.read(start, max(start, stop))
+        if isinstance(key, int):
+            if key < 0:
+                key += len(self)
+            return self.read(key, key + 1)[0]
+        raise TypeError(f"store index must be an int or a slice, got {type(key).__name__}")
+
+    def shard(self, i: int, field: str = "acts") -> torch.Tensor:
+        """One whole field of shard i."""
+        return self._handle(i).get_tensor(field)
+
+    # ------------------------------------------------------------------ iteration
+    def batch_indices(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                      buffer_size: int = 1 << 16, drop_last: bool = False):
+        """The deterministic batch order as (shard, local row) pairs, without reading data:
+        yields lists of (shard index, local rows LongTensor). Shuffled: shards in a seeded
+        random order stream into a buffer of buffer_size rows that is shuffled and emptied
+        down to half whenever it fills; every row appears exactly once."""
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(buffer_size, int) or buffer_size < batch_size:
+            raise ValueError(f"buffer_size must be an int >= batch_size, got {buffer_size!r}")
+        if not shuffle:
+            for a in range(0, len(self), batch_size):
+                b = min(a + batch_size, len(self))
+                if drop_last and b - a < batch_size:
+                    return
+                yield ("range", a, b)
+            return
+        g = torch.Generator().manual_seed(int(seed))
+        order = torch.randperm(len(self.shards), generator=g).tolist()
+        buf = torch.empty(0, dtype=torch.int64)      # global row ids
+
+        def emit(buf, keep):
+            perm = buf[torch.randperm(buf.numel(), generator=g)]
+            n_out = (perm.numel() - keep) // batch_size * batch_size
+            return [perm[i:i + batch_size] for i in range(0, n_out, batch_size)], perm[n_out:]
+
+        for s in order:
+            buf = torch.cat([buf, torch.arange(self._starts[s], self._starts[s + 1])])
+            if buf.numel() >= buffer_size:
+                batches, buf = emit(buf, buffer_size // 2)
+                yield from (("rows", b) for b in batches)
+        batches, buf = emit(buf, 0)
+        yield from (("rows", b) for b in batches)
+        if buf.numel() and not drop_last:
+            yield ("rows", buf)
+
+    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+        # rows: global ids; group by shard, read each shard's needed rows from the mmap
+        sidx = torch.bucketize(rows, torch.tensor(self._starts[1:]), right=True)
+        out = torch.empty(rows.numel(), self.d, dtype=self.dtype)
+        for s in torch.unique(sidx).tolist():
+            m = sidx == s
+            out[m] = self._cached_shard(s)[rows[m] - self._starts[s]]
+        return out
+
+    def _cached_shard(self, s: int) -> torch.Tensor:
+        # a few whole shards stay resident: the shuffle buffer spans a handful of them
+        cache = self.__dict__.setdefault("_shard_cache", {})
+        if s not in cache:
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[s] = self.shard(s)
+        return cache[s]
+
+    def iter_batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                     buffer_size: int = 1 << 16, start_batch: int = 0, drop_last: bool = False,
+                     device=None, dtype: torch.dtype | None = None):
+        """Yield acts batches [B, d] (the last may be smaller unless drop_last), in order or
+        shuffled (seeded, deterministic). start_batch skips the first batches of that same
+        order without reading them (exact resume of a training run). device/dtype: where
+        and as what the batches arrive (non-blocking copies from pinned memory on CUDA)."""
+        if not isinstance(start_batch, int) or start_batch < 0:
+            raise ValueError(f"start_batch must be an int >= 0, got {start_batch!r}")
+        device = None if device is None else torch.device(device)
+        pin = device is not None and device.type == "cuda"
+        for i, item in enumerate(self.batch_indices(batch_size, shuffle=shuffle, seed=seed,
+                                                    buffer_size=buffer_size,
+                                                    drop_last=drop_last)):
+            if i < start_batch:
+                continue
+            x = self.read(item[1], item[2]) if item[0] == "range" else self._gather(item[1])
+            if dtype is not None:
+                x = x.to(dtype)
+            if device is not None:
+                x = x.pin_memory().to(device, non_blocking=True) if pin else x.to(device)
+            yield x
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        n = len(self)
+        return n // batch_size if drop_last else -(-n // batch_size)
+
+    # ------------------------------------------------------------------ integrity
+    def verify(self) -> list[str]:
+        """Re-hash every shard; returns the names of missing or corrupt shards ([] = ok)."""
+        bad = []
+        for s in self.shards:
+            p = os.path.join(self.path, s["file"])
+            h = hashlib.sha256()
+            try:
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        h.update(block)
+            except OSError:
+                bad.append(s["file"])
+                continue
+            if h.hexdigest() != s["sha256"]:
+                bad.append(s["file"])
+        return bad

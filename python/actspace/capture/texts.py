@@ -1,0 +1,127 @@
+"""Text sources and their tokenization into model-sized pieces for capture jobs.
+
+Why separate: the job must see documents in a stable order (resume skips the first
+`docs_done` documents of the same source) and must turn each document into one or more
+sequences of at most max_length tokens (truncated or split into windows) while knowing
+which tokens are special (BOS/CLS/SEP), so those can be left out of the store.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+
+def iter_texts(source, *, field_name: str = "text"):
+    """Documents of source, in a stable order: an iterable of str; a path to a .txt (one
+    document per line, or blank-line separated paragraphs when the file has blank lines),
+    a .jsonl (field_name of each object); or a datasets.Dataset (its field_name column)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"texts: no such file {path!r}")
+        if path.endswith(".jsonl"):
+            yield from _jsonl(path, field_name)
+        elif path.endswith(".txt"):
+            yield from _txt(path)
+        else:
+            raise ValueError(f"texts: expected a .txt or .jsonl file, got {path!r}")
+        return
+    if type(source).__module__.startswith("datasets"):
+        source = source[field_name] if hasattr(source, "column_names") else source
+    try:
+        it = iter(source)
+    except TypeError:
+        raise TypeError(f"texts must be an iterable of str, a .txt/.jsonl path or a "
+                        f"datasets.Dataset, got {type(source).__name__}") from None
+    for i, t in enumerate(it):
+        if isinstance(t, dict):
+            t = t.get(field_name)
+        if not isinstance(t, str):
+            raise TypeError(f"texts: document {i} is {type(t).__name__}, expected str")
+        yield t
+
+
+def _txt(path: str):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if "\n\n" in text.strip():
+        docs = (" ".join(p.split("\n")) for p in text.split("\n\n"))
+    else:
+        docs = text.split("\n")
+    for d in docs:
+        if d.strip():
+            yield d.strip()
+
+
+def _jsonl(path: str, field_name: str):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            if field_name not in obj:
+                raise ValueError(f"{path}:{n}: no field {field_name!r} (use --field)")
+            yield obj[field_name]
+
+
+@dataclass
+class Piece:
+    """One model input sequence: ids [T] and which of them are special tokens."""
+    doc_id: int
+    ids: list[int]
+    special: list[int]
+
+
+@dataclass
+class TokenCounts:
+    docs: int = 0
+    truncated: int = 0        # documents cut at max_length (truncate mode)
+    windowed: int = 0         # documents split into several windows
+    dropped_tokens: int = 0   # tokens lost to truncation
+    extra: dict = field(default_factory=dict)
+
+
+def pieces_of(tokenizer, text: str, doc_id: int, max_length: int, windows: bool,
+              counts: TokenCounts) -> list[Piece]:
+    """Tokenize one document (with the tokenizer's special tokens) and cut it to max_length:
+    the leading/trailing special tokens are repeated around every window."""
+    enc = tokenizer(text, add_special_tokens=True, return_special_tokens_mask=True,
+                    truncation=False, verbose=False)
+    ids, sp = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+    counts.docs += 1
+    if len(ids) <= max_length:
+        return [Piece(doc_id, ids, sp)]
+    lead = next((i for i, s in enumerate(sp) if not s), len(sp))
+    trail = next((i for i, s in enumerate(reversed(sp)) if not s), 0)
+    body = max_length - lead - trail
+    if body <= 0:
+        raise ValueError(f"max_length={max_length} leaves no room for text next to "
+                         f"{lead + trail} special tokens")
+    head, tail = (ids[:lead], sp[:lead]), (ids[len(ids) - trail:], sp[len(sp) - trail:])
+    content, csp = ids[lead:len(ids) - trail], sp[lead:len(sp) - trail]
+    starts = range(0, len(content), body) if windows else [0]
+    if windows:
+        counts.windowed += 1
+    else:
+        counts.truncated += 1
+        counts.dropped_tokens += len(content) - body
+    return [Piece(doc_id, head[0] + content[s:s + body] + tail[0],
+                  head[1] + csp[s:s + body] + tail[1]) for s in starts]
+
+
+def collate(pieces: list[Piece], pad_id: int):
+    """Right-padded batch: input_ids, attention_mask [B, T] and keep-able specials [B, T]."""
+    T = max(len(p.ids) for p in pieces)
+    B = len(pieces)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    special = torch.zeros(B, T, dtype=torch.bool)
+    for i, p in enumerate(pieces):
+        n = len(p.ids)
+        ids[i, :n] = torch.tensor(p.ids)
+        mask[i, :n] = 1
+        special[i, :n] = torch.tensor(p.special, dtype=torch.bool)
+    return ids, mask, special

@@ -1,0 +1,77 @@
+"""`actspace train`: train an SAE (or a sweep) on an activation store and save it.
+
+    actspace train STORE_DIR --out runs/l3 --k 32 --expansion-factor 8
+    actspace train acts.safetensors --out runs/x --k 16 32 64 --d-sae 4096   # a sweep
+
+Kill it and run the same command again: it resumes from the checkpoint in --out.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+HELP = "train sparse autoencoders on an activation store (resumable)"
+
+
+def add_arguments(p):
+    p.add_argument("data", help="activation store directory, or a .safetensors file whose "
+                                "tensor 'acts' (or only tensor) is [N, d]")
+    p.add_argument("--out", required=True, help="output directory (checkpoint, SAEs, history)")
+    p.add_argument("--kind", default="topk", choices=["topk", "batchtopk", "jumprelu", "relu"])
+    p.add_argument("--k", type=int, nargs="+", default=[32], help="k (several: a sweep)")
+    width = p.add_mutually_exclusive_group()
+    width.add_argument("--d-sae", type=int, nargs="+", help="latents (several: a sweep)")
+    width.add_argument("--expansion-factor", type=int, nargs="+", default=None,
+                       help="d_sae = d_in * this (default 8)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=None, help="default: --epochs passes")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(d_sae/16384)")
+    p.add_argument("--dead-tokens", type=int, default=10_000_000)
+    p.add_argument("--l1-coeff", type=float, default=1.0, help="relu kind")
+    p.add_argument("--l0-coeff", type=float, default=1e-3, help="jumprelu kind")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--hookpoint", default=None, help="recorded in the SAE (default: the store's)")
+    p.add_argument("--format", default="saelens", choices=["saelens", "sparsify"])
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
+    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _open_data(path):
+    if os.path.isdir(path):
+        import actspace as acts
+        store = acts.ActivationStore.open(path)
+        return store, getattr(store, "hookpoint", None)
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        from safetensors.torch import load_file
+        tensors = load_file(path)
+        if "acts" in tensors:
+            return tensors["acts"], None
+        if len(tensors) == 1:
+            return next(iter(tensors.values())), None
+        raise ValueError(f"data: {path!r} holds {sorted(tensors)}; expected a tensor 'acts'")
+    raise FileNotFoundError(f"data: {path!r} is neither a store directory nor a .safetensors file")
+
+
+def run(args) -> int:
+    from actspace.decompose.train import train_sae
+
+    data, store_hook = _open_data(args.data)
+    width = {"d_sae": args.d_sae} if args.d_sae else {
+        "expansion_factor": args.expansion_factor or 8}
+    saes, history = train_sae(
+        data, kind=args.kind, k=args.k if len(args.k) > 1 else args.k[0],
+        **{n: (v if v is None or len(v) > 1 else v[0]) for n, v in width.items()},
+        hookpoint=args.hookpoint or store_hook, batch_size=args.batch_size, steps=args.steps,
+        epochs=args.epochs, lr=args.lr, dead_tokens=args.dead_tokens, l1_coeff=args.l1_coeff,
+        l0_coeff=args.l0_coeff, seed=args.seed, device=args.device, out_dir=args.out,
+        checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+        shuffle=not args.no_shuffle, progress=not args.quiet, save_format=args.format)
+    last = {}
+    for h in history:  # the last record of each SAE
+        last[h["sae"]] = h
+    print(json.dumps({"out": args.out, "final": list(last.values())}, indent=1))
+    return 0

@@ -1,0 +1,156 @@
+"""`acts.PCA`: principal components of an activation space from a streaming covariance.
+
+Why not sklearn: activation sets do not fit in memory. The fit streams batches (a tensor,
+an iterable of batches, or an ActivationStore) through ActivationStats' float64 Chan-merged
+covariance and eigendecomposes the d x d result once; a capture job's saved statistics
+give a PCA with no further pass over the data (`PCA.from_stats`).
+
+    pca = acts.PCA(n_components=64).fit(store)
+    z = pca.encode(x)            # x [N, d] -> z [N, k]
+    x_hat = pca.decode(z)        # [N, d]
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+_FORMAT = "actspace.pca"
+
+
+class PCA:
+    """n_components: how many components to keep (None = all d)."""
+
+    def __init__(self, n_components: int | None = None):
+        if n_components is not None and (not isinstance(n_components, int)
+                                         or n_components <= 0):
+            raise ValueError(f"n_components must be a positive int or None, got {n_components!r}")
+        self.n_components = n_components
+        self.mean_ = None                     # [d] float64
+        self.components_ = None               # [k, d] float64, rows orthonormal
+        self.explained_variance_ = None       # [k] float64, descending
+        self.explained_variance_ratio_ = None  # [k] share of the total variance
+        self.n_samples_ = 0
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data, *, batch_size: int = 65536) -> "PCA":
+        """Fit on data: a tensor [N, d], an iterable of [B, d] batches, or an
+        ActivationStore (read in order, batch_size rows at a time)."""
+        from ..capture.store import ActivationStore
+        from ..stats.activation import ActivationStats
+
+        if isinstance(data, ActivationStore):
+            batches = data.iter_batches(batch_size)
+        elif isinstance(data, torch.Tensor):
+            if data.dim() != 2:
+                raise ValueError(f"data must be [N, d], got shape {list(data.shape)}")
+            batches = data.split(batch_size)
+        else:
+            try:
+                batches = iter(data)
+            except TypeError:
+                raise TypeError("data must be a tensor [N, d], an iterable of batches or an "
+                                f"ActivationStore, got {type(data).__name__}") from None
+        stats = None
+        for b in batches:
+            if not isinstance(b, torch.Tensor) or b.dim() != 2:
+                raise ValueError(f"each batch must be a tensor [B, d], got "
+                                 f"{getattr(b, 'shape', type(b).__name__)}")
+            if stats is None:
+                stats = ActivationStats(b.shape[1], covariance=True, top_k=0)
+            stats.update(b)
+        if stats is None:
+            raise ValueError("data is empty: PCA needs at least 2 rows")
+        return self._fit_stats(stats)
+
+    @classmethod
+    def from_stats(cls, stats, n_components: int | None = None) -> "PCA":
+        """PCA from an ActivationStats accumulated with covariance=True."""
+        return cls(n_components)._fit_stats(stats)
+
+    def _fit_stats(self, stats) -> "PCA":
+        cov = stats.covariance()             # raises if not accumulated / too few rows
+        d = cov.shape[0]
+        k = d if self.n_components is None else self.n_components
+        if k > d:
+            raise ValueError(f"n_components={k} exceeds the data width d={d}")
+        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+        comps = evecs[:, :k].T.contiguous()
+        # deterministic signs: the largest-magnitude entry of each component is positive
+        sign = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True)))
+        self.components_ = comps * sign
+        self.mean_ = stats.cov_mean.clone()
+        self.explained_variance_ = evals[:k].clone()
+        total = evals.sum()
+        self.explained_variance_ratio_ = self.explained_variance_ / total.clamp_min(1e-300)
+        self.n_samples_ = int(stats.cov_count)
+        return self
+
+    # ------------------------------------------------------------------ transforms
+    def _fitted(self) -> torch.Tensor:
+        if self.components_ is None:
+            raise ValueError("PCA is not fitted: call fit() or from_stats() first")
+        return self.components_
+
+    def _check(self, x: torch.Tensor, width: int, name: str) -> None:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != width:
+            raise ValueError(f"{name} must have shape [N, {width}], got {list(x.shape)}")
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, d] -> scores [N, k], in x's dtype (computed in at least float32)."""
+        self._check(x, self._fitted().shape[1], "x")
+        ct = torch.promote_types(x.dtype, torch.float32)
+        W = self.components_.to(x.device, ct)
+        return ((x.to(ct) - self.mean_.to(x.device, ct)) @ W.T).to(x.dtype)
+
+    def inverse_transform(self, z: torch.Tensor) -> torch.Tensor:
+        """scores z [N, k] -> reconstruction [N, d]."""
+        self._check(z, self._fitted().shape[0], "z")
+        ct = torch.promote_types(z.dtype, torch.float32)
+        W = self.components_.to(z.device, ct)
+        return (z.to(ct) @ W + self.mean_.to(z.device, ct)).to(z.dtype)
+
+    encode = transform
+    decode = inverse_transform
+
+    # ------------------------------------------------------------------ persistence
+    @staticmethod
+    def _paths(path) -> tuple[str, str]:
+        path = os.fspath(path)
+        stem = path[:-len(".safetensors")] if path.endswith(".safetensors") else path
+        return stem + ".safetensors", stem + ".json"
+
+    def save(self, path) -> None:
+        """Write path(.safetensors) (mean, components, explained variance) and path(.json)."""
+        from safetensors.torch import save_file
+
+        if self.components_ is None:
+            raise ValueError("PCA is not fitted: nothing to save")
+        st, js = self._paths(path)
+        save_file({"mean": self.mean_, "components": self.components_,
+                   "explained_variance": self.explained_variance_,
+                   "explained_variance_ratio": self.explained_variance_ratio_}, st)
+        with open(js, "w") as f:
+            json.dump({"format": _FORMAT, "version": 1, "n_components": self.n_components,
+                       "d": int(self.components_.shape[1]), "n_samples": self.n_samples_}, f)
+
+    @classmethod
+    def load(cls, path) -> "PCA":
+        from safetensors.torch import load_file
+
+        st, js = cls._paths(path)
+        with open(js) as f:
+            meta = json.load(f)
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{js} is not an actspace PCA file")
+        t = load_file(st)
+        pca = cls(meta["n_components"])
+        pca.mean_, pca.components_ = t["mean"], t["components"]
+        pca.explained_variance_ = t["explained_variance"]
+        pca.explained_variance_ratio_ = t["explained_variance_ratio"]
+        pca.n_samples_ = meta["n_samples"]
+        return pca

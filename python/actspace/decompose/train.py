@@ -1,0 +1,209 @@
+"""``acts.train_sae``: train one SAE, or a sweep of them from one pass over the activations.
+
+Recipe (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", and sparsify):
+b_dec starts at the mean (or geometric median) of the first batch, decoder rows are unit
+vectors and the encoder starts tied to the decoder; before every Adam step the part of the
+decoder gradient parallel to each row is removed and after it rows are renormalised; AuxK
+revives dead latents; the learning rate warms up linearly, stays, then decays linearly to 0
+over the last ``decay_fraction`` of the steps. Every batch is fed to every SAE of the sweep.
+
+Robustness: a batch with a non-finite value is skipped (never trained on), counted and
+warned about; with ``out_dir`` the run checkpoints atomically every ``checkpoint_every``
+steps and, started again with the same arguments, resumes exactly where it stopped
+(weights, Adam state, schedule, data position, RNG). ``max_steps`` stops a run early at that
+step with a checkpoint, as a kill would (tests use it).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from pathlib import Path
+
+import torch
+
+from .interop import _write_json
+from .sae import SAE
+from .train_checkpoint import load_checkpoint, save_checkpoint
+from .train_data import as_source, batches_per_epoch, split_batch
+from .train_losses import geometric_median, project_decoder_grad, train_forward
+
+__all__ = ["train_sae", "lr_at"]
+
+
+def lr_at(step, total, base_lr, warmup_steps, decay_fraction):
+    """Learning rate at optimizer step `step` of `total`: linear warm-up, flat, linear decay."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_start = total - int(decay_fraction * total)
+    if step >= decay_start and total > decay_start:
+        return base_lr * max(total - step, 0) / (total - decay_start)
+    return base_lr
+
+
+def _as_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _make_saes(d_in, d_out, kind, d_sae, expansion_factor, k, hookpoint, hookpoint_out,
+               device, dtype, seed):
+    if d_sae is None:
+        if expansion_factor is None:
+            raise ValueError("give d_sae or expansion_factor (or saes=[...])")
+        d_sae = [d_in * e for e in _as_list(expansion_factor)]
+    ks = _as_list(k) if kind in ("topk", "batchtopk") else [None]
+    saes = []
+    gen = torch.Generator().manual_seed(seed)
+    for m, kk in itertools.product(_as_list(d_sae), ks):
+        sae = SAE(d_in, m, kind, kk, d_out=None if d_out == d_in else d_out,
+                  hookpoint=hookpoint, hookpoint_out=hookpoint_out, dtype=dtype, device=device)
+        sae.init_weights(generator=gen)
+        saes.append(sae)
+    return saes
+
+
+def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None, k=32,
+              hookpoint=None, hookpoint_out=None, batch_size=4096, steps=None, epochs=1,
+              lr=None, warmup_steps=None, decay_fraction=0.2, auxk_coeff=1 / 32, k_aux=None,
+              dead_tokens=10_000_000, l1_coeff=1.0, l0_coeff=1e-3, bandwidth=1e-3,
+              b_dec_init="mean", shuffle=True, seed=0, device=None, dtype=torch.float32,
+              out_dir=None, checkpoint_every=1000, resume=True, max_steps=None,
+              log_every=10, progress=True, save_format="saelens"):
+    """Train SAEs on data -> (SAE or list of SAEs, history: list of dicts).
+
+    data: an ActivationStore (anything with iter_batches), a tensor x [N, d_in], a pair
+    (x [N, d_in], y [N, d_out]) for a transcoder, or an iterable of such batches.
+    Sweep: ``d_sae`` / ``expansion_factor`` and ``k`` may be lists; one SAE per combination
+    (returned as a list), all fed the same batches. ``saes=[...]`` trains given SAEs instead.
+    steps: optimizer steps of the schedule (default: ``epochs`` passes over the data).
+    lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.); k_aux default d_in // 2.
+    dead_tokens: a latent not active in the last this-many tokens counts as dead.
+    out_dir: checkpoint, final SAEs (``sae`` or ``sae_{i}``) and history.json are written
+    there; with resume=True an existing checkpoint there is continued.
+    """
+    source, known = as_source(data)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if b_dec_init not in ("mean", "median", None):
+        raise ValueError(f"b_dec_init must be 'mean', 'median' or None, got {b_dec_init!r}")
+    per_epoch = batches_per_epoch(source, known, batch_size)
+    max_epochs = epochs if steps is None else math.inf  # skipped batches end a pass early
+    if steps is None:
+        if per_epoch is None:
+            raise ValueError("steps is required when the number of batches is unknown")
+        steps = per_epoch * epochs
+    single = saes is None and len(_as_list(k)) == 1 and not isinstance(d_sae, (list, tuple)) \
+        and not isinstance(expansion_factor, (list, tuple))
+    if saes is None:
+        d_in = getattr(source, "d", None)
+        if d_in is None:  # peek at one batch for the width
+            x0, y0 = split_batch(next(iter(source.iter_batches(batch_size))))
+            d_in, d_out = x0.shape[1], y0.shape[1]
+        else:
+            d_out = getattr(source, "d_out", d_in)
+        saes = _make_saes(d_in, d_out, kind, d_sae, expansion_factor, k, hookpoint,
+                          hookpoint_out, device, dtype, seed)
+    saes = list(saes)
+    dev = saes[0].device
+    opts = [torch.optim.Adam(s.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+            for s in saes]
+    base_lrs = [lr if lr is not None else 2e-4 / math.sqrt(s.d_sae / 2 ** 14) for s in saes]
+    if warmup_steps is None:
+        warmup_steps = min(1000, steps // 10)
+    last_fired = [torch.zeros(s.d_sae, dtype=torch.int64) for s in saes]
+    loop = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "skipped_nonfinite": 0,
+            "history": []}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if resume:
+            loop = load_checkpoint(out_dir, saes, opts, last_fired) or loop
+    history = loop["history"]
+    stop_at = steps if max_steps is None else min(steps, max_steps)
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, initial=loop["step"], disable=not progress, desc="train_sae")
+
+    def checkpoint():
+        if out_dir is not None:
+            save_checkpoint(out_dir, saes, opts, last_fired, loop)
+
+    while loop["step"] < stop_at and loop["epoch"] < max_epochs:
+        it = source.iter_batches(batch_size, shuffle=shuffle, seed=seed + loop["epoch"],
+                                 start_batch=loop["batch"], device=dev, dtype=saes[0].dtype)
+        got_any = False
+        for batch in it:
+            got_any = True
+            loop["batch"] += 1
+            x, y = split_batch(batch)
+            if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+                loop["skipped_nonfinite"] += 1
+                warnings.warn(f"train_sae: skipped a batch with non-finite values (epoch "
+                              f"{loop['epoch']}, batch {loop['batch'] - 1}); "
+                              f"{loop['skipped_nonfinite']} skipped so far", RuntimeWarning)
+                continue
+            if loop["step"] == 0 and loop["tokens"] == 0 and b_dec_init is not None:
+                with torch.no_grad():
+                    center = y.mean(0) if b_dec_init == "mean" else geometric_median(y)
+                    for s in saes:
+                        s.b_dec.copy_(center)
+            _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_steps,
+                        decay_fraction, auxk_coeff, k_aux, dead_tokens, l1_coeff, l0_coeff,
+                        bandwidth, log_every)
+            bar.update(1)
+            if history and history[-1]["step"] == loop["step"]:
+                bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}", l0=f"{history[-1]['l0']:.1f}",
+                                skipped=loop["skipped_nonfinite"])
+            if checkpoint_every and loop["step"] % checkpoint_every == 0:
+                checkpoint()
+            if loop["step"] >= stop_at:
+                break
+        else:
+            loop["epoch"] += 1
+            loop["batch"] = 0
+            if not got_any:
+                raise ValueError("data yielded no batches")
+    bar.close()
+    checkpoint()
+    finished = loop["step"] >= steps or loop["epoch"] >= max_epochs
+    if out_dir is not None and finished:
+        for i, s in enumerate(saes):
+            s.save(Path(out_dir) / ("sae" if len(saes) == 1 else f"sae_{i}"), format=save_format)
+        _write_json(Path(out_dir) / "history.json", history)
+    if loop["skipped_nonfinite"]:
+        warnings.warn(f"train_sae: {loop['skipped_nonfinite']} batch(es) with non-finite "
+                      "values were skipped", RuntimeWarning)
+    return (saes[0] if single else saes), history
+
+
+def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_steps,
+                decay_fraction, auxk_coeff, k_aux, dead_tokens, l1_coeff, l0_coeff, bandwidth,
+                log_every):
+    """One optimizer step of every SAE on the batch x [B, d_in] -> y [B, d_out]."""
+    step, B = loop["step"], x.shape[0]
+    tokens = loop["tokens"] + B
+    for i, (sae, opt) in enumerate(zip(saes, opts)):
+        lr = lr_at(step, steps, base_lrs[i], warmup_steps, decay_fraction)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        dead = (loop["tokens"] - last_fired[i]) >= dead_tokens
+        out = train_forward(sae, x, y, dead=dead.to(x.device),
+                            k_aux=k_aux or max(sae.d_in // 2, 1), auxk_coeff=auxk_coeff,
+                            l1_coeff=l1_coeff, l0_coeff=l0_coeff, bandwidth=bandwidth)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        project_decoder_grad(sae)
+        opt.step()
+        with torch.no_grad():
+            sae.normalize_decoder()
+            if sae.kind == "jumprelu":
+                sae.threshold.clamp_(min=0.0)
+        last_fired[i][out.fired.cpu()] = tokens
+        if (step + 1) % log_every == 0 or step + 1 == steps or step == 0:
+            dead_frac = float(((tokens - last_fired[i]) >= dead_tokens).float().mean())
+            loop["history"].append({
+                "step": step + 1, "sae": i, "kind": sae.kind, "d_sae": sae.d_sae, "k": sae.k,
+                "loss": float(out.loss.detach()), "fvu": out.fvu, "l0": out.l0, "auxk": out.aux,
+                "dead_fraction": dead_frac, "lr": lr, "tokens": tokens,
+                "skipped_nonfinite": loop["skipped_nonfinite"]})
+    loop["step"] = step + 1
+    loop["tokens"] = tokens
+

@@ -1,0 +1,77 @@
+"""Atomic training checkpoints with everything an exact resume needs.
+
+One file, ``checkpoint.safetensors`` (written to a temp name, fsynced, renamed): tensors of
+every SAE (parameters and buffers), its Adam state and its last-fired token counters, and
+the torch RNG state; the JSON metadata holds the loop position (step, epoch, batch in
+epoch, tokens), skipped-batch count, history and the SAE configurations. Nothing is pickled.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .interop import _write_safetensors
+
+CHECKPOINT = "checkpoint.safetensors"
+VERSION = 1
+
+
+def sae_config(sae):
+    return {"kind": sae.kind, "d_in": sae.d_in, "d_sae": sae.d_sae, "d_out": sae.d_out,
+            "k": sae.k}
+
+
+def save_checkpoint(out_dir, saes, opts, last_fired, loop: dict):
+    """loop: JSON-able dict (step, epoch, batch, tokens, skipped, history ...)."""
+    tensors = {"rng": torch.get_rng_state()}
+    groups = []
+    for s, (sae, opt, fired) in enumerate(zip(saes, opts, last_fired)):
+        for n, t in sae.state_dict().items():
+            tensors[f"sae{s}.{n}"] = t
+        sd = opt.state_dict()
+        for pid, st in sd["state"].items():
+            for key, t in st.items():
+                tensors[f"opt{s}.{pid}.{key}"] = t.reshape(-1) if t.dim() == 0 else t
+        groups.append([{k: v for k, v in g.items()} for g in sd["param_groups"]])
+        tensors[f"fired{s}"] = fired
+    meta = dict(loop, version=VERSION, configs=[sae_config(s) for s in saes],
+                param_groups=groups)
+    _write_safetensors(Path(out_dir) / CHECKPOINT, tensors, {"state": json.dumps(meta)})
+
+
+def load_checkpoint(out_dir, saes, opts, last_fired) -> dict | None:
+    """Restore into saes / opts / last_fired in place; -> loop dict, or None if no checkpoint."""
+    from safetensors import safe_open
+
+    f = Path(out_dir) / CHECKPOINT
+    if not f.exists():
+        return None
+    with safe_open(str(f), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["state"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{str(f)!r}: checkpoint version {meta.get('version')} != {VERSION}")
+    want = [sae_config(s) for s in saes]
+    if meta["configs"] != want:
+        raise ValueError(f"{str(f)!r}: checkpoint holds SAEs {meta['configs']}, but this run "
+                         f"trains {want}; use another out_dir or resume=False")
+    for s, (sae, opt) in enumerate(zip(saes, opts)):
+        prefix = f"sae{s}."
+        sae.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                             if k.startswith(prefix)}, strict=True)
+        state: dict = {}
+        oprefix = f"opt{s}."
+        for k, v in tensors.items():
+            if k.startswith(oprefix):
+                pid, key = k[len(oprefix):].split(".", 1)
+                state.setdefault(int(pid), {})[key] = v.reshape(()) if key == "step" else v
+        groups = meta["param_groups"][s]
+        for g in groups:
+            if "betas" in g:
+                g["betas"] = tuple(g["betas"])
+        opt.load_state_dict({"state": state, "param_groups": groups})
+        last_fired[s].copy_(tensors[f"fired{s}"])
+    torch.set_rng_state(tensors["rng"])
+    return {k: v for k, v in meta.items() if k not in ("version", "configs", "param_groups")}

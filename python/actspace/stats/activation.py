@@ -1,0 +1,345 @@
+"""`acts.ActivationStats`: streaming, mergeable statistics of an activation space.
+
+Why streaming: capture jobs see billions of tokens once; every statistic here is a
+mergeable state updated batch by batch (per-channel moments on the `stats` kernels of
+actspace.ops.stats, a float64 co-moment matrix merged by Chan's formula, per-token norm
+moments, and the top tokens by max |activation|). Parts computed on shards, threads or
+ranks merge exactly (`merge`, `all_reduce`), and the state saves to safetensors + json.
+
+    st = acts.ActivationStats(d, covariance=True)
+    st.update(x, token_ids=ids)          # x [N, d], token_ids [N]
+    st.mean, st.var, st.kurtosis, st.spectrum(), st.power_law_alpha(), st.massive_activations()
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+
+from ..ops import stats as _ops
+
+_FORMAT = "actspace.activation_stats"
+_VERSION = 1
+
+
+def _merge_topk(vals, toks, chans, rows, k):
+    """Keep the k largest vals (ties: earlier row first). All 1-D, same length."""
+    o = torch.argsort(rows, stable=True)
+    o = o[torch.argsort(-vals[o], stable=True)][:k]
+    return vals[o], toks[o], chans[o], rows[o]
+
+
+class ActivationStats:
+    """Statistics of activations with d channels.
+
+    covariance: also accumulate the full d x d covariance (float64, d^2 memory).
+    top_k: how many tokens with the largest max |activation| to remember (with token ids).
+    """
+
+    def __init__(self, d: int, covariance: bool = False, *, top_k: int = 64):
+        if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
+            raise ValueError(f"d must be a positive int, got {d!r}")
+        if not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+        self.d, self.has_covariance, self.top_k = d, bool(covariance), top_k
+        self.moments = _ops.moments_init(d)
+        self.norms = _ops.moments_init(1)            # per-token L2 norm moments
+        self.rows = 0                                # rows seen (tokens)
+        self.cov_count = 0.0                         # rows folded into the covariance
+        self.cov_mean = torch.zeros(d, dtype=torch.float64)
+        self.cov_m2 = torch.zeros(d, d, dtype=torch.float64) if covariance else None
+        self.top_values = torch.empty(0, dtype=torch.float32)   # [<=top_k] max |x| of a row
+        self.top_tokens = torch.empty(0, dtype=torch.int64)     # token id (-1 unknown)
+        self.top_channels = torch.empty(0, dtype=torch.int64)   # channel of that max
+        self.top_rows = torch.empty(0, dtype=torch.int64)       # row index in the stream
+
+    # ------------------------------------------------------------------ update / merge
+    def update(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
+        """Fold x [N, d] (any float dtype, any device; stats live on CPU) into the state.
+        token_ids [N] (optional) label the rows for the massive-activation report."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.d:
+            raise ValueError(f"x must have shape [N, {self.d}], got {list(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a float tensor, got {x.dtype}")
+        n = x.shape[0]
+        if token_ids is not None and (not isinstance(token_ids, torch.Tensor)
+                                      or token_ids.shape != (n,)):
+            raise ValueError(f"token_ids must be a tensor of shape [{n}], got "
+                             f"{getattr(token_ids, 'shape', type(token_ids).__name__)}")
+        if n == 0:
+            return
+        x = x.detach().cpu()
+        _ops.moments_update(self.moments, x)
+        xf = x.float()
+        finite_rows = torch.isfinite(xf).all(1)
+        absx = torch.where(torch.isfinite(xf), xf.abs(), torch.zeros((), dtype=xf.dtype))
+        norms = torch.linalg.vector_norm(absx, dim=1, dtype=torch.float64)
+        _ops.moments_update(self.norms, norms[finite_rows].unsqueeze(1))
+        if self.top_k:
+            rmax, chan = absx.max(1)
+            toks = (token_ids.detach().cpu().long() if token_ids is not None
+                    else torch.full((n,), -1, dtype=torch.int64))
+            # stable sort: among equal values the earlier row wins, as in merge
+            v, i = torch.sort(rmax, descending=True, stable=True)
+            v, i = v[:self.top_k], i[:self.top_k]
+            self._fold_top(v, toks[i], chan[i], i + self.rows)
+        if self.has_covariance:
+            xd = x[finite_rows].to(torch.float64)
+            if xd.shape[0]:
+                mb = xd.mean(0)
+                c = xd - mb
+                self._fold_cov(float(xd.shape[0]), mb, c.T @ c)
+        self.rows += n
+
+    def _fold_top(self, vals, toks, chans, rows):
+        self.top_values, self.top_tokens, self.top_channels, self.top_rows = _merge_topk(
+            torch.cat([self.top_values, vals.float()]), torch.cat([self.top_tokens, toks]),
+            torch.cat([self.top_channels, chans]), torch.cat([self.top_rows, rows]), self.top_k)
+
+    def _fold_cov(self, nb: float, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        # Chan et al.: C = C_a + C_b + delta delta^T * n_a n_b / n
+        na = self.cov_count
+        n = na + nb
+        delta = mean_b - self.cov_mean
+        self.cov_m2 += m2_b + torch.outer(delta, delta) * (na * nb / n)
+        self.cov_mean += delta * (nb / n)
+        self.cov_count = n
+
+    def merge(self, other: "ActivationStats") -> "ActivationStats":
+        """Fold other (a disjoint part of the same stream) into self; returns self.
+        Row indices of other's top tokens are shifted past self's rows."""
+        if not isinstance(other, ActivationStats):
+            raise TypeError(f"other must be ActivationStats, got {type(other).__name__}")
+        if other.d != self.d or other.has_covariance != self.has_covariance:
+            raise ValueError(f"other must have d={self.d}, covariance={self.has_covariance}; "
+                             f"got d={other.d}, covariance={other.has_covariance}")
+        self.moments = _ops.moments_merge(self.moments, other.moments)
+        self.norms = _ops.moments_merge(self.norms, other.norms)
+        if self.top_k:
+            self._fold_top(other.top_values, other.top_tokens, other.top_channels,
+                           other.top_rows + self.rows)
+        if self.has_covariance and other.cov_count > 0:
+            self._fold_cov(other.cov_count, other.cov_mean, other.cov_m2)
+        self.rows += other.rows
+        return self
+
+    def all_reduce(self, group=None) -> "ActivationStats":
+        """Merge the states of every rank of torch.distributed (when initialised) so all
+        ranks hold the statistics of the whole stream; gathers the states and merges them in
+        rank order, so every rank gets bit-identical results. No-op when not initialised."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        states = [None] * dist.get_world_size(group)
+        dist.all_gather_object(states, self._state(), group=group)
+        merged = ActivationStats._from_state(states[0])
+        for s in states[1:]:
+            merged.merge(ActivationStats._from_state(s))
+        self.__dict__.update(merged.__dict__)
+        return self
+
+    # ------------------------------------------------------------------ per-channel views
+    @property
+    def count(self) -> torch.Tensor:   # [d] finite values seen per channel
+        return self.moments["count"]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.moments["mean"]
+
+    @property
+    def var(self) -> torch.Tensor:      # unbiased (n - 1)
+        return self.moments["m2"] / (self.count - 1).clamp_min(1)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.var.sqrt()
+
+    @property
+    def skewness(self) -> torch.Tensor:  # g1 = sqrt(n) m3 / m2^1.5 (biased, as scipy)
+        m = self.moments
+        return m["count"].sqrt() * m["m3"] / m["m2"].pow(1.5)
+
+    @property
+    def kurtosis(self) -> torch.Tensor:  # excess kurtosis n m4 / m2^2 - 3 (biased, as scipy)
+        m = self.moments
+        return m["count"] * m["m4"] / m["m2"].pow(2) - 3.0
+
+    min = property(lambda self: self.moments["min"])
+    max = property(lambda self: self.moments["max"])
+    absmax = property(lambda self: self.moments["absmax"])
+    nonfinite = property(lambda self: self.moments["nonfinite"])
+
+    @property
+    def zero_fraction(self) -> torch.Tensor:   # exact zeros / all values seen, per channel
+        total = self.count + self.nonfinite.to(torch.float64)
+        return self.moments["zeros"].to(torch.float64) / total.clamp_min(1)
+
+    @property
+    def norm_stats(self) -> dict:
+        """Per-token L2 norm statistics over rows without non-finite values."""
+        m = self.norms
+        n = float(m["count"][0])
+        return {"count": n, "mean": float(m["mean"][0]),
+                "std": math.sqrt(float(m["m2"][0]) / max(n - 1, 1)),
+                "min": float(m["min"][0]), "max": float(m["max"][0])}
+
+    # ------------------------------------------------------------------ covariance views
+    def covariance(self) -> torch.Tensor:
+        """[d, d] float64 unbiased covariance of the rows without non-finite values."""
+        if not self.has_covariance:
+            raise ValueError("covariance was not accumulated: create with covariance=True")
+        if self.cov_count < 2:
+            raise ValueError(f"covariance needs >= 2 rows, have {self.cov_count:g}")
+        return self.cov_m2 / (self.cov_count - 1)
+
+    def spectrum(self) -> torch.Tensor:
+        """[d] covariance eigenvalues, descending (float64; tiny negatives clamped to 0)."""
+        return torch.linalg.eigvalsh(self.covariance()).flip(0).clamp_min(0)
+
+    def power_law_alpha(self, fit_range: tuple[float, float] = (0.05, 0.5)) -> float:
+        """Exponent alpha of the eigenvalue decay lambda_i ~ i^-alpha.
+
+        Method: ordinary least squares of log(lambda_i) against log(i) (i = 1-based rank)
+        over the ranks i in [max(1, round(lo*d)), round(hi*d)] with (lo, hi) = fit_range,
+        default the 5%..50% ranks: the head (a few outlier directions) and the noisy tail are
+        left out. alpha = -slope. Zero eigenvalues in the range are dropped."""
+        lo, hi = fit_range
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"fit_range must be (lo, hi) with 0 <= lo < hi <= 1, got {fit_range}")
+        lam = self.spectrum()
+        i0, i1 = max(1, round(lo * self.d)), round(hi * self.d)
+        ranks = torch.arange(i0, i1 + 1, dtype=torch.float64)
+        vals = lam[i0 - 1:i1]
+        keep = vals > 0
+        if int(keep.sum()) < 3:
+            raise ValueError(f"power-law fit needs >= 3 positive eigenvalues in ranks "
+                             f"[{i0}, {i1}], have {int(keep.sum())}")
+        lx, ly = ranks[keep].log(), vals[keep].log()
+        lx0 = lx - lx.mean()
+        slope = (lx0 * (ly - ly.mean())).sum() / (lx0 * lx0).sum()
+        return float(-slope)
+
+    def effective_rank(self) -> float:
+        """exp(entropy of lambda / sum lambda) (Roy & Vetterli 2007)."""
+        p = self.spectrum()
+        p = p / p.sum()
+        p = p[p > 0]
+        return float(torch.exp(-(p * p.log()).sum()))
+
+    def participation_ratio(self) -> float:
+        """(sum lambda)^2 / sum lambda^2."""
+        lam = self.spectrum()
+        return float(lam.sum() ** 2 / (lam * lam).sum())
+
+    # ------------------------------------------------------------------ massive activations
+    def massive_activations(self, ratio: float = 100.0) -> dict:
+        """Channels and tokens whose magnitude exceeds ratio x the typical magnitude.
+
+        The typical magnitude is the median over channels of the per-channel RMS
+        (sqrt(mean^2 + var)), a streaming stand-in for the median |activation| used in the
+        massive-activations literature (Sun et al. 2024 use ratios of 100 to 1000).
+        Returns {"reference": float, "channels": [{"channel", "absmax", "ratio"}],
+        "tokens": [{"row", "token_id", "channel", "value", "ratio"}]} (largest first; tokens
+        come from the top_k tracked rows)."""
+        rms = (self.mean**2 + self.moments["m2"] / self.count.clamp_min(1)).sqrt()
+        ref = float(rms.median())
+        if ref <= 0 or not math.isfinite(ref):
+            return {"reference": ref, "channels": [], "tokens": []}
+        thr = ratio * ref
+        chans = torch.nonzero(self.absmax > thr).flatten()
+        chans = chans[torch.argsort(-self.absmax[chans])]
+        return {
+            "reference": ref,
+            "channels": [{"channel": int(c), "absmax": float(self.absmax[c]),
+                          "ratio": float(self.absmax[c]) / ref} for c in chans],
+            "tokens": [{"row": int(r), "token_id": int(t), "channel": int(c),
+                        "value": float(v), "ratio": float(v) / ref}
+                       for v, t, c, r in zip(self.top_values, self.top_tokens,
+                                             self.top_channels, self.top_rows) if v > thr],
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def _state(self) -> dict:
+        t = {f"m.{k}": v for k, v in self.moments.items()}
+        t.update({f"n.{k}": v for k, v in self.norms.items()})
+        t.update({"top.values": self.top_values, "top.tokens": self.top_tokens,
+                  "top.channels": self.top_channels, "top.rows": self.top_rows,
+                  "cov.mean": self.cov_mean})
+        if self.has_covariance:
+            t["cov.m2"] = self.cov_m2
+        meta = {"format": _FORMAT, "version": _VERSION, "d": self.d,
+                "covariance": self.has_covariance, "top_k": self.top_k,
+                "rows": self.rows, "cov_count": self.cov_count}
+        return {"tensors": {k: v.contiguous() for k, v in t.items()}, "meta": meta}
+
+    @classmethod
+    def _from_state(cls, state: dict) -> "ActivationStats":
+        meta, t = state["meta"], state["tensors"]
+        st = cls(meta["d"], meta["covariance"], top_k=meta["top_k"])
+        st.moments = {k: t[f"m.{k}"] for k in st.moments}
+        st.norms = {k: t[f"n.{k}"] for k in st.norms}
+        st.top_values, st.top_tokens = t["top.values"], t["top.tokens"]
+        st.top_channels, st.top_rows = t["top.channels"], t["top.rows"]
+        st.cov_mean = t["cov.mean"]
+        st.cov_m2 = t.get("cov.m2")
+        st.rows, st.cov_count = int(meta["rows"]), float(meta["cov_count"])
+        return st
+
+    @staticmethod
+    def _paths(path) -> tuple[str, str]:
+        path = os.fspath(path)
+        stem = path[:-len(".safetensors")] if path.endswith(".safetensors") else path
+        return stem + ".safetensors", stem + ".json"
+
+    def save(self, path, extra: dict | None = None) -> None:
+        """Write path(.safetensors) and path(.json); each replaced atomically. extra: more
+        json metadata (e.g. how many documents the statistics cover)."""
+        from safetensors.torch import save_file
+
+        st_path, js_path = self._paths(path)
+        state = self._state()
+        meta = dict(state["meta"], **(extra or {}))
+        save_file(state["tensors"], st_path + ".tmp")
+        os.replace(st_path + ".tmp", st_path)
+        with open(js_path + ".tmp", "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(js_path + ".tmp", js_path)
+
+    @classmethod
+    def load(cls, path) -> "ActivationStats":
+        from safetensors.torch import load_file
+
+        st_path, js_path = cls._paths(path)
+        with open(js_path) as f:
+            meta = json.load(f)
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{js_path} is not an actspace activation-stats file")
+        st = cls._from_state({"meta": meta, "tensors": load_file(st_path)})
+        st.meta = meta
+        return st
+
+    def summary(self) -> dict:
+        """JSON-friendly summary: totals, channel aggregates, norms, spectrum views."""
+        out = {"d": self.d, "rows": self.rows,
+               "nonfinite": int(self.nonfinite.sum()),
+               "mean_abs_mean": float(self.mean.abs().mean()),
+               "mean_std": float(self.std.mean()),
+               "max_abs": float(self.absmax.max()),
+               "mean_kurtosis": float(self.kurtosis.nanmean()),
+               "zero_fraction": float(self.zero_fraction.mean()),
+               "norm": self.norm_stats,
+               "massive": self.massive_activations()}
+        if self.has_covariance and self.cov_count >= 2:
+            out.update(effective_rank=self.effective_rank(),
+                       participation_ratio=self.participation_ratio())
+            try:
+                out["power_law_alpha"] = self.power_law_alpha()
+            except ValueError:
+                out["power_law_alpha"] = None
+        return out

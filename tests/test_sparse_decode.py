@@ -1,0 +1,288 @@
+"""Tests of actspace.ops.sparse_decode: our kernels against the float64 reference.
+
+Errors are bounded by 2x the error of plain torch at the same precision (the reference
+run with that accumulation dtype), plus a float32-epsilon floor so exact ties do not flake.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import actspace as acts
+from actspace.ops import _common
+from actspace.ops.sparse_decode import decode_backward, decode_forward
+from actspace.reference.sparse_decode import sparse_decode as ref_decode
+from actspace.reference.sparse_decode import sparse_decode_backward as ref_backward
+
+core = _common.core()
+pytestmark = pytest.mark.skipif(core is None, reason="needs the compiled extension")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def make(N, k, M, d, dtype=torch.float32, idx_dtype=torch.int64, empty=0.2, seed=0,
+         device="cpu", vdtype=None):
+    """values [N,k], indices [N,k] (some -1, repeats allowed), W [M,d], b [d]."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, M, (N, k), generator=g)
+    idx[torch.rand(N, k, generator=g) < empty] = -1
+    v = torch.randn(N, k, generator=g, dtype=torch.float64)
+    W = torch.randn(M, d, generator=g, dtype=torch.float64)
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+    vd = vdtype or dtype
+    return (v.to(device, vd), idx.to(device, idx_dtype), W.to(device, dtype), b.to(device, dtype))
+
+
+def err(a, b):
+    return (a.double().cpu() - b.double().cpu()).abs().max().item() if a.numel() else 0.0
+
+
+def bound(torch_err, dtype):
+    return 2 * torch_err + (1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def check_forward(v, idx, W, b, out):
+    exact = ref_decode(v.double(), idx, W.double(), None if b is None else b.double())
+    plain = ref_decode(v.to(W.dtype), idx, W, b, acc=W.dtype)  # plain torch at W's precision
+    assert out.dtype == W.dtype and out.shape == exact.shape
+    assert err(out, exact) <= bound(err(plain, exact), W.dtype)
+
+
+# ------------------------------------------------------------------ forward
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_matches_reference(dtype, idx_dtype, bias):
+    v, idx, W, b = make(37, 7, 53, 77, dtype, idx_dtype)
+    idx[3] = 11  # one row whose slots all hit the same latent
+    b = b if bias else None
+    check_forward(v, idx, W, b, acts.ops.sparse_decode(v, idx, W, b, backend="kernel"))
+
+
+@pytest.mark.parametrize("N,k,M,d", [(5, 1, 9, 3), (6, 9, 9, 130), (1, 4, 1, 1),
+                                     (3, 3, 1000, 1031), (0, 4, 7, 5), (4, 0, 7, 5)])
+def test_forward_shapes(N, k, M, d):  # k=1, k=M, M=1, d above one 1024-wide tile, empty N/k
+    v, idx, W, b = make(N, k, M, d)
+    check_forward(v, idx, W, b, acts.ops.sparse_decode(v, idx, W, b, backend="kernel"))
+
+
+def test_forward_values_dtype_differs_from_W():
+    v, idx, W, b = make(17, 5, 23, 40, torch.bfloat16, vdtype=torch.float32)
+    check_forward(v, idx, W, b, acts.ops.sparse_decode(v, idx, W, b))
+    check_forward(v, idx, W, None, decode_forward(v, idx, W))
+
+
+def test_all_empty_slots_give_bias():
+    v, idx, W, b = make(4, 3, 5, 6)
+    idx.fill_(-1)
+    v.fill_(float("nan"))  # values of empty slots are never read
+    assert torch.equal(acts.ops.sparse_decode(v, idx, W, b), b.expand(4, 6))
+
+
+def test_non_contiguous_inputs():
+    v, idx, W, b = make(20, 6, 31, 50)
+    vt = v.t().contiguous().t()  # column-major values/indices
+    it = idx.t().contiguous().t()
+    Wbig = torch.randn(31, 64)
+    Wbig[:, :50] = W
+    Wrows = Wbig[:, :50]  # strided rows, unit column stride: used in place
+    Wcols = W.t().contiguous().t()  # column-major: copied
+    bb = torch.stack([b, b], 1)[:, 0]
+    assert not (vt.is_contiguous() or it.is_contiguous() or Wrows.is_contiguous()
+                or bb.is_contiguous())
+    for Wx in (Wrows, Wcols):
+        check_forward(v, idx, W, b, acts.ops.sparse_decode(vt, it, Wx, bb, backend="kernel"))
+
+
+def test_raw_kernel_writes_every_output_element():
+    v, idx, W, b = make(9, 4, 13, 33)
+    for dtype in DTYPES:
+        Wd, va = W.to(dtype), v.to(_common.acc_dtype(dtype))  # keep both alive during the call
+        out = torch.full((9, 33), float("nan"), dtype=dtype)  # poisoned
+        core.sparse_decode_forward(va.data_ptr(), idx.data_ptr(), 5, Wd.data_ptr(), 33,
+                                   _common.dtype_code(Wd), 0, out.data_ptr(), 9, 4, 13, 33)
+        assert torch.isfinite(out).all()
+        check_forward(v, idx, Wd, None, out)
+
+
+# ------------------------------------------------------------------ backward
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
+def test_backward_matches_reference(dtype, idx_dtype):
+    v, idx, W, _ = make(41, 6, 29, 70, dtype, idx_dtype, vdtype=torch.float32)
+    g = torch.randn(41, 70, dtype=torch.float64).to(dtype)
+    ev, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
+    pv, pW, _ = ref_backward(g, v.to(dtype), idx, W, acc=dtype)  # plain torch, same precision
+    for need_v, need_W in [(True, True), (True, False), (False, True)]:
+        gv, gW = decode_backward(g, v, idx, W, need_values=need_v, need_W=need_W)
+        assert (gv is None) != need_v and (gW is None) != need_W
+        if need_v:
+            assert gv.dtype == v.dtype and err(gv, ev) <= bound(err(pv, ev), v.dtype) + 1e-5
+        if need_W:
+            assert gW.dtype == dtype and err(gW, eW) <= bound(err(pW, eW), dtype)
+
+
+def test_backward_poisoned_grad_W_and_empty_latents():
+    v, idx, W, _ = make(8, 3, 50, 17)  # most latents unused: their rows must be written 0
+    g = torch.randn(8, 17)
+    offsets = torch.full((51,), -7, dtype=torch.int32)
+    order = torch.full((24,), -7, dtype=torch.int32)
+    core.sparse_decode_build_csr(idx.data_ptr(), 5, 8, 3, 50, offsets.data_ptr(),
+                                 order.data_ptr())
+    gW = torch.full((50, 17), float("nan"))
+    gv = torch.zeros(8, 3)
+    core.sparse_decode_grad_W(g.data_ptr(), v.data_ptr(), offsets.data_ptr(), order.data_ptr(),
+                              3, W.data_ptr(), 17, 0, gW.data_ptr(), gv.data_ptr(), 50, 17)
+    ev, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
+    assert err(gW, eW) < 1e-5 and err(gv, ev) < 1e-5
+    filled = int((idx >= 0).sum())
+    assert offsets[-1] == filled and torch.equal(order[:filled].sort().values,
+                                                  (idx.reshape(-1) >= 0).nonzero()[:, 0].int())
+
+
+def test_backward_deterministic_bitwise():
+    v, idx, W, _ = make(300, 16, 40, 96, seed=3)  # heavy collisions: ~120 slots per latent
+    g = torch.randn(300, 96)
+    runs = [decode_backward(g, v, idx, W, deterministic=True) for _ in range(3)]
+    for gv, gW in runs[1:]:
+        assert torch.equal(gv, runs[0][0]) and torch.equal(gW, runs[0][1])
+    _, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
+    assert err(runs[0][1], eW) < 1e-4
+
+
+# ------------------------------------------------------------------ autograd
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autograd_matches_reference(dtype):
+    v, idx, W, b = make(25, 5, 19, 33, dtype)
+    leaves = [t.clone().requires_grad_() for t in (v, W, b)]
+    out = acts.ops.sparse_decode(leaves[0], idx, leaves[1], leaves[2])
+    out.backward(torch.ones_like(out))
+    ref_leaves = [t.detach().double().requires_grad_() for t in (v, W, b)]
+    ref_decode(ref_leaves[0], idx, ref_leaves[1], ref_leaves[2]).sum().backward()
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    for a, r in zip(leaves, ref_leaves):
+        assert a.grad.dtype == dtype and err(a.grad, r.grad) <= tol * max(1, r.grad.abs().max())
+    with torch.no_grad():  # the direct inference path gives the same result
+        assert torch.equal(acts.ops.sparse_decode(v, idx, W, b), out)
+
+
+def test_gradcheck_float64():
+    v, idx, W, b = make(6, 4, 7, 5, torch.float64, seed=1)
+    idx[0] = 2  # repeated latent
+    inputs = [t.clone().requires_grad_() for t in (v, W, b)]
+    assert torch.autograd.gradcheck(
+        lambda v_, W_, b_: acts.ops.sparse_decode(v_, idx, W_, b_, backend="kernel"), inputs)
+
+
+def test_opcheck():
+    v, idx, W, b = make(6, 3, 9, 10, torch.float32)
+    args = (v.requires_grad_(), idx, W.requires_grad_(), b.requires_grad_(), False)
+    torch.library.opcheck(torch.ops.actspace.sparse_decode.default, args)
+    torch.library.opcheck(torch.ops.actspace.sparse_decode.default,
+                          (v.detach(), idx.int(), W.detach(), None, True))
+
+
+# ------------------------------------------------------------------ interchange and errors
+def test_numpy_in_numpy_out():
+    v, idx, W, b = make(7, 3, 11, 6)
+    out = acts.ops.sparse_decode(v.numpy(), idx.numpy(), W.numpy(), b.numpy())
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    check_forward(v, idx, W, b, torch.from_numpy(out))
+
+
+@pytest.mark.parametrize("case,exc,words", [
+    ("values_int", TypeError, "values"), ("indices_float", TypeError, "indices"),
+    ("W_int", TypeError, "W_dec"), ("values_1d", ValueError, "values"),
+    ("indices_shape", ValueError, "indices"), ("W_3d", ValueError, "W_dec"),
+    ("b_shape", ValueError, "b_dec"), ("index_too_big", ValueError, "indices"),
+    ("index_below_minus_one", ValueError, "indices"), ("device", ValueError, "W_dec"),
+    ("backend", ValueError, "backend"), ("list", TypeError, "values"),
+    ("deterministic", TypeError, "deterministic"),
+])
+def test_bad_inputs_name_the_argument(case, exc, words):
+    v, idx, W, b = make(4, 3, 5, 6)
+    kw = {}
+    if case == "values_int": v = v.long()
+    elif case == "indices_float": idx = idx.float()
+    elif case == "W_int": W = W.int()
+    elif case == "values_1d": v, idx = v[0], idx[0]
+    elif case == "indices_shape": idx = idx[:, :2]
+    elif case == "W_3d": W = W[None]
+    elif case == "b_shape": b = b[:3]
+    elif case == "index_too_big": idx[1, 2] = 5
+    elif case == "index_below_minus_one": idx[0, 0] = -2
+    elif case == "device": W = W.to("meta")
+    elif case == "backend": kw["backend"] = "fast"
+    elif case == "list": v = v.tolist()
+    elif case == "deterministic": kw["deterministic"] = "yes"
+    with pytest.raises(exc, match=words):
+        acts.ops.sparse_decode(v, idx, W, b, **kw)
+
+
+def test_kernel_backstop_rejects_bad_index():
+    v, idx, W, _ = make(3, 2, 4, 5)
+    idx[2, 1] = 4
+    out = torch.empty(3, 5)
+    with pytest.raises(ValueError, match="outside"):
+        core.sparse_decode_forward(v.data_ptr(), idx.data_ptr(), 5, W.data_ptr(), 5, 0, 0,
+                                   out.data_ptr(), 3, 2, 4, 5)
+
+
+def test_hypothesis_shapes():
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+
+    @hyp.settings(max_examples=30, deadline=None)
+    @hyp.given(N=st.integers(1, 9), k=st.integers(1, 6), M=st.integers(1, 12),
+               d=st.integers(1, 40), seed=st.integers(0, 2**16))
+    def run(N, k, M, d, seed):
+        v, idx, W, b = make(N, k, M, d, seed=seed)
+        check_forward(v, idx, W, b, acts.ops.sparse_decode(v, idx, W, b, backend="kernel"))
+        gv, gW = decode_backward(W.new_ones(N, d), v, idx, W)
+        ev, eW, _ = ref_backward(W.new_ones(N, d).double(), v.double(), idx, W.double())
+        assert err(gv, ev) < 1e-4 and err(gW, eW) < 1e-4
+
+    run()
+
+
+# ------------------------------------------------------------------ CUDA (kernel forced)
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
+def test_cuda_forward_backward(dtype, idx_dtype):
+    if not _common.cuda_built():
+        pytest.skip("actspace was built without CUDA")
+    v, idx, W, b = make(67, 9, 301, 264, dtype, idx_dtype, device="cuda", vdtype=torch.float32)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # a non-default stream: kernels must run on it
+        out = acts.ops.sparse_decode(v, idx, W, b, backend="kernel")
+        g = torch.randn(67, 264, device="cuda").to(dtype)
+        from actspace.ops.sparse_decode import _backward
+        res = {det: _backward(g, v, idx, W, True, True, det, True) for det in (False, True)}
+        again = _backward(g, v, idx, W, True, True, True, True)
+    stream.synchronize()
+    check_forward(v.cpu(), idx.cpu(), W.cpu(), b.cpu(), out.cpu())
+    ev, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
+    pv, pW, _ = ref_backward(g, v.to(dtype), idx, W, acc=dtype)
+    for gv, gW in res.values():
+        assert err(gv, ev) <= bound(err(pv, ev), torch.float32) + 1e-5
+        assert err(gW, eW) <= bound(err(pW, eW), dtype)
+    assert torch.equal(again[0], res[True][0]) and torch.equal(again[1], res[True][1])
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_unaligned_rows_and_autograd():
+    if not _common.cuda_built():
+        pytest.skip("actspace was built without CUDA")
+    v, idx, W, b = make(13, 5, 17, 7, torch.float32, device="cuda")  # d=7: scalar path
+    Wl = W.clone().requires_grad_()
+    out = acts.ops.sparse_decode(v, idx, Wl, b, backend="kernel")
+    check_forward(v.cpu(), idx.cpu(), W.cpu(), b.cpu(), out.cpu())
+    out.sum().backward()
+    _, eW, _ = ref_backward(torch.ones(13, 7, dtype=torch.float64, device="cuda"),
+                            v.double(), idx, W.double())
+    assert err(Wl.grad, eW) < 1e-5

@@ -1,0 +1,273 @@
+"""Tests of the stats kernels (actspace.ops.stats) against the float64 reference
+(actspace.reference.stats): moments of every dtype with outliers, large means, non-finite
+values, zeros and row-strided input; Chan merges of any split; latent statistics with ties,
+several batches and edge values; named errors on bad input; the CUDA kernels on a GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actspace.ops import stats as S
+from actspace.ops._common import core
+from actspace.reference import stats as R
+
+pytestmark = pytest.mark.skipif(core() is None, reason="compiled extension not built")
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _data(N, d, dtype, seed, mean=0.0, nonfinite=True):
+    """x [N, d] of dtype: normal with channel scales, a large mean, outliers, zeros, NaN/Inf."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(d, generator=g, dtype=torch.float64) * 3 + 0.1
+    x = torch.randn(N, d, generator=g, dtype=torch.float64) * scale + mean
+    x[torch.rand(N, d, generator=g) < 0.01] *= 50             # planted outliers
+    x[torch.rand(N, d, generator=g) < 0.02] = 0               # zeros are counted
+    if nonfinite and N * d > 8:
+        flat = x.view(-1)
+        pos = torch.randperm(N * d, generator=g)[:6]
+        flat[pos[:2]] = float("nan")
+        flat[pos[2:4]] = float("inf")
+        flat[pos[4:]] = float("-inf")
+    return x.to(dtype)
+
+
+def _assert_moments_close(got, want, tol=1e-10):
+    """Float64 agreement, scaled per field so that near-zero M3 is judged fairly."""
+    for key in ("count", "zeros", "nonfinite", "min", "max", "absmax"):
+        assert torch.equal(got[key].to(want[key].dtype), want[key]), key
+    n = want["count"].clamp_min(1)
+    sd = (want["m2"] / n).sqrt()
+    spread = sd + want["mean"].abs() * 1e-6  # |mean| enters through the shift only
+    assert bool(((got["mean"] - want["mean"]).abs() <= tol * spread + 1e-300).all()), "mean"
+    for p, key in ((2, "m2"), (3, "m3"), (4, "m4")):
+        # scale of a p-th central sum: n * sd^p (+ the max term for outlier-heavy channels)
+        scale = n * sd**p + (want["absmax"] - want["mean"]).abs() ** p
+        err = (got[key] - want[key]).abs()
+        assert bool((err <= tol * scale + 1e-300).all()), (key, (err / scale).max().item())
+
+
+# ------------------------------------------------------------------------------ moments
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,d", [(1, 1), (257, 37), (1000, 300), (300, 769)])
+def test_moments_match_reference(dtype, N, d):
+    x = _data(N, d, dtype, seed=N + d)
+    got, want = S.moments_init(d), R.moments_init(d)
+    S.moments_update(got, x, backend="kernel")
+    R.moments_update(want, x)
+    _assert_moments_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_moments_large_mean_no_cancellation(dtype):
+    """mean 1e4, sd ~1: a naive E[x^2]-E[x]^2 in float32 loses everything; we must not."""
+    x = _data(4096, 129, dtype, seed=3, mean=1e4, nonfinite=False)
+    got, want = S.moments_init(129), R.moments_init(129)
+    S.moments_update(got, x, backend="kernel")
+    R.moments_update(want, x)
+    _assert_moments_close(got, want)
+    # and at least as good as plain torch at the input precision (var over the same values)
+    var_torch = x.var(0, unbiased=False).double()
+    var_true = want["m2"] / want["count"]
+    ours = ((got["m2"] / got["count"] - var_true).abs()).max()
+    assert ours <= 2 * (var_torch - var_true).abs().max() + 1e-12 * var_true.max()
+
+
+def test_moments_row_strided_and_transposed():
+    base = _data(600, 500, torch.float32, seed=5)
+    x = base[::2, 7:300]                       # row stride 1000, channels contiguous
+    got, want = S.moments_init(293), R.moments_init(293)
+    S.moments_update(got, x, backend="kernel")
+    R.moments_update(want, x)
+    _assert_moments_close(got, want)
+    xt = _data(120, 90, torch.bfloat16, seed=6).t()  # channels not contiguous: copied
+    got, want = S.moments_init(120), R.moments_init(120)
+    S.moments_update(got, xt, backend="kernel")
+    R.moments_update(want, xt)
+    _assert_moments_close(got, want)
+
+
+def test_moments_all_nonfinite_channel_and_numpy():
+    x = _data(50, 5, torch.float32, seed=7, nonfinite=False)
+    x[:, 2] = float("nan")
+    got, want = S.moments_init(5), R.moments_init(5)
+    S.moments_update(got, x.numpy(), backend="kernel")   # NumPy input, zero-copy
+    R.moments_update(want, x)
+    _assert_moments_close(got, want)
+    assert got["count"][2] == 0 and got["nonfinite"][2] == 50 and got["absmax"][2] == 0
+
+
+def test_moments_several_batches_equal_whole():
+    x = _data(2000, 65, torch.float32, seed=8, mean=-300.0)
+    inc, whole = S.moments_init(65), S.moments_init(65)
+    for part in x.split(333):
+        S.moments_update(inc, part, backend="kernel")
+    S.moments_update(whole, x, backend="kernel")
+    _assert_moments_close(inc, whole, tol=1e-11)
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(2, 700), d=st.integers(1, 140), frac=st.floats(0.0, 1.0),
+       seed=st.integers(0, 10_000), dtype=st.sampled_from(DTYPES))
+def test_moments_merge_of_halves_equals_whole(N, d, frac, seed, dtype):
+    x = _data(N, d, dtype, seed=seed, mean=float(seed % 7) * 100)
+    s = int(round(frac * N))
+    a, b, whole = S.moments_init(d), S.moments_init(d), S.moments_init(d)
+    S.moments_update(a, x[:s], backend="kernel")
+    S.moments_update(b, x[s:], backend="kernel")
+    S.moments_update(whole, x, backend="kernel")
+    _assert_moments_close(S.moments_merge(a, b), whole, tol=1e-11)
+
+
+def test_moments_auto_backend_uses_kernel_on_cpu(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("reference path taken")
+    monkeypatch.setattr(R, "moments_update", boom)
+    st_ = S.moments_init(4)
+    S.moments_update(st_, torch.randn(10, 4))
+    assert st_["count"].sum() == 40
+
+
+# ------------------------------------------------------------------------------ latents
+def _code(N, k, M, seed, dtype=torch.float32, idtype=torch.int32, ties=True):
+    """A sparse code with empty slots, negative/NaN/Inf values and many exact ties."""
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.rand(N, k, generator=g, dtype=torch.float64) * 8
+    if ties:
+        vals = (vals * 2).round() / 2            # multiples of 0.5: ties everywhere
+    vals[torch.rand(N, k, generator=g) < 0.05] *= -1
+    vals[torch.rand(N, k, generator=g) < 0.01] = 1e-7   # below the histogram range
+    vals[torch.rand(N, k, generator=g) < 0.01] = 1e5    # above it
+    idx = torch.randint(0, M, (N, k), generator=g)
+    idx[torch.rand(N, k, generator=g) < 0.1] = -1
+    if N * k > 4:
+        vals.view(-1)[0] = float("nan")
+        vals.view(-1)[1] = float("inf")
+        idx.view(-1)[:2] = torch.tensor([1, 2]) % M
+    return vals.to(dtype), idx.to(idtype)
+
+
+def _assert_latent_equal(got, want):
+    for key in ("count", "hist", "top_values", "top_tokens", "hist_range"):
+        assert torch.equal(got[key], want[key]), key
+    for key in ("sum", "sumsq"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("idtype", (torch.int32, torch.int64))
+def test_latent_matches_reference_over_batches(dtype, idtype):
+    M, T = 97, 5
+    got, want = S.latent_init(M, top_t=T, n_bins=11), R.latent_init(M, top_t=T, n_bins=11)
+    offset = 0
+    for b, (N, k) in enumerate([(300, 7), (1, 7), (450, 7)]):
+        vals, idx = _code(N, k, M, seed=b + 10 * len(str(dtype)), dtype=dtype, idtype=idtype)
+        S.latent_update(got, vals, idx, offset, backend="kernel")
+        R.latent_update(want, vals, idx, offset)
+        offset += N
+    _assert_latent_equal(got, want)
+
+
+def test_latent_ties_to_earlier_token_and_out_of_order_offsets():
+    M, T = 3, 4
+    got, want = S.latent_init(M, top_t=T), R.latent_init(M, top_t=T)
+    vals = torch.full((10, 1), 2.0)
+    idx = torch.zeros(10, 1, dtype=torch.int32)
+    for off in (100, 0, 50):                     # a later batch with earlier tokens wins ties
+        S.latent_update(got, vals, idx, off, backend="kernel")
+        R.latent_update(want, vals, idx, off)
+    _assert_latent_equal(got, want)
+    assert got["top_tokens"][0].tolist() == [0, 1, 2, 3]
+
+
+def test_latent_untouched_latents_and_strided_input():
+    M, T = 50, 3
+    vals, idx = _code(200, 16, M, seed=3)
+    idx[idx >= 40] = -1                          # latents 40.. never fire
+    got, want = S.latent_init(M, top_t=T), R.latent_init(M, top_t=T)
+    for s in (got, want):                        # poison the state of silent latents
+        s["top_values"][40:] = 123.0
+        s["top_tokens"][40:] = -77
+        s["count"][40:] = 5
+    big_v = torch.zeros(200, 40)
+    big_v[:, 3:19] = vals
+    S.latent_update(got, big_v[:, 3:19], idx, 7, backend="kernel")   # row stride 40
+    R.latent_update(want, vals, idx, 7)
+    _assert_latent_equal(got, want)
+    assert (got["top_values"][40:] == 123.0).all() and (got["count"][40:] == 5).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(1, 200), k=st.integers(1, 9), M=st.integers(1, 60), T=st.integers(1, 6),
+       split=st.floats(0, 1), seed=st.integers(0, 9999))
+def test_latent_merge_of_halves_equals_whole(N, k, M, T, split, seed):
+    vals, idx = _code(N, k, M, seed=seed)
+    s = int(round(split * N))
+    a, b, whole = (S.latent_init(M, top_t=T) for _ in range(3))
+    S.latent_update(a, vals[:s], idx[:s], 0, backend="kernel")
+    S.latent_update(b, vals[s:], idx[s:], s, backend="kernel")
+    S.latent_update(whole, vals, idx, 0, backend="kernel")
+    _assert_latent_equal(S.latent_merge(a, b), whole)
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_bad_inputs_are_named():
+    st_ = S.moments_init(4)
+    with pytest.raises(TypeError, match="x"):
+        S.moments_update(st_, torch.zeros(3, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"x must have shape \[N, d\] with d=4"):
+        S.moments_update(st_, torch.zeros(3, 5))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        S.moments_update(st_, [[1.0] * 4])
+    bad = S.moments_init(4)
+    bad["m2"] = bad["m2"].float()
+    with pytest.raises(ValueError, match=r"state\['m2'\] must be float64"):
+        S.moments_update(bad, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="backend"):
+        S.moments_update(st_, torch.zeros(3, 4), backend="fast")
+    ls = S.latent_init(10, top_t=2)
+    v, i = torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.int32)
+    with pytest.raises(ValueError, match="indices must be < M=10"):
+        S.latent_update(ls, v, i + 10, 0)
+    with pytest.raises(TypeError, match="indices must be int32 or int64"):
+        S.latent_update(ls, v, i.float(), 0)
+    with pytest.raises(TypeError, match="values"):
+        S.latent_update(ls, i, i, 0)
+    with pytest.raises(ValueError, match=r"values and indices must both be \[N, k\]"):
+        S.latent_update(ls, v, i[:, :1], 0)
+    with pytest.raises(TypeError, match="token_offset"):
+        S.latent_update(ls, v, i, -1)
+    assert ls["count"].sum() == 0 and st_["count"].sum() == 0   # nothing half-applied
+
+
+# ------------------------------------------------------------------------------ CUDA
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_moments_kernel(dtype):
+    x = _data(3000, 300, dtype, seed=11, mean=50.0)
+    got, want = S.moments_init(300, device="cuda"), R.moments_init(300)
+    S.moments_update(got, x[::1, :].cuda(), backend="kernel")
+    S.moments_update(got, x.cuda()[:, :300][::2], backend="kernel")  # row-strided
+    R.moments_update(want, x)
+    R.moments_update(want, x[::2])
+    _assert_moments_close({k: v.cpu() for k, v in got.items()}, want)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_latent_kernel(dtype):
+    M, T = 1000, 8
+    got, want = S.latent_init(M, top_t=T, device="cuda"), R.latent_init(M, top_t=T)
+    for b in range(3):
+        vals, idx = _code(700, 32, M, seed=b, dtype=dtype)
+        S.latent_update(got, vals.cuda(), idx.cuda(), 700 * b, backend="kernel")
+        R.latent_update(want, vals, idx, 700 * b)
+    got = {k: v.cpu() for k, v in got.items()}
+    for key in ("count", "hist", "top_values", "top_tokens"):
+        assert torch.equal(got[key], want[key]), key
+    for key in ("sum", "sumsq"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-12, atol=0)

@@ -1,0 +1,156 @@
+"""Steering hooks on tiny random causal LMs: exactness with KV cache, padding, removal."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from actspace.steer.vector import SteeringVector  # noqa: E402
+from actspace.steer.interventions import ablate  # noqa: E402
+from actspace.capture.hookpoints import first_tensor, layer_hookpoint, replace_first_tensor, resolve  # noqa: E402
+
+D = 32
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(vocab_size=101, n_embd=D, n_layer=3, n_head=4, n_positions=64)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _llama():
+    cfg = transformers.LlamaConfig(vocab_size=101, hidden_size=D, intermediate_size=64, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(params=["gpt2", "llama"], scope="module")
+def lm(request):
+    torch.manual_seed(0)
+    return (_gpt2() if request.param == "gpt2" else _llama()).eval()
+
+
+def _batch(padding):
+    g = torch.Generator().manual_seed(1)
+    lens = [6, 4, 2]
+    T = max(lens)
+    ids = torch.zeros(len(lens), T, dtype=torch.long)
+    am = torch.zeros(len(lens), T, dtype=torch.long)
+    for i, n in enumerate(lens):
+        sl = slice(T - n, T) if padding == "left" else slice(0, n)
+        ids[i, sl] = torch.randint(1, 101, (n,), generator=g)
+        am[i, sl] = 1
+    return ids, am
+
+
+def _positions(am):
+    pos = am.long().cumsum(-1) - 1
+    return pos.masked_fill(am == 0, 1)
+
+
+def _generate(model, ids, am, new):
+    """Greedy generate; also returns the position_ids generate passed (concatenated over steps),
+    so a full forward can reproduce even HF's right-padding positions exactly."""
+    pos = []
+    h = model.register_forward_pre_hook(lambda m, a, kw: pos.append(kw["position_ids"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=am, max_new_tokens=new, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    finally:
+        h.remove()
+    pos = torch.cat(pos, 1)
+    # the last generated token is never fed back; its position only pads the full forward
+    return out, torch.cat([pos, pos[:, -1:] + 1], 1)
+
+
+def _manual_logits(model, hookpoint, vec, seqs, am, steer_mask, position_ids):
+    """Full forward (no cache) adding vec at every token where steer_mask [B, S] is set."""
+    (hp,) = resolve(model, hookpoint)
+
+    def hook(mod, args, out):
+        x = first_tensor(out)
+        return replace_first_tensor(out, x + vec * steer_mask.unsqueeze(-1).to(x.dtype))
+
+    h = hp.module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model(input_ids=seqs, attention_mask=am, position_ids=position_ids).logits
+    finally:
+        h.remove()
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_generate_equals_manual_forward(lm, padding, positions):
+    hookpoint = layer_hookpoint(lm, 1)
+    g = torch.Generator().manual_seed(2)
+    vec = torch.randn(D, generator=g) * 3.0
+    v = SteeringVector({hookpoint: vec})
+    ids, am = _batch(padding)
+    new = 4
+    with v.apply(lm, alpha=1.0, positions=positions):
+        out, pos = _generate(lm, ids, am, new)
+    seqs = out.sequences
+    T = ids.shape[1]
+    full_am = torch.cat([am, torch.ones(am.shape[0], new, dtype=am.dtype)], 1)
+    steer = full_am.bool().clone()
+    if positions == "prompt":
+        steer[:, T:] = False
+    elif positions == "generated":
+        steer[:, :T] = False
+    logits = _manual_logits(lm, hookpoint, vec, seqs, full_am, steer, pos)
+    gen_logits = torch.stack(out.logits, 1)                      # [B, new, V]
+    ref = logits[:, T - 1:T - 1 + new]
+    torch.testing.assert_close(gen_logits, ref, atol=2e-5, rtol=1e-4)
+    assert torch.equal(seqs[:, T:], ref.argmax(-1))
+    # steering changed something (the test can fail)
+    with torch.no_grad():
+        plain = lm(input_ids=seqs, attention_mask=full_am, position_ids=pos).logits
+    assert (plain[:, T - 1:T - 1 + new] - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("positions", ["all", slice(1, 3)])
+def test_padding_never_steered(lm, padding, positions):
+    hookpoint = layer_hookpoint(lm, 0)
+    (hp,) = resolve(lm, hookpoint)
+    ids, am = _batch(padding)
+    seen = []
+    v = SteeringVector({hookpoint: torch.ones(D)})
+    with torch.no_grad():
+        with v.apply(lm, alpha=5.0, positions=positions):
+            # registered after the steering hook, so it sees the steered output
+            h = hp.module.register_forward_hook(lambda m, a, o: seen.append(first_tensor(o).clone()))
+            try:
+                lm(input_ids=ids, attention_mask=am)
+            finally:
+                h.remove()
+        h = hp.module.register_forward_hook(lambda m, a, o: seen.append(first_tensor(o).clone()))
+        lm(input_ids=ids, attention_mask=am)
+        h.remove()
+    diff = seen[0] - seen[1]                                     # [B, T, d]
+    want = am.bool()
+    if isinstance(positions, slice):
+        rank = am.cumsum(1) - 1
+        want &= (rank >= positions.start) & (rank < positions.stop)
+    torch.testing.assert_close(diff[want], torch.full_like(diff[want], 5.0), atol=1e-5, rtol=0)
+    assert diff[~want].abs().max() == 0
+
+
+def test_hooks_removed_after_context_and_exception(lm):
+    hookpoint = layer_hookpoint(lm, 1)
+    (hp,) = resolve(lm, hookpoint)
+    n_mod = (len(hp.module._forward_hooks), len(lm._forward_pre_hooks), len(lm._forward_hooks))
+    v = SteeringVector({hookpoint: torch.ones(D)})
+    ids, am = _batch("right")
+    with torch.no_grad():
+        base = lm(input_ids=ids, attention_mask=am).logits
+        with v.apply(lm, alpha=2.0) as ctx:
+            assert ctx.active and len(hp.module._forward_hooks) == n_mod[0] + 1
+            steered = lm(input_ids=ids, attention_mask=am).logits
+        assert not torch.allclose(base, steered)
+        assert (len(hp.module._forward_hooks), len(lm._forward_pre_hooks), len(lm._forward_hooks)) == n_mod
+        with pytest.raises(RuntimeError, match="boom"):
+            with v.apply(lm, alpha=2.0), ablate(lm, torch.ones(D), hookpoint):
+                raise RuntimeError("boom")
+        assert (len(hp.module._forward_hooks), len(lm._forward_pre_hooks), len(lm._forward_hooks)) == n_mod
+        torch.testing.assert_close(lm(input_ids=ids, attention_mask=am).logits, base, atol=0, rtol=0)

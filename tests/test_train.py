@@ -1,0 +1,182 @@
+"""train_sae: dictionary recovery, exact resume, non-finite batches, sweeps, every kind."""
+import json
+import math
+
+import pytest
+import torch
+
+import actspace as acts
+from actspace.decompose.train import lr_at
+from actspace.decompose.train_losses import train_forward
+
+
+def _sparse_data(N=6000, d=32, M=96, k=4, seed=0):
+    """x = codes @ D + offset for a known unit-norm dictionary D [M, d]."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(M, d, generator=g)
+    D /= D.norm(dim=1, keepdim=True)
+    idx = torch.rand(N, M, generator=g).argsort(1)[:, :k]
+    vals = torch.rand(N, k, generator=g) * 2 + 0.5
+    codes = torch.zeros(N, M).scatter_(1, idx, vals)
+    return codes @ D + 0.3, D
+
+
+class TinyStore:
+    """The ActivationStore batch interface, in memory (the capture helper's store has it)."""
+
+    def __init__(self, x):
+        self.x, self.d = x, x.shape[1]
+        self.calls = []
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def iter_batches(self, batch_size, *, shuffle=False, seed=0, buffer_size=None,
+                     start_batch=0, device=None, dtype=None):
+        self.calls.append((shuffle, seed, start_batch))
+        order = (torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+                 if shuffle else torch.arange(len(self)))
+        for b in range(start_batch, math.ceil(len(self) / batch_size)):
+            yield self.x[order[b * batch_size:(b + 1) * batch_size]].to(device=device,
+                                                                         dtype=dtype)
+
+
+def test_lr_schedule():
+    lrs = [lr_at(s, 100, 1.0, 10, 0.2) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(v == 1.0 for v in lrs[10:80])
+    assert lrs[80] == pytest.approx(1.0) and lrs[99] == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(lrs[80:], lrs[81:]))
+
+
+def test_recovers_known_sparse_dictionary():
+    x, D = _sparse_data()
+    sae, hist = acts.train_sae(x, d_sae=96, k=4, batch_size=128, epochs=4, lr=4e-3,
+                               dead_tokens=3000, progress=False)
+    cos = (sae.W_dec @ D.T).max(0).values  # best match of each true atom
+    assert cos.mean() >= 0.9, f"mean max cosine {cos.mean():.3f}"
+    assert hist[-1]["fvu"] < 0.2 and hist[-1]["l0"] <= 4
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(96))
+
+
+@pytest.mark.parametrize("kind,k", [("topk", 4), ("batchtopk", 4), ("jumprelu", None)])
+def test_resume_after_stop_equals_uninterrupted(tmp_path, kind, k):
+    x, _ = _sparse_data(N=900, d=16, M=40)
+    kw = dict(kind=kind, d_sae=40, k=k, batch_size=100, epochs=3, lr=3e-3, dead_tokens=300,
+              progress=False, checkpoint_every=4, log_every=2, seed=3, l0_coeff=1e-2)
+    full, hist_full = acts.train_sae(TinyStore(x), out_dir=tmp_path / "a", **kw)
+    part, _ = acts.train_sae(TinyStore(x), out_dir=tmp_path / "b", max_steps=13, **kw)
+    assert not (tmp_path / "b" / "sae").exists()  # stopped, not finished
+    store = TinyStore(x)
+    resumed, hist_res = acts.train_sae(store, out_dir=tmp_path / "b", **kw)
+    assert store.calls[0] == (True, 3 + 1, 4)  # epoch 1 of 3, batch 4 (13 = 9 + 4)
+    for n, p in full.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[n]), n
+    assert hist_res == hist_full
+    saved = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert saved == hist_full and saved[-1]["step"] == 27
+    back = acts.SAE.load(tmp_path / "b" / "sae")
+    assert torch.equal(back.W_dec, full.W_dec) and back.kind == kind
+
+
+def test_checkpoint_must_match_the_run(tmp_path):
+    x, _ = _sparse_data(N=400, d=16, M=40)
+    acts.train_sae(x, d_sae=40, k=4, batch_size=100, out_dir=tmp_path, max_steps=2,
+                   progress=False)
+    with pytest.raises(ValueError, match="checkpoint holds SAEs"):
+        acts.train_sae(x, d_sae=48, k=4, batch_size=100, out_dir=tmp_path, progress=False)
+
+
+def test_nonfinite_batch_is_skipped_and_counted():
+    x, _ = _sparse_data(N=600, d=16, M=40)
+    batches = list(x.split(100))
+    batches[2] = batches[2].clone()
+    batches[2][5, 3] = float("nan")
+    batches[4] = batches[4].clone()
+    batches[4][0, 0] = float("inf")
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        sae, hist = acts.train_sae(batches, d_sae=40, k=4, batch_size=100, log_every=1,
+                                   progress=False)
+    assert hist[-1]["skipped_nonfinite"] == 2 and hist[-1]["step"] == 4
+    assert all(torch.isfinite(p).all() for p in sae.parameters())
+
+
+def test_sweep_feeds_every_batch_to_every_sae():
+    x, _ = _sparse_data(N=800, d=16, M=48)
+    a = acts.SAE(16, 48, "topk", 4)
+    b = acts.SAE(16, 32, "topk", 2)
+    solo = acts.SAE(16, 48, "topk", 4)
+    solo.load_state_dict(a.state_dict())
+    out, hist = acts.train_sae(x, saes=[a, b], batch_size=100, lr=1e-3, progress=False)
+    acts.train_sae(x, saes=[solo], batch_size=100, lr=1e-3, progress=False)
+    assert out == [a, b] and {h["sae"] for h in hist} == {0, 1}
+    for n, p in a.state_dict().items():
+        assert torch.equal(p, solo.state_dict()[n]), n
+    grid, _ = acts.train_sae(x, d_sae=[32, 48], k=[2, 4], batch_size=200, progress=False)
+    assert [(s.d_sae, s.k) for s in grid] == [(32, 2), (32, 4), (48, 2), (48, 4)]
+
+
+def test_b_dec_starts_at_mean_and_encoder_tied():
+    x, _ = _sparse_data(N=300, d=16, M=40)
+    sae0 = acts.SAE(16, 40, "topk", 4)
+    W0 = sae0.W_dec.detach().clone()
+    acts.train_sae(x, saes=[sae0], batch_size=300, lr=1e-12, warmup_steps=0, shuffle=False,
+                   progress=False)
+    torch.testing.assert_close(sae0.b_dec.detach(), x.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae0.W_enc.detach(), W0, atol=1e-5, rtol=0)
+
+
+def test_kinds_learn():
+    x, _ = _sparse_data(N=2000, d=16, M=48)
+    fvus = {}
+    for kind, k in (("batchtopk", 4), ("jumprelu", None), ("relu", None)):
+        sae, hist = acts.train_sae(x, kind=kind, d_sae=48, k=k, batch_size=100, epochs=2,
+                                   lr=4e-3, l1_coeff=0.05, l0_coeff=1e-3, bandwidth=0.05,
+                                   progress=False)
+        fvus[kind] = hist[-1]["fvu"]
+        assert hist[-1]["fvu"] < hist[0]["fvu"], kind
+        if kind == "batchtopk":  # inference threshold learned; inference L0 near k
+            assert sae.threshold > 0
+            assert 2 <= float(sae.encode(x).l0.float().mean()) <= 8
+        if kind == "jumprelu":
+            assert not torch.allclose(sae.threshold, torch.full_like(sae.threshold, 1e-3))
+    assert all(v < 0.5 for v in fvus.values()), fvus
+
+
+def test_auxk_reaches_dead_latents():
+    sae = acts.SAE(16, 40, "topk", 2)
+    x = torch.randn(64, 16)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[20:] = True
+    out = train_forward(sae, x, x, dead=dead, k_aux=8)
+    assert out.aux > 0
+    out.loss.backward()
+    assert sae.W_dec.grad[20:].abs().sum(1).gt(0).sum() >= 8  # dead rows get gradient
+    sae.zero_grad()
+    out0 = train_forward(sae, x, x, dead=torch.zeros(40, dtype=torch.bool), k_aux=8)
+    assert out0.aux == 0.0
+
+
+def test_transcoder_pairs():
+    g = torch.Generator().manual_seed(0)
+    x, _ = _sparse_data(N=1200, d=16, M=40)
+    y = torch.relu(x @ torch.randn(16, 12, generator=g))
+    tc, hist = acts.train_sae((x, y), d_sae=40, k=6, batch_size=100, epochs=2, lr=3e-3,
+                              hookpoint="in", hookpoint_out="out", progress=False)
+    assert (tc.d_in, tc.d_out, tc.hookpoint_out) == (16, 12, "out")
+    assert not tc.apply_b_dec_to_input
+    assert hist[-1]["fvu"] < hist[0]["fvu"]
+
+
+def test_argument_errors():
+    x = torch.randn(50, 8)
+    with pytest.raises(TypeError, match="data must be"):
+        acts.train_sae(3, d_sae=16, k=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        acts.train_sae(x, d_sae=16, k=2, batch_size=0)
+    with pytest.raises(ValueError, match="steps is required"):
+        acts.train_sae((b for b in x.split(10)), d_sae=16, k=2)
+    with pytest.raises(ValueError, match="d_sae or expansion_factor"):
+        acts.train_sae(x, k=2)
+    with pytest.raises(ValueError, match="b_dec_init"):
+        acts.train_sae(x, d_sae=16, k=2, b_dec_init="zero")

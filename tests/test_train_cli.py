@@ -1,0 +1,32 @@
+"""`actspace train` on a safetensors file of activations: trains, saves, resumes."""
+import json
+
+import torch
+from safetensors.torch import save_file
+
+import actspace as acts
+from actspace.cli.main import main
+
+
+def test_cli_train_sweep_and_resume(tmp_path, capsys):
+    x = torch.randn(600, 16)
+    save_file({"acts": x}, str(tmp_path / "acts.safetensors"))
+    argv = [str(tmp_path / "acts.safetensors"), "--out", str(tmp_path / "run"), "--k", "2", "4",
+            "--d-sae", "32", "--batch-size", "100", "--epochs", "2", "--quiet"]
+    assert main(["train", *argv]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["k"] for r in report["final"]] == [2, 4] and report["final"][0]["step"] == 12
+    saes = [acts.SAE.load(tmp_path / "run" / f"sae_{i}") for i in (0, 1)]
+    assert [(s.d_sae, s.k) for s in saes] == [(32, 2), (32, 4)]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[-1]["step"] == 12
+    # run again: the checkpoint says it is done, nothing is retrained
+    assert main(["train", *argv]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["final"] == report["final"]
+    assert torch.equal(acts.SAE.load(tmp_path / "run" / "sae_1").W_dec, saes[1].W_dec)
+
+
+def test_cli_bad_data(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
+    assert "neither a store directory" in capsys.readouterr().err
