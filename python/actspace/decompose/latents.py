@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..capture.writer import write_json_atomic, write_safetensors_atomic
+
 FORMAT_VERSION = 1
 _STATS_TENSORS = "latent_stats.safetensors"
 _STATS_META = "latent_stats.json"
@@ -137,15 +139,10 @@ class LatentStats:
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
         """Write latent_stats.safetensors + latent_stats.json into directory path."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
-        tmp = path / (_STATS_TENSORS + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path / _STATS_TENSORS)
-        _write_json_atomic(path / _STATS_META, {"format_version": FORMAT_VERSION,
+        write_safetensors_atomic(path / _STATS_TENSORS, self.state)
+        write_json_atomic(path / _STATS_META, {"format_version": FORMAT_VERSION,
                                                 "n_tokens": self.n_tokens,
                                                 "next_token": self.next_token})
 
@@ -168,22 +165,31 @@ class LatentStats:
 
 
 # ---------------------------------------------------------------------- store I/O
-def iter_store_shards(store, keys=("acts",) + _META_KEYS):
-    """Yield each shard of an activation (or latent) store, in order, as a dict of tensors.
+def open_store(store):
+    """An ActivationStore: `store` itself, or ActivationStore.open(store) for a path."""
+    from ..capture.store import ActivationStore
 
-    The one place that reads a store: `store` is a directory path (manifest.json with
-    "shards": [{"file", "rows", "sha256"}] + safetensors shards) or an object with
-    iter_shards() yielding such dicts (e.g. an ActivationStore)."""
-    if hasattr(store, "iter_shards"):
-        yield from store.iter_shards()
-        return
+    if isinstance(store, ActivationStore):
+        return store
     if not isinstance(store, (str, os.PathLike)):
-        raise TypeError(f"store must be a path or have iter_shards(), got {type(store).__name__}")
+        raise TypeError(f"store must be a path or an ActivationStore, got {type(store).__name__}")
+    return ActivationStore.open(store)
+
+
+def iter_store_shards(store, keys=("acts",) + _META_KEYS):
+    """Yield each shard of an activation store (a path or an ActivationStore), in order, as
+    a dict of the requested fields."""
+    store = open_store(store)
+    for i in range(len(store.shards)):
+        yield {k: store.shard(i, k) for k in keys}
+
+
+def _iter_latent_shards(root, keys):
+    """Yield the requested fields of each shard of a sparse latent store, in order."""
     from safetensors import safe_open
 
-    root = Path(store)
-    manifest = read_manifest(root)
-    for shard in manifest["shards"]:
+    root = Path(root)
+    for shard in read_manifest(root)["shards"]:
         with safe_open(str(root / shard["file"]), framework="pt") as f:
             names = set(f.keys())
             yield {k: f.get_tensor(k) for k in keys if k in names}
@@ -198,10 +204,10 @@ def iter_batches(data, batch_size: int):
             raise ValueError(f"data must be [N, d], got shape {list(data.shape)}")
         yield from data.split(batch_size)
         return
+    if isinstance(data, (str, os.PathLike)):
+        data = open_store(data)
     if hasattr(data, "iter_batches"):
         data = data.iter_batches(batch_size, shuffle=False)
-    elif isinstance(data, (str, os.PathLike)):
-        data = (s["acts"] for s in iter_store_shards(data, keys=("acts",)))
     for b in data:
         b = b["acts"] if isinstance(b, dict) else b
         if not isinstance(b, torch.Tensor) or b.dim() != 2:
@@ -210,6 +216,7 @@ def iter_batches(data, batch_size: int):
 
 
 def read_manifest(root) -> dict:
+    """The manifest of a sparse latent store."""
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"store {root}: no manifest.json")
@@ -219,38 +226,20 @@ def read_manifest(root) -> dict:
     return manifest
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_shard_atomic(root: Path, file: str, tensors: dict) -> str:
-    """Write a safetensors shard under a temp name, fsync, rename; return its sha256.
-    (The capture writer does the same for activation stores.)"""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    tmp = root / (file + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / file)
-    dir_fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return hashlib.sha256(data).hexdigest()
-
-
 # ---------------------------------------------------------------------- encode_store
 def _sae_apply_dtype(sae, x):
     return x.to(device=getattr(sae, "device", x.device), dtype=getattr(sae, "dtype", x.dtype))
+
+
+def _pad_cat(vals, idxs, k_empty: int, values_dtype) -> dict:
+    """One shard's codes: batches [B, k_b] padded (value 0, index -1) to the widest k_b
+    (non-TopK SAEs give codes as wide as the batch's most active row); an empty shard gets
+    width k_empty."""
+    width = max([v.shape[1] for v in vals], default=k_empty)
+    vals = [torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in vals]
+    idxs = [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=-1) for i in idxs]
+    return {"values": torch.cat(vals) if vals else torch.zeros(0, width, dtype=values_dtype),
+            "indices": torch.cat(idxs) if idxs else torch.zeros(0, width, dtype=torch.int32)}
 
 
 def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
@@ -259,7 +248,8 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     """Encode every row of an activation store with `sae` into a sparse latent store.
 
     out_dir gets one latent shard per input shard (`indices` int32 [rows, k], `values`
-    values_dtype [rows, k], and the store's token_ids/doc_ids/positions), manifest.json
+    values_dtype [rows, k]; k = sae.k, or for non-TopK SAEs the widest code of the shard,
+    shorter rows padded with index -1; and the store's token_ids/doc_ids/positions), manifest.json
     updated atomically after each shard, LatentStats (latent_stats.*) and top_examples.json
     (per latent: value, token, doc, position and the token window of +-context tokens of
     the same document, decoded to text when a tokenizer is given); the stats are of the
@@ -274,15 +264,15 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(context, int) or context < 0:
         raise ValueError(f"context must be a non-negative int, got {context!r}")
+    store = open_store(store)
+    if store.d != sae.d_in:
+        raise ValueError(f"store has d={store.d} but sae.d_in={sae.d_in}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    src_manifest = read_manifest(store) if isinstance(store, (str, os.PathLike)) else {}
-    if src_manifest and int(src_manifest.get("d", sae.d_in)) != sae.d_in:
-        raise ValueError(f"store has d={src_manifest['d']} but sae.d_in={sae.d_in}")
     manifest = {"format_version": FORMAT_VERSION, "kind": "latents", "d_sae": sae.d_sae,
                 "k": sae.k, "hookpoint": getattr(sae, "hookpoint", None),
                 "dtype": str(values_dtype).replace("torch.", ""),
-                "source": str(Path(store).resolve()) if src_manifest else None,
+                "source": str(Path(store.path).resolve()),
                 "rows": 0, "shards": []}
     done = []
     if (out / "manifest.json").is_file():         # resume after the last complete shard
@@ -292,7 +282,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                 raise ValueError(f"out_dir {out} holds latents with {key}={old.get(key)!r}, "
                                  f"this run has {manifest[key]!r}: use a new directory")
         done = old["shards"]
-    src_sha = [s.get("sha256") for s in src_manifest.get("shards", [])]
+    src_sha = [s["sha256"] for s in store.shards]
     stats = LatentStats(sae.d_sae, top_t=top_t, n_bins=n_bins)
     offset = 0
     for i, shard in enumerate(tqdm(iter_store_shards(store), disable=not progress,
@@ -300,8 +290,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
         file = f"latents_{i:06d}.safetensors"
         rows = shard["acts"].shape[0]
         if i < len(done):
-            if done[i]["rows"] != rows or done[i].get("source_sha256") != (
-                    src_sha[i] if i < len(src_sha) else None):
+            if done[i]["rows"] != rows or done[i].get("source_sha256") != src_sha[i]:
                 raise ValueError(f"{out}: latent shard {i} was encoded from different data "
                                  "than the store holds now: use a new directory")
             data = (out / done[i]["file"]).read_bytes()
@@ -312,8 +301,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
             stats.update((prev["values"], prev["indices"]), offset)
             manifest["shards"].append(done[i])
         else:
-            vals = [torch.zeros(0, sae.k, dtype=values_dtype)]      # an empty shard stays valid
-            idxs = [torch.zeros(0, sae.k, dtype=torch.int32)]
+            vals, idxs = [], []
             with torch.no_grad():
                 for s in range(0, rows, batch_size):
                     x = _sae_apply_dtype(sae, shard["acts"][s:s + batch_size])
@@ -324,16 +312,16 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                     stats.update((v, ix), offset + s)
                     vals.append(v)
                     idxs.append(ix)
-            tensors = {"values": torch.cat(vals), "indices": torch.cat(idxs)}
+            tensors = _pad_cat(vals, idxs, sae.k or 1, values_dtype)
             tensors.update({k: shard[k] for k in _META_KEYS if k in shard})
-            sha = write_shard_atomic(out, file, tensors)
+            sha = write_safetensors_atomic(out / file, tensors)
             manifest["shards"].append({"file": file, "rows": rows, "sha256": sha,
-                                       "source_sha256": src_sha[i] if i < len(src_sha) else None})
+                                       "source_sha256": src_sha[i]})
         offset += rows
         manifest["rows"] = offset
-        _write_json_atomic(out / "manifest.json", manifest)
+        write_json_atomic(out / "manifest.json", manifest)
     stats.save(out)
-    _write_json_atomic(out / "top_examples.json", top_examples(out, stats, context, tokenizer))
+    write_json_atomic(out / "top_examples.json", top_examples(out, stats, context, tokenizer))
     return stats
 
 
@@ -352,7 +340,7 @@ def top_examples(latent_dir, stats: LatentStats, context: int, tokenizer=None) -
     meta = torch.full((rows.numel(), 3), -1, dtype=torch.int64)     # token_id, doc, position
     have = torch.zeros(rows.numel(), dtype=torch.bool)
     offset = 0
-    for shard in iter_store_shards(str(latent_dir), keys=_META_KEYS):
+    for shard in _iter_latent_shards(latent_dir, _META_KEYS):
         n = next(iter(shard.values())).shape[0] if shard else 0
         sel = (rows >= offset) & (rows < offset + n)
         if "token_ids" in shard and "doc_ids" in shard:
