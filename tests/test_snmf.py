@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import actspace as acts
 from actspace.decompose.snmf import SNMF
 
 
@@ -59,11 +60,12 @@ def test_batched_fit_close_to_full_fit(tmp_path):
             return ({"acts": b} for b in X.split(batch_size))
     store = SNMF(6).fit(Store(), n_iter=25, batch_size=300)
     torch.testing.assert_close(store.D, batched.D)
-    from _saeeval_helpers import write_store                  # a store directory on disk
-    n = torch.zeros(300, dtype=torch.int64)
-    path = write_store(tmp_path / "s", [{"acts": b, "token_ids": n, "doc_ids": n.clone(),
-                                         "positions": n.clone()} for b in X.split(300)], 24)
+    from _saeeval_helpers import write_store                  # a real store on disk
+    path, _ = write_store(tmp_path / "s", [{"acts": b, "doc_ids": torch.full((300,), i)}
+                                           for i, b in enumerate(X.split(300))], 24)
     torch.testing.assert_close(SNMF(6).fit(str(path), n_iter=25, batch_size=300).D, batched.D)
+    opened = acts.ActivationStore.open(path)
+    torch.testing.assert_close(SNMF(6).fit(opened, n_iter=25, batch_size=300).D, batched.D)
     e_full, e_b = rel_err(X, full), rel_err(X, batched)
     assert e_b < 0.01 and e_full < 0.01
     # same atoms up to order
