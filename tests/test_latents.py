@@ -130,6 +130,10 @@ def test_encode_store_round_trip(tmp_path):
     assert torch.equal(stats.counts, ref.counts) and torch.equal(stats.top_tokens, ref.top_tokens)
     back = LatentStats.load(tmp_path / "lat")
     assert torch.equal(back.counts, ref.counts)
+    from actspace import ActivationStore          # an opened store works like its path
+    encode_store(sae, ActivationStore.open(store), tmp_path / "lat2", batch_size=16, top_t=4)
+    assert [s["sha256"] for s in _load_shards(tmp_path / "lat2")[0]["shards"]] == \
+        [s["sha256"] for s in man["shards"]]
     # top examples carry the window of the same document around the token
     ex = json.loads((tmp_path / "lat" / "top_examples.json").read_text())
     tok_ids = torch.cat([s["token_ids"] for s in shards])

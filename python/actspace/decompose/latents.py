@@ -165,7 +165,7 @@ class LatentStats:
 
 
 # ---------------------------------------------------------------------- store I/O
-def open_store(store):
+def _open_store(store):
     """An ActivationStore: `store` itself, or ActivationStore.open(store) for a path."""
     from ..capture.store import ActivationStore
 
@@ -174,14 +174,6 @@ def open_store(store):
     if not isinstance(store, (str, os.PathLike)):
         raise TypeError(f"store must be a path or an ActivationStore, got {type(store).__name__}")
     return ActivationStore.open(store)
-
-
-def iter_store_shards(store, keys=("acts",) + _META_KEYS):
-    """Yield each shard of an activation store (a path or an ActivationStore), in order, as
-    a dict of the requested fields."""
-    store = open_store(store)
-    for i in range(len(store.shards)):
-        yield {k: store.shard(i, k) for k in keys}
 
 
 def _iter_latent_shards(root, keys):
@@ -205,7 +197,7 @@ def iter_batches(data, batch_size: int):
         yield from data.split(batch_size)
         return
     if isinstance(data, (str, os.PathLike)):
-        data = open_store(data)
+        data = _open_store(data)
     if hasattr(data, "iter_batches"):
         data = data.iter_batches(batch_size, shuffle=False)
     for b in data:
@@ -264,7 +256,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(context, int) or context < 0:
         raise ValueError(f"context must be a non-negative int, got {context!r}")
-    store = open_store(store)
+    store = _open_store(store)
     if store.d != sae.d_in:
         raise ValueError(f"store has d={store.d} but sae.d_in={sae.d_in}")
     out = Path(out_dir)
@@ -285,10 +277,9 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     src_sha = [s["sha256"] for s in store.shards]
     stats = LatentStats(sae.d_sae, top_t=top_t, n_bins=n_bins)
     offset = 0
-    for i, shard in enumerate(tqdm(iter_store_shards(store), disable=not progress,
-                                   desc="encode", unit="shard")):
+    for i in tqdm(range(len(store.shards)), disable=not progress, desc="encode", unit="shard"):
         file = f"latents_{i:06d}.safetensors"
-        rows = shard["acts"].shape[0]
+        rows = int(store.shards[i]["rows"])
         if i < len(done):
             if done[i]["rows"] != rows or done[i].get("source_sha256") != src_sha[i]:
                 raise ValueError(f"{out}: latent shard {i} was encoded from different data "
@@ -304,7 +295,9 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
             vals, idxs = [], []
             with torch.no_grad():
                 for s in range(0, rows, batch_size):
-                    x = _sae_apply_dtype(sae, shard["acts"][s:s + batch_size])
+                    # acts read batch by batch from the memory-mapped shard
+                    x = _sae_apply_dtype(sae, store.read(offset + s,
+                                                         offset + min(s + batch_size, rows)))
                     code = sae.encode(x)
                     v, ix = _code_parts(code)
                     # stats of the values as stored, so a resumed run gives identical stats
@@ -313,7 +306,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                     vals.append(v)
                     idxs.append(ix)
             tensors = _pad_cat(vals, idxs, sae.k or 1, values_dtype)
-            tensors.update({k: shard[k] for k in _META_KEYS if k in shard})
+            tensors.update({k: store.shard(i, k) for k in _META_KEYS})
             sha = write_safetensors_atomic(out / file, tensors)
             manifest["shards"].append({"file": file, "rows": rows, "sha256": sha,
                                        "source_sha256": src_sha[i]})
