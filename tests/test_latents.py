@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from _saeeval_helpers import TinySAE, random_store
+from _saeeval_helpers import basis_sae, random_store
 from actspace.decompose import latents as L
 from actspace.decompose.latents import LatentStats, encode_store
 
@@ -109,7 +109,7 @@ def _load_shards(out):
 
 def test_encode_store_round_trip(tmp_path):
     store, shards = random_store(tmp_path / "acts", d=16)
-    sae = TinySAE(16, k=5, hookpoint="h")
+    sae = basis_sae(16, k=5, hookpoint="h")
     stats = encode_store(sae, store, tmp_path / "lat", batch_size=16, context=2, top_t=4)
     man, lat = _load_shards(tmp_path / "lat")
     assert man["rows"] == sum(s["acts"].shape[0] for s in shards) == 108
@@ -118,16 +118,22 @@ def test_encode_store_round_trip(tmp_path):
     vals = torch.cat([s["values"] for s in lat])
     idx = torch.cat([s["indices"] for s in lat])
     assert vals.dtype == torch.float16 and idx.dtype == torch.int32 and idx.shape == (108, 5)
-    from _saeeval_helpers import Code
-    torch.testing.assert_close(sae.decode(Code(vals.float(), idx)), sae(x)[0],
-                               rtol=2e-3, atol=2e-3)
+    from actspace.decompose.sae import SparseCode
+    with torch.no_grad():
+        torch.testing.assert_close(sae.decode(SparseCode(vals.float(), idx, 32)), sae(x)[0],
+                                   rtol=2e-3, atol=2e-3)
     for key in ("token_ids", "doc_ids", "positions"):
         assert torch.equal(torch.cat([s[key] for s in lat]), torch.cat([s[key] for s in shards]))
-    c = sae.encode(x)
+    with torch.no_grad():
+        c = sae.encode(x)
     ref = LatentStats(32, top_t=4).update((c.values.half(), c.indices), 0)
     assert torch.equal(stats.counts, ref.counts) and torch.equal(stats.top_tokens, ref.top_tokens)
     back = LatentStats.load(tmp_path / "lat")
     assert torch.equal(back.counts, ref.counts)
+    from actspace import ActivationStore          # an opened store works like its path
+    encode_store(sae, ActivationStore.open(store), tmp_path / "lat2", batch_size=16, top_t=4)
+    assert [s["sha256"] for s in _load_shards(tmp_path / "lat2")[0]["shards"]] == \
+        [s["sha256"] for s in man["shards"]]
     # top examples carry the window of the same document around the token
     ex = json.loads((tmp_path / "lat" / "top_examples.json").read_text())
     tok_ids = torch.cat([s["token_ids"] for s in shards])
@@ -143,24 +149,24 @@ def test_encode_store_round_trip(tmp_path):
 
 def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
     store, _ = random_store(tmp_path / "acts", d=16, sizes=(20, 30, 25))
-    sae = TinySAE(16, k=4)
+    sae = basis_sae(16, k=4)
     clean = encode_store(sae, store, tmp_path / "clean", batch_size=8)
-    real = L.write_shard_atomic
+    real = L.write_safetensors_atomic
     calls = []
 
-    def failing(root, file, tensors):
-        calls.append(file)
+    def failing(path, tensors, metadata=None):
+        calls.append(path)
         if len(calls) == 2:        # killed while writing the 2nd shard: only a temp file left
-            (root / (file + ".tmp")).write_bytes(b"partial")
+            path.with_name(path.name + ".tmp").write_bytes(b"partial")
             raise KeyboardInterrupt("killed")
-        return real(root, file, tensors)
+        return real(path, tensors, metadata)
 
-    monkeypatch.setattr(L, "write_shard_atomic", failing)
+    monkeypatch.setattr(L, "write_safetensors_atomic", failing)
     with pytest.raises(KeyboardInterrupt):
         encode_store(sae, store, tmp_path / "lat", batch_size=8)
     man, lat = _load_shards(tmp_path / "lat")      # previous manifest valid, shas match
     assert man["rows"] == 20 and len(man["shards"]) == 1
-    monkeypatch.setattr(L, "write_shard_atomic", real)
+    monkeypatch.setattr(L, "write_safetensors_atomic", real)
     resumed = encode_store(sae, store, tmp_path / "lat", batch_size=8)
     man, lat = _load_shards(tmp_path / "lat")
     man_c, lat_c = _load_shards(tmp_path / "clean")
@@ -170,20 +176,68 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
     assert resumed.n_tokens == clean.n_tokens == 75
     # a different SAE or changed source data never mixes into an existing latent store
     with pytest.raises(ValueError, match="new directory"):
-        encode_store(TinySAE(16, k=3), store, tmp_path / "lat")
+        encode_store(basis_sae(16, k=3), store, tmp_path / "lat")
     other, _ = random_store(tmp_path / "acts2", d=16, sizes=(20, 30, 25), seed=5)
     man = json.loads((tmp_path / "lat" / "manifest.json").read_text())
-    man["source"] = str(other)
+    man["source"] = str(other.resolve())
     (tmp_path / "lat" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(ValueError, match="different data"):
         encode_store(sae, other, tmp_path / "lat")
+    # a latent shard corrupted on disk is detected, not silently counted
+    man["source"] = str(store.resolve())
+    (tmp_path / "lat" / "manifest.json").write_text(json.dumps(man))
+    f = tmp_path / "lat" / man["shards"][1]["file"]
+    f.write_bytes(f.read_bytes()[:-8] + bytes(8))
+    with pytest.raises(ValueError, match="corrupted"):
+        encode_store(sae, store, tmp_path / "lat")
+
+
+def test_encode_store_empty_shard_and_padded_codes(tmp_path):
+    """A store may hold an empty shard (the capture writer never writes one, another writer
+    might); a non-TopK SAE's codes vary in width per batch and are padded with -1."""
+    from actspace import SAE
+    from actspace.capture.writer import write_json_atomic, write_safetensors_atomic
+    store, shards = random_store(tmp_path / "acts", d=16, sizes=(9, 6))
+    man = json.loads((store / "manifest.json").read_text())
+    empty = {"acts": torch.zeros(0, 16), "token_ids": torch.zeros(0, dtype=torch.int32),
+             "doc_ids": torch.zeros(0, dtype=torch.int64),
+             "positions": torch.zeros(0, dtype=torch.int32)}
+    sha = write_safetensors_atomic(store / "shard-empty.safetensors", empty)
+    man["shards"].insert(1, {"file": "shard-empty.safetensors", "rows": 0, "sha256": sha})
+    write_json_atomic(store / "manifest.json", man)
+    sae = basis_sae(16, k=3)
+    st = encode_store(sae, store, tmp_path / "lat", batch_size=4)
+    man, lat = _load_shards(tmp_path / "lat")
+    assert [s["rows"] for s in man["shards"]] == [9, 0, 6] and lat[1]["indices"].shape == (0, 3)
+    with torch.no_grad():
+        c = sae.encode(torch.cat([s["acts"] for s in shards]))
+    ref = LatentStats(32).update((c.values.half(), c.indices), 0)
+    assert torch.equal(st.counts, ref.counts) and torch.equal(st.top_tokens, ref.top_tokens)
+    relu = SAE(16, 40, kind="relu")
+    with torch.no_grad():
+        relu.b_enc.fill_(-1.0)                 # sparse: few latents active per row
+    st = encode_store(relu, store, tmp_path / "relu", batch_size=4)
+    man, lat = _load_shards(tmp_path / "relu")
+    assert man["k"] is None and lat[1]["indices"].shape == (0, 1)
+    x = torch.cat([s["acts"] for s in shards])
+    with torch.no_grad():
+        dense = relu.encode(x).to_dense()
+    for part, rows in zip((lat[0], lat[2]), dense.split([9, 6])):
+        idx, vals = part["indices"], part["values"].float()
+        assert idx.shape[1] == int((rows > 0).sum(1).max())    # as wide as the busiest row
+        got = torch.zeros_like(rows).scatter_add_(1, idx.long().clamp_min(0),
+                                                  torch.where(idx >= 0, vals, 0))
+        torch.testing.assert_close(got, rows, rtol=1e-3, atol=1e-3)
+    assert torch.equal(st.counts, (dense > 0).sum(0))
 
 
 def test_encode_store_bad_input(tmp_path):
     store, _ = random_store(tmp_path / "acts", d=16, sizes=(10,))
     with pytest.raises(ValueError, match="d="):
-        encode_store(TinySAE(8, k=2), store, tmp_path / "o")
+        encode_store(basis_sae(8, k=2), store, tmp_path / "o")
     with pytest.raises(ValueError, match="values_dtype"):
-        encode_store(TinySAE(16, k=2), store, tmp_path / "o", values_dtype=torch.int8)
-    with pytest.raises(FileNotFoundError, match="manifest"):
-        encode_store(TinySAE(16, k=2), tmp_path / "nothing", tmp_path / "o")
+        encode_store(basis_sae(16, k=2), store, tmp_path / "o", values_dtype=torch.int8)
+    with pytest.raises(FileNotFoundError, match="no activation store"):
+        encode_store(basis_sae(16, k=2), tmp_path / "nothing", tmp_path / "o")
+    with pytest.raises(TypeError, match="ActivationStore"):
+        encode_store(basis_sae(16, k=2), [torch.randn(4, 16)], tmp_path / "o")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import actspace as acts
 from actspace.decompose.snmf import SNMF
 
 
@@ -47,7 +48,7 @@ def test_recovers_planted_factorisation():
     torch.testing.assert_close(m.D.norm(dim=1), torch.ones(6, dtype=torch.float64))
 
 
-def test_batched_fit_close_to_full_fit():
+def test_batched_fit_close_to_full_fit(tmp_path):
     X, _, D = planted(seed=1)
     full = SNMF(6).fit(X, n_iter=40)
     batched = SNMF(6).fit(list(X.split(300)), n_iter=25)
@@ -59,6 +60,12 @@ def test_batched_fit_close_to_full_fit():
             return ({"acts": b} for b in X.split(batch_size))
     store = SNMF(6).fit(Store(), n_iter=25, batch_size=300)
     torch.testing.assert_close(store.D, batched.D)
+    from _saeeval_helpers import write_store                  # a real store on disk
+    path, _ = write_store(tmp_path / "s", [{"acts": b, "doc_ids": torch.full((300,), i)}
+                                           for i, b in enumerate(X.split(300))], 24)
+    torch.testing.assert_close(SNMF(6).fit(str(path), n_iter=25, batch_size=300).D, batched.D)
+    opened = acts.ActivationStore.open(path)
+    torch.testing.assert_close(SNMF(6).fit(opened, n_iter=25, batch_size=300).D, batched.D)
     e_full, e_b = rel_err(X, full), rel_err(X, batched)
     assert e_b < 0.01 and e_full < 0.01
     # same atoms up to order

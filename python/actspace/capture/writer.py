@@ -34,7 +34,10 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
+    """Write bytes crash-safe: temp name, flush, fsync, rename, fsync the directory. On
+    failure (e.g. a full disk) the temp file is removed and the old file stays."""
+    path = os.fspath(path)
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -51,6 +54,22 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise OSError(e.errno, f"cannot write {path!r}: {why}; the store is left as it was "
                                f"before this write") from e
     _fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_json_atomic(path, obj) -> None:
+    """A JSON file (a manifest) written with write_atomic."""
+    write_atomic(path, json.dumps(obj, indent=1).encode())
+
+
+def write_safetensors_atomic(path, tensors: dict, metadata: dict | None = None) -> str:
+    """A safetensors shard (tensors moved to CPU, made contiguous) written with write_atomic;
+    returns its sha256 for the manifest."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata=metadata)
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -142,8 +161,7 @@ class StoreWriter:
         return man
 
     def _write_manifest(self, man: dict) -> None:
-        _write_atomic(os.path.join(self.path, MANIFEST),
-                      json.dumps(man, indent=1).encode())
+        write_json_atomic(os.path.join(self.path, MANIFEST), man)
 
     @property
     def docs_done(self) -> int:
@@ -181,19 +199,15 @@ class StoreWriter:
                 self.manifest["docs_done"] = docs_end
                 self._write_manifest(self.manifest)
             return
-        from safetensors.torch import save
-
         cols = [torch.cat(c) for c in zip(*self._buf)]
         tensors = dict(zip(("acts", "token_ids", "doc_ids", "positions"), cols))
-        data = save({k: v.contiguous() for k, v in tensors.items()},
-                    metadata={"format": FORMAT})
         idx = len(self.manifest["shards"])
         name = f"shard-{idx:06d}.safetensors"
-        _write_atomic(os.path.join(self.path, name), data)
+        sha = write_safetensors_atomic(os.path.join(self.path, name), tensors,
+                                       metadata={"format": FORMAT})
         man = dict(self.manifest)
         man["shards"] = self.manifest["shards"] + [{
-            "file": name, "rows": int(cols[0].shape[0]),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "file": name, "rows": int(cols[0].shape[0]), "sha256": sha,
             "first_doc": int(cols[2][0]), "last_doc": int(cols[2][-1])}]
         man["total_rows"] = self.manifest["total_rows"] + int(cols[0].shape[0])
         man["docs_done"] = docs_end

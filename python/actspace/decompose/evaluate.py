@@ -18,36 +18,17 @@ from pathlib import Path
 import torch
 
 from ..capture.hookpoints import first_tensor, replace_first_tensor, resolve
-from .latents import _code_parts, _sae_apply_dtype
+from .latents import _code_parts, _sae_apply_dtype, iter_batches
 
 SPLICES = ("sae", "sae_with_error", "zero_ablation", "mean_ablation")
-
-
-def _batches(data, batch_size: int):
-    """Yield [B, d] tensors from a tensor [N, d], an iterable of [B, d] tensors (or dicts
-    with 'acts') or an object with iter_batches(batch_size, shuffle=False)."""
-    if isinstance(data, torch.Tensor):
-        if data.dim() != 2:
-            raise ValueError(f"data must be [N, d], got shape {list(data.shape)}")
-        yield from data.split(batch_size)
-        return
-    if hasattr(data, "iter_batches"):
-        data = data.iter_batches(batch_size, shuffle=False)
-    elif isinstance(data, (str, os.PathLike)):
-        from .latents import iter_store_shards
-        data = (s["acts"] for s in iter_store_shards(data, keys=("acts",)))
-    for b in data:
-        b = b["acts"] if isinstance(b, dict) else b
-        if not isinstance(b, torch.Tensor) or b.dim() != 2:
-            raise TypeError("data batches must be [B, d] tensors")
-        yield from b.split(batch_size)
 
 
 @torch.no_grad()
 def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold: float = 0.1,
                            n_bins: int = 20, log10_min: float = -8.0) -> dict:
     """FVU, explained variance, MSE, L0, dead/dense latents and a log10 firing-frequency
-    histogram over data. Rows with NaN/inf are skipped and counted (nonfinite_rows). FVU = Σ‖x - x̂‖² / Σ‖x - mean(x)‖², accumulated in float64."""
+    histogram over data. FVU = Σ‖x - x̂‖² / Σ‖x - mean(x)‖², accumulated in float64.
+    Rows with NaN/inf are skipped and counted (nonfinite_rows)."""
     d, M = sae.d_in, sae.d_sae
     n = 0
     s1 = torch.zeros(d, dtype=torch.float64)
@@ -56,7 +37,7 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
     l0 = 0
     fires = torch.zeros(M, dtype=torch.int64)
     nonfinite = 0
-    for x in _batches(data, batch_size):
+    for x in iter_batches(data, batch_size):
         if x.shape[1] != d:
             raise ValueError(f"data has d={x.shape[1]}, sae.d_in={d}")
         finite = torch.isfinite(x).all(1)
@@ -67,13 +48,14 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
                 continue
         x_hat, code = sae(_sae_apply_dtype(sae, x))
         v, ix = _code_parts(code)
-        x64 = x.to(torch.float64).cpu()
-        sse += (x64 - x_hat.to(torch.float64).cpu()).pow(2).sum().item()
-        s1 += x64.sum(0)
-        s2 += x64.pow(2).sum(0)
-        fired = ((ix >= 0) & (v != 0)).cpu()
+        # reduce on the data's device; only [d] / [M] vectors come back to the CPU
+        x64 = x.to(torch.float64)
+        sse += (x64 - x_hat.to(device=x64.device, dtype=torch.float64)).pow(2).sum().item()
+        s1 += x64.sum(0).cpu()
+        s2 += x64.pow(2).sum(0).cpu()
+        fired = (ix >= 0) & (v != 0)
         l0 += int(fired.sum())
-        fires += torch.bincount(ix.cpu().long()[fired], minlength=M)
+        fires += torch.bincount(ix.long()[fired], minlength=M).cpu()
         n += x.shape[0]
     if n == 0:
         raise ValueError(f"data has no finite rows ({nonfinite} rows with NaN/inf skipped)")
@@ -117,7 +99,10 @@ def splice(model: torch.nn.Module, hookpoint: str, fn):
             for i, a in enumerate(args):
                 if isinstance(a, torch.Tensor):
                     return args[:i] + (fn(a),) + args[i + 1:], kwargs
-            for key, a in kwargs.items():
+            # HF layers may get their stream as hidden_states=...; else the first tensor kwarg
+            keys = sorted(kwargs, key=lambda k: k != "hidden_states")
+            for key in keys:
+                a = kwargs[key]
                 if isinstance(a, torch.Tensor):
                     return args, {**kwargs, key: fn(a)}
             raise TypeError(f"hookpoint {hp.name}: the module got no tensor input")
@@ -138,7 +123,8 @@ def _splice_fn(kind: str, sae, mean: torch.Tensor | None):
         x_hat = sae(_sae_apply_dtype(sae, flat))[0]
         if kind == "sae":
             return x_hat.to(device=x.device, dtype=x.dtype).reshape(x.shape)
-        # x̂ + (x - x̂) in float64: exact for float32/16 inputs, so the model output is unchanged
+        # x̂ + (x - x̂) in float64 is exactly x for float32/16 values (unless their exponents
+        # differ by > ~29 bits), so the model output is unchanged
         x64, h64 = flat.to(torch.float64), x_hat.to(torch.float64).to(x.device)
         return (h64 + (x64 - h64)).to(x.dtype).reshape(x.shape)
     return fn

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..capture.writer import write_json_atomic, write_safetensors_atomic
+
 FORMAT_VERSION = 1
 _STATS_TENSORS = "latent_stats.safetensors"
 _STATS_META = "latent_stats.json"
@@ -137,15 +139,10 @@ class LatentStats:
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
         """Write latent_stats.safetensors + latent_stats.json into directory path."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
-        tmp = path / (_STATS_TENSORS + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path / _STATS_TENSORS)
-        _write_json_atomic(path / _STATS_META, {"format_version": FORMAT_VERSION,
+        write_safetensors_atomic(path / _STATS_TENSORS, self.state)
+        write_json_atomic(path / _STATS_META, {"format_version": FORMAT_VERSION,
                                                 "n_tokens": self.n_tokens,
                                                 "next_token": self.next_token})
 
@@ -168,28 +165,50 @@ class LatentStats:
 
 
 # ---------------------------------------------------------------------- store I/O
-def iter_store_shards(store, keys=("acts",) + _META_KEYS):
-    """Yield each shard of an activation (or latent) store, in order, as a dict of tensors.
+def _open_store(store):
+    """An ActivationStore: `store` itself, or ActivationStore.open(store) for a path."""
+    from ..capture.store import ActivationStore
 
-    The one place that reads a store: `store` is a directory path (manifest.json with
-    "shards": [{"file", "rows", "sha256"}] + safetensors shards) or an object with
-    iter_shards() yielding such dicts (e.g. an ActivationStore)."""
-    if hasattr(store, "iter_shards"):
-        yield from store.iter_shards()
-        return
+    if isinstance(store, ActivationStore):
+        return store
     if not isinstance(store, (str, os.PathLike)):
-        raise TypeError(f"store must be a path or have iter_shards(), got {type(store).__name__}")
+        raise TypeError(f"store must be a path or an ActivationStore, got {type(store).__name__}")
+    return ActivationStore.open(store)
+
+
+def _iter_latent_shards(root, keys):
+    """Yield the requested fields of each shard of a sparse latent store, in order."""
     from safetensors import safe_open
 
-    root = Path(store)
-    manifest = read_manifest(root)
-    for shard in manifest["shards"]:
+    root = Path(root)
+    for shard in read_manifest(root)["shards"]:
         with safe_open(str(root / shard["file"]), framework="pt") as f:
             names = set(f.keys())
             yield {k: f.get_tensor(k) for k in keys if k in names}
 
 
+def iter_batches(data, batch_size: int):
+    """Yield [B, d] activation batches (B <= batch_size) from a tensor [N, d], a store
+    path, an object with iter_batches(batch_size, shuffle=False) (an ActivationStore), or
+    an iterable of [B, d] tensors or of dicts holding "acts"."""
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 2:
+            raise ValueError(f"data must be [N, d], got shape {list(data.shape)}")
+        yield from data.split(batch_size)
+        return
+    if isinstance(data, (str, os.PathLike)):
+        data = _open_store(data)
+    if hasattr(data, "iter_batches"):
+        data = data.iter_batches(batch_size, shuffle=False)
+    for b in data:
+        b = b["acts"] if isinstance(b, dict) else b
+        if not isinstance(b, torch.Tensor) or b.dim() != 2:
+            raise TypeError(f"data batches must be [B, d] tensors, got {type(b).__name__}")
+        yield from b.split(batch_size)
+
+
 def read_manifest(root) -> dict:
+    """The manifest of a sparse latent store."""
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"store {root}: no manifest.json")
@@ -199,38 +218,20 @@ def read_manifest(root) -> dict:
     return manifest
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_shard_atomic(root: Path, file: str, tensors: dict) -> str:
-    """Write a safetensors shard under a temp name, fsync, rename; return its sha256.
-    (The capture writer does the same for activation stores.)"""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    tmp = root / (file + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / file)
-    dir_fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return hashlib.sha256(data).hexdigest()
-
-
 # ---------------------------------------------------------------------- encode_store
 def _sae_apply_dtype(sae, x):
     return x.to(device=getattr(sae, "device", x.device), dtype=getattr(sae, "dtype", x.dtype))
+
+
+def _pad_cat(vals, idxs, k_empty: int, values_dtype) -> dict:
+    """One shard's codes: batches [B, k_b] padded (value 0, index -1) to the widest k_b
+    (non-TopK SAEs give codes as wide as the batch's most active row); an empty shard gets
+    width k_empty."""
+    width = max([v.shape[1] for v in vals], default=k_empty)
+    vals = [torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in vals]
+    idxs = [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=-1) for i in idxs]
+    return {"values": torch.cat(vals) if vals else torch.zeros(0, width, dtype=values_dtype),
+            "indices": torch.cat(idxs) if idxs else torch.zeros(0, width, dtype=torch.int32)}
 
 
 def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
@@ -239,12 +240,14 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     """Encode every row of an activation store with `sae` into a sparse latent store.
 
     out_dir gets one latent shard per input shard (`indices` int32 [rows, k], `values`
-    values_dtype [rows, k], and the store's token_ids/doc_ids/positions), manifest.json
+    values_dtype [rows, k]; k = sae.k, or for non-TopK SAEs the widest code of the shard,
+    shorter rows padded with index -1; and the store's token_ids/doc_ids/positions), manifest.json
     updated atomically after each shard, LatentStats (latent_stats.*) and top_examples.json
     (per latent: value, token, doc, position and the token window of +-context tokens of
     the same document, decoded to text when a tokenizer is given); the stats are of the
     values as stored (rounded to values_dtype). Rerunning on a partly
     written out_dir resumes after its last complete shard. Returns the LatentStats."""
+    from safetensors.torch import load as safetensors_load
     from tqdm import tqdm
 
     if values_dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -253,15 +256,16 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(context, int) or context < 0:
         raise ValueError(f"context must be a non-negative int, got {context!r}")
+    store = _open_store(store)
+    if store.d != sae.d_in:
+        raise ValueError(f"store has d={store.d} but sae.d_in={sae.d_in}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    src_manifest = read_manifest(store) if isinstance(store, (str, os.PathLike)) else {}
-    if src_manifest and int(src_manifest.get("d", sae.d_in)) != sae.d_in:
-        raise ValueError(f"store has d={src_manifest['d']} but sae.d_in={sae.d_in}")
     manifest = {"format_version": FORMAT_VERSION, "kind": "latents", "d_sae": sae.d_sae,
                 "k": sae.k, "hookpoint": getattr(sae, "hookpoint", None),
                 "dtype": str(values_dtype).replace("torch.", ""),
-                "source": str(store) if src_manifest else None, "rows": 0, "shards": []}
+                "source": str(Path(store.path).resolve()),
+                "rows": 0, "shards": []}
     done = []
     if (out / "manifest.json").is_file():         # resume after the last complete shard
         old = read_manifest(out)
@@ -270,26 +274,30 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                 raise ValueError(f"out_dir {out} holds latents with {key}={old.get(key)!r}, "
                                  f"this run has {manifest[key]!r}: use a new directory")
         done = old["shards"]
-    src_sha = [s.get("sha256") for s in src_manifest.get("shards", [])]
+    src_sha = [s["sha256"] for s in store.shards]
     stats = LatentStats(sae.d_sae, top_t=top_t, n_bins=n_bins)
     offset = 0
-    for i, shard in enumerate(tqdm(iter_store_shards(store), disable=not progress,
-                                   desc="encode", unit="shard")):
+    for i in tqdm(range(len(store.shards)), disable=not progress, desc="encode", unit="shard"):
         file = f"latents_{i:06d}.safetensors"
-        rows = shard["acts"].shape[0]
+        rows = int(store.shards[i]["rows"])
         if i < len(done):
-            if done[i]["rows"] != rows or done[i].get("source_sha256") != (
-                    src_sha[i] if i < len(src_sha) else None):
+            if done[i]["rows"] != rows or done[i].get("source_sha256") != src_sha[i]:
                 raise ValueError(f"{out}: latent shard {i} was encoded from different data "
                                  "than the store holds now: use a new directory")
-            prev = next(iter_store_shards(_OneShard(out / done[i]["file"])))
+            data = (out / done[i]["file"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != done[i]["sha256"]:
+                raise ValueError(f"{out / done[i]['file']}: sha256 does not match the "
+                                 "manifest (corrupted): use a new directory")
+            prev = safetensors_load(data)
             stats.update((prev["values"], prev["indices"]), offset)
             manifest["shards"].append(done[i])
         else:
             vals, idxs = [], []
             with torch.no_grad():
                 for s in range(0, rows, batch_size):
-                    x = _sae_apply_dtype(sae, shard["acts"][s:s + batch_size])
+                    # acts read batch by batch from the memory-mapped shard
+                    x = _sae_apply_dtype(sae, store.read(offset + s,
+                                                         offset + min(s + batch_size, rows)))
                     code = sae.encode(x)
                     v, ix = _code_parts(code)
                     # stats of the values as stored, so a resumed run gives identical stats
@@ -297,28 +305,17 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                     stats.update((v, ix), offset + s)
                     vals.append(v)
                     idxs.append(ix)
-            tensors = {"values": torch.cat(vals), "indices": torch.cat(idxs)}
-            tensors.update({k: shard[k] for k in _META_KEYS if k in shard})
-            sha = write_shard_atomic(out, file, tensors)
+            tensors = _pad_cat(vals, idxs, sae.k or 1, values_dtype)
+            tensors.update({k: store.shard(i, k) for k in _META_KEYS})
+            sha = write_safetensors_atomic(out / file, tensors)
             manifest["shards"].append({"file": file, "rows": rows, "sha256": sha,
-                                       "source_sha256": src_sha[i] if i < len(src_sha) else None})
+                                       "source_sha256": src_sha[i]})
         offset += rows
         manifest["rows"] = offset
-        _write_json_atomic(out / "manifest.json", manifest)
+        write_json_atomic(out / "manifest.json", manifest)
     stats.save(out)
-    _write_json_atomic(out / "top_examples.json", top_examples(out, stats, context, tokenizer))
+    write_json_atomic(out / "top_examples.json", top_examples(out, stats, context, tokenizer))
     return stats
-
-
-class _OneShard:
-    """A one-shard view with iter_shards(), to reuse iter_store_shards on a single file."""
-
-    def __init__(self, file):
-        self.file = file
-
-    def iter_shards(self):
-        from safetensors.torch import load_file
-        yield load_file(str(self.file))
 
 
 def top_examples(latent_dir, stats: LatentStats, context: int, tokenizer=None) -> dict:
@@ -336,7 +333,7 @@ def top_examples(latent_dir, stats: LatentStats, context: int, tokenizer=None) -
     meta = torch.full((rows.numel(), 3), -1, dtype=torch.int64)     # token_id, doc, position
     have = torch.zeros(rows.numel(), dtype=torch.bool)
     offset = 0
-    for shard in iter_store_shards(str(latent_dir), keys=_META_KEYS):
+    for shard in _iter_latent_shards(latent_dir, _META_KEYS):
         n = next(iter(shard.values())).shape[0] if shard else 0
         sel = (rows >= offset) & (rows < offset + n)
         if "token_ids" in shard and "doc_ids" in shard:

@@ -15,6 +15,7 @@ the device of the data. Shares fit / encode / decode / save / load with the SAEs
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -67,11 +68,19 @@ class SNMF:
         return x.to(self.dtype)
 
     # ------------------------------------------------------------------ updates
-    def _z_step(self, Z, XDt, DDt):
-        """One multiplicative update of Z [N, r] given XDᵀ [N, r] and DDᵀ [r, r]."""
-        num = _pos(XDt) + Z @ _neg(DDt)
-        den = _neg(XDt) + Z @ _pos(DDt) + self.l1 + _EPS
-        return Z * torch.sqrt(num / den)
+    def _z_steps(self, Z, XDt, DDt, n_steps: int):
+        """n_steps multiplicative updates of Z [N, r] given XDᵀ [N, r] and DDᵀ [r, r].
+        The ± parts are split once, and Z·[DDᵀ]⁻, Z·[DDᵀ]⁺ come from one GEMM [N, 2r]."""
+        r = DDt.shape[0]
+        a = _pos(XDt)
+        b = _neg(XDt).add_(self.l1 + _EPS)
+        W = torch.cat([_neg(DDt), _pos(DDt)], 1)              # [r, 2r]
+        Z = Z.clone()
+        for _ in range(n_steps):
+            P = Z @ W                                          # [N, 2r]
+            num = P[:, :r].add_(a)
+            Z.mul_(num.div_(P[:, r:].add_(b)).sqrt_())
+        return Z
 
     def _z_init(self, x, D):
         """Positive start: the unconstrained least-squares code, clipped, plus a floor
@@ -116,7 +125,8 @@ class SNMF:
         """Fit on a tensor [N, d] (full alternating updates, Z kept between iterations), or
         batch-wise (batch_size set, or data a re-iterable of [B, d] batches / an object with
         iter_batches): each pass re-encodes every batch with z_steps updates and solves D
-        from the accumulated ZᵀZ, ZᵀX. Stops early when the relative error improves by < tol."""
+        from the accumulated ZᵀZ, ZᵀX. data may also be a store path (see
+        actspace.decompose.latents.iter_batches). Stops early when the relative error improves by < tol."""
         if not isinstance(n_iter, int) or n_iter <= 0:
             raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
         self.history_ = []
@@ -129,9 +139,7 @@ class SNMF:
         Z = self._z_init(x, self.D)
         xx = x.pow(2).sum()
         for _ in range(n_iter):
-            XDt, DDt = x @ self.D.T, self.D @ self.D.T
-            for _ in range(z_steps):
-                Z = self._z_step(Z, XDt, DDt)
+            Z = self._z_steps(Z, x @ self.D.T, self.D @ self.D.T, z_steps)
             self.D, norms = self._d_solve(Z.T @ Z, Z.T @ x)
             Z = Z * norms
             err = ((x - Z @ self.D).pow(2).sum() / xx.clamp_min(_EPS)).sqrt().item()
@@ -141,22 +149,22 @@ class SNMF:
                 break
         return self
 
-    def _iter(self, data, batch_size):
-        if isinstance(data, torch.Tensor):
-            return iter(data.split(batch_size))
-        if hasattr(data, "iter_batches"):
-            return iter(data.iter_batches(batch_size, shuffle=False))
-        if iter(data) is data:
-            raise TypeError("data must be re-iterable (a list, a store, an object with "
-                            "iter_batches) for several passes, not a one-shot iterator")
-        return iter(data)
+    @staticmethod
+    def _iter(data, batch_size):
+        from .latents import iter_batches
+
+        if not isinstance(data, (torch.Tensor, str, os.PathLike)) and \
+                not hasattr(data, "iter_batches") and iter(data) is data:
+            raise TypeError("data must be re-iterable (a tensor, a store or store path, a "
+                            "list of batches) for several passes, not a one-shot iterator")
+        return iter_batches(data, batch_size)
 
     def _fit_batched(self, data, n_iter, batch_size, z_steps, tol):
         for _ in range(n_iter):
             ZtZ = ZtX = None
             sse = ss = 0.0
             for b in self._iter(data, batch_size):
-                x = self._check_x(b["acts"] if isinstance(b, dict) else b, "data batch")
+                x = self._check_x(b, "data batch")
                 if self.D is None:
                     self.D = self._init_dictionary(x)
                 D = self.D.to(x.device)
@@ -176,11 +184,7 @@ class SNMF:
 
     # ------------------------------------------------------------------ shared interface
     def _encode_with(self, x, D, n_steps):
-        Z = self._z_init(x, D)
-        XDt, DDt = x @ D.T, D @ D.T
-        for _ in range(n_steps):
-            Z = self._z_step(Z, XDt, DDt)
-        return Z
+        return self._z_steps(self._z_init(x, D), x @ D.T, D @ D.T, n_steps)
 
     def encode(self, x: torch.Tensor, *, n_steps: int = 100) -> torch.Tensor:
         """Nonnegative codes Z [N, n_components] for x [N, d] with D fixed (multiplicative
