@@ -45,31 +45,42 @@ inline void heap_replace_root(A* v, int32_t* id, int64_t k, A nv, int32_t ni) {
   id[pos] = ni;
 }
 
+// key[c] = filtered activation of column j0 + c, for c < nc; returns whether any key > root.
+// NC > 0 fixes the trip count at compile time (full chunks: one straight vector block).
+template <int64_t NC, typename T, typename A, bool RELU, bool SCALE, bool THR>
+inline int chunk_keys(const T* t, const A* b_enc, const A* scale, const A* thr, int64_t j0,
+                      int64_t nc_rt, A root, A* key) {
+  constexpr A kNegInf = -std::numeric_limits<A>::infinity();
+  const int64_t nc = NC > 0 ? NC : nc_rt;
+  int hit = 0;
+  for (int64_t c = 0; c < nc; ++c) {
+    const int64_t j = j0 + c;
+    A v = static_cast<A>(Scalar<T>::load(t + j)) + b_enc[j];
+    if (SCALE) v *= scale[j];
+    if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN as NaN, like torch.relu
+    if (THR) v = v > thr[j] ? v : kNegInf;
+    key[c] = v;
+    hit |= v > root;
+  }
+  return hit;
+}
+
 template <typename T, typename A, bool RELU, bool SCALE, bool THR>
 void merge_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0, int64_t m0,
                 const A* b_enc, const A* scale, const A* thr, int64_t k, A* run_vals,
                 int32_t* run_idx) {
-  constexpr A kNegInf = -std::numeric_limits<A>::infinity();
 #pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
   for (int64_t r = 0; r < rows; ++r) {
     const T* t = tile + r * ld;
     A* hv = run_vals + (row0 + r) * k;
     int32_t* hi = run_idx + (row0 + r) * k;
-    A key[kChunk];
+    alignas(64) A key[kChunk];
     for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
       const int64_t nc = std::min(kChunk, cols - c0);
-      const A root = hv[0];
-      int hit = 0;
-      for (int64_t c = 0; c < nc; ++c) {
-        const int64_t j = c0 + c;
-        A v = static_cast<A>(Scalar<T>::load(t + j));
-        v += b_enc[j];
-        if (SCALE) v *= scale[j];
-        if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN as NaN, like torch.relu
-        if (THR) v = v > thr[j] ? v : kNegInf;
-        key[c] = v;
-        hit |= v > root;
-      }
+      const int hit =
+          nc == kChunk
+              ? chunk_keys<kChunk, T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, hv[0], key)
+              : chunk_keys<0, T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, hv[0], key);
       if (!hit) continue;
       for (int64_t c = 0; c < nc; ++c) {
         if (key[c] > hv[0]) heap_replace_root(hv, hi, k, key[c], static_cast<int32_t>(m0 + c0 + c));
