@@ -7,8 +7,8 @@ Methods, timed in one process, interleaved round-robin so machine noise hits all
   matmul    x @ W_encᵀ (the floor: ours does this work plus the merge)
   baseline  torch.topk(torch.relu(torch.addmm(b_enc, x, W_encᵀ)), k)   (holds N×M)
   ours      actspace.ops.topk_encode(x, W_enc, b_enc, k)
-Peak extra memory: CPU — each method runs once in a fresh subprocess, peak RSS
-(ru_maxrss) minus the RSS right after the inputs were built; CUDA — max_memory_allocated
+Peak extra memory: CPU — each method runs once in a fresh subprocess: peak RSS (VmHWM,
+reset just before the call) minus the RSS before the call; CUDA — max_memory_allocated
 minus the memory allocated before the call. Writes bench/out/bench_topk_encode.json.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 import torch
 
 CPU_FULL = [(4096, 768, 65536, 64)]
-CPU_QUICK = [(1024, 256, 8192, 32)]
+CPU_QUICK = [(1024, 768, 8192, 32)]
 CUDA_FULL = [(8192, 4096, 131072, 64), (8192, 768, 24576, 64)]
 CUDA_QUICK = [(2048, 768, 24576, 64)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,19 +70,28 @@ def time_all(fns, args, device, repeats):
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def rss_bytes():
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kb(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def peak_child(method, N, d, M, k, dtype):
-    """Run in a fresh process: peak RSS growth (bytes) of one call of `method`."""
+    """Run in a fresh process: peak RSS growth (bytes) of one call of `method`.
+
+    The RSS high-water mark is reset just before the call (writing 5 to
+    /proc/self/clear_refs), so the peak of building the inputs does not hide it.
+    """
     x, W, b = make_inputs(N, d, M, DTYPES[dtype], "cpu")
     f = methods(k)[method]
-    before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    base = max(rss_bytes(), before_peak)
+    f(x[:2], W, b)  # load lazily initialised libraries before measuring
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    base = _status_kb("VmRSS")
     f(x, W, b)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return _status_kb("VmHWM") - base
 
 
 def peak_cpu(method, N, d, M, k, dtype):

@@ -8,6 +8,10 @@
 // Ties: latents arrive in increasing index order, so a newcomer equal to the root loses
 // (the root has the lower index): "v > root" is the whole test, and it also rejects NaN.
 #include <algorithm>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -20,7 +24,7 @@ namespace actspace {
 namespace ACTSPACE_ISA {
 namespace {
 
-constexpr int64_t kChunk = 16;
+constexpr int64_t kChunk = 16;  // one AVX-512 register of float32; bits of a uint32 mask
 
 // a is worse than b: lower value, or equal value and higher index.
 template <typename A>
@@ -45,14 +49,13 @@ inline void heap_replace_root(A* v, int32_t* id, int64_t k, A nv, int32_t ni) {
   id[pos] = ni;
 }
 
-// key[c] = filtered activation of column j0 + c, for c < nc; returns whether any key > root.
-// NC > 0 fixes the trip count at compile time (full chunks: one straight vector block).
-template <int64_t NC, typename T, typename A, bool RELU, bool SCALE, bool THR>
-inline int chunk_keys(const T* t, const A* b_enc, const A* scale, const A* thr, int64_t j0,
-                      int64_t nc_rt, A root, A* key) {
+// key[c] = filtered activation of column j0 + c, for c < nc; returns the bit mask of the
+// columns whose key beats root (NaN never does).
+template <typename T, typename A, bool RELU, bool SCALE, bool THR>
+inline uint32_t chunk_keys(const T* t, const A* b_enc, const A* scale, const A* thr, int64_t j0,
+                           int64_t nc, A root, A* key) {
   constexpr A kNegInf = -std::numeric_limits<A>::infinity();
-  const int64_t nc = NC > 0 ? NC : nc_rt;
-  int hit = 0;
+  uint32_t mask = 0;
   for (int64_t c = 0; c < nc; ++c) {
     const int64_t j = j0 + c;
     A v = static_cast<A>(Scalar<T>::load(t + j)) + b_enc[j];
@@ -60,10 +63,38 @@ inline int chunk_keys(const T* t, const A* b_enc, const A* scale, const A* thr, 
     if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN as NaN, like torch.relu
     if (THR) v = v > thr[j] ? v : kNegInf;
     key[c] = v;
-    hit |= v > root;
+    mask |= static_cast<uint32_t>(v > root) << c;
   }
-  return hit;
+  return mask;
 }
+
+#if defined(__AVX512F__)
+// The same for a full chunk of 16 float32/bfloat16 columns with float accumulation, in one
+// AVX-512 block (GCC unrolls the scalar version instead of vectorising it).
+template <typename T, bool RELU, bool SCALE, bool THR>
+inline uint32_t chunk_keys16(const T* t, const float* b_enc, const float* scale, const float* thr,
+                             int64_t j, float root, float* key) {
+  __m512 v;
+  if constexpr (std::is_same_v<T, float>) {
+    v = _mm512_loadu_ps(t + j);
+  } else {  // bf16: the bits are the high half of a float32
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + j));
+    v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  v = _mm512_add_ps(v, _mm512_loadu_ps(b_enc + j));
+  if (SCALE) v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + j));
+  if (RELU) {  // v < 0 -> 0; NaN compares false and stays NaN
+    const __m512 zero = _mm512_setzero_ps();
+    v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+  }
+  if (THR) {
+    const __mmask16 keep = _mm512_cmp_ps_mask(v, _mm512_loadu_ps(thr + j), _CMP_GT_OQ);
+    v = _mm512_mask_mov_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), keep, v);
+  }
+  _mm512_storeu_ps(key, v);
+  return _mm512_cmp_ps_mask(v, _mm512_set1_ps(root), _CMP_GT_OQ);
+}
+#endif
 
 template <typename T, typename A, bool RELU, bool SCALE, bool THR>
 void merge_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0, int64_t m0,
@@ -77,12 +108,22 @@ void merge_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t r
     alignas(64) A key[kChunk];
     for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
       const int64_t nc = std::min(kChunk, cols - c0);
-      const int hit =
-          nc == kChunk
-              ? chunk_keys<kChunk, T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, hv[0], key)
-              : chunk_keys<0, T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, hv[0], key);
-      if (!hit) continue;
-      for (int64_t c = 0; c < nc; ++c) {
+      uint32_t mask;
+#if defined(__AVX512F__)
+      constexpr bool kSimd = std::is_same_v<A, float> &&
+                             (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>);
+      if constexpr (kSimd) {
+        mask = nc == kChunk
+                   ? chunk_keys16<T, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, hv[0], key)
+                   : chunk_keys<T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, hv[0], key);
+      } else
+#endif
+      {
+        mask = chunk_keys<T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, hv[0], key);
+      }
+      while (mask) {  // only the columns that beat the k-th at the chunk start
+        const int c = __builtin_ctz(mask);
+        mask &= mask - 1;
         if (key[c] > hv[0]) heap_replace_root(hv, hi, k, key[c], static_cast<int32_t>(m0 + c0 + c));
       }
     }
