@@ -8,6 +8,7 @@
 // Ties: latents arrive in increasing index order, so a newcomer equal to the root loses
 // (the root has the lower index): "v > root" is the whole test, and it also rejects NaN.
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -96,36 +97,109 @@ inline uint32_t chunk_keys16(const T* t, const float* b_enc, const float* scale,
 }
 #endif
 
+// Running row as an in-place heap of (value, index) pairs: the general path (float64).
+template <typename A>
+struct PairHeap {
+  A* v;
+  int32_t* i;
+  int64_t k;
+  void begin(A* hv, int32_t* hi, int64_t kk) { v = hv; i = hi; k = kk; }
+  A root() const { return v[0]; }
+  void replace_root(A nv, int32_t ni) { heap_replace_root(v, i, k, nv, ni); }
+  void end() {}
+};
+
+// float32 rows: value and index packed into one uint64 whose integer order is the "better"
+// order (higher value, then lower index), so a heap level costs one compare. Loaded lazily
+// at a row's first insert in a tile, written back at the end.
+inline uint64_t pack(float v, int32_t i) {
+  v += 0.0f;  // -0 -> +0: equal floats must pack equal
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<uint64_t>(u) << 32) | static_cast<uint32_t>(INT64_C(0x7fffffff) - i);
+}
+inline void unpack(uint64_t key, float* v, int32_t* i) {
+  uint32_t u = static_cast<uint32_t>(key >> 32);
+  u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+  std::memcpy(v, &u, 4);
+  *i = static_cast<int32_t>(INT64_C(0x7fffffff) - static_cast<int64_t>(key & 0xffffffffu));
+}
+
+struct PackedHeap {
+  std::vector<uint64_t> h;
+  float* v = nullptr;
+  int32_t* i = nullptr;
+  int64_t k = 0;
+  float rootv = 0;
+  bool loaded = false;
+  void begin(float* hv, int32_t* hi, int64_t kk) {
+    v = hv; i = hi; k = kk; rootv = hv[0]; loaded = false;
+  }
+  float root() const { return rootv; }
+  void replace_root(float nv, int32_t ni) {
+    if (!loaded) {
+      h.resize(static_cast<size_t>(k));
+      for (int64_t j = 0; j < k; ++j) h[j] = pack(v[j], i[j]);
+      loaded = true;
+    }
+    const uint64_t nk = pack(nv, ni);
+    uint64_t* hp = h.data();
+    int64_t pos = 0;
+    for (;;) {
+      int64_t c = 2 * pos + 1;
+      if (c >= k) break;
+      if (c + 1 < k && hp[c + 1] < hp[c]) ++c;
+      if (hp[c] >= nk) break;
+      hp[pos] = hp[c];
+      pos = c;
+    }
+    hp[pos] = nk;
+    int32_t dummy;
+    unpack(hp[0], &rootv, &dummy);
+  }
+  void end() {
+    if (loaded)
+      for (int64_t j = 0; j < k; ++j) unpack(h[j], v + j, i + j);
+  }
+};
+
 template <typename T, typename A, bool RELU, bool SCALE, bool THR>
 void merge_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0, int64_t m0,
                 const A* b_enc, const A* scale, const A* thr, int64_t k, A* run_vals,
                 int32_t* run_idx) {
-#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* t = tile + r * ld;
-    A* hv = run_vals + (row0 + r) * k;
-    int32_t* hi = run_idx + (row0 + r) * k;
+  using Heap = std::conditional_t<std::is_same_v<A, float>, PackedHeap, PairHeap<A>>;
+#pragma omp parallel if (rows * cols >= (1 << 16))
+  {
+    Heap heap;
     alignas(64) A key[kChunk];
-    for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
-      const int64_t nc = std::min(kChunk, cols - c0);
-      uint32_t mask;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* t = tile + r * ld;
+      heap.begin(run_vals + (row0 + r) * k, run_idx + (row0 + r) * k, k);
+      for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+        const int64_t nc = std::min(kChunk, cols - c0);
+        const A root = heap.root();
+        uint32_t mask;
 #if defined(__AVX512F__)
-      constexpr bool kSimd = std::is_same_v<A, float> &&
-                             (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>);
-      if constexpr (kSimd) {
-        mask = nc == kChunk
-                   ? chunk_keys16<T, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, hv[0], key)
-                   : chunk_keys<T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, hv[0], key);
-      } else
+        constexpr bool kSimd = std::is_same_v<A, float> &&
+                               (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>);
+        if constexpr (kSimd) {
+          mask = nc == kChunk
+                     ? chunk_keys16<T, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, root, key)
+                     : chunk_keys<T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, root, key);
+        } else
 #endif
-      {
-        mask = chunk_keys<T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, hv[0], key);
+        {
+          mask = chunk_keys<T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, root, key);
+        }
+        while (mask) {  // only the columns that beat the k-th at the chunk start
+          const int c = __builtin_ctz(mask);
+          mask &= mask - 1;
+          if (key[c] > heap.root()) heap.replace_root(key[c], static_cast<int32_t>(m0 + c0 + c));
+        }
       }
-      while (mask) {  // only the columns that beat the k-th at the chunk start
-        const int c = __builtin_ctz(mask);
-        mask &= mask - 1;
-        if (key[c] > hv[0]) heap_replace_root(hv, hi, k, key[c], static_cast<int32_t>(m0 + c0 + c));
-      }
+      heap.end();
     }
   }
 }

@@ -72,6 +72,23 @@ def _compute_dtype(x, W_enc):
     return torch.promote_types(x.dtype, W_enc.dtype)
 
 
+_FP32_TILES: dict = {}
+
+
+def _cuda_fp32_tiles(device, dtype) -> bool:
+    """Whether torch.mm(..., out_dtype=float32, out=...) works for `dtype` on this CUDA device
+    (a float32 tile keeps bf16/fp16 products at float32 precision); probed once."""
+    key = (str(device), dtype)
+    if key not in _FP32_TILES:
+        try:
+            a = torch.zeros(2, 2, dtype=dtype, device=device)
+            torch.mm(a, a.T, out_dtype=torch.float32, out=torch.empty(2, 2, device=device))
+            _FP32_TILES[key] = True
+        except (RuntimeError, TypeError):
+            _FP32_TILES[key] = False
+    return _FP32_TILES[key]
+
+
 def _tile_mm(a, b, out, cuda_fp32):
     """out [r, c] = a [r, d] @ b[c, d]ᵀ; on CUDA bf16/fp16 inputs give a float32 tile."""
     if cuda_fp32:
@@ -98,7 +115,8 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
     if b_p is None:  # the kernel always adds a bias: one [M] vector keeps its inner loop branch-free
         b_p = torch.zeros(M, dtype=acc, device=dev)
     on_cuda = dev.type == "cuda"
-    cuda_fp32 = on_cuda and cdt in (torch.bfloat16, torch.float16)
+    cuda_fp32 = (on_cuda and cdt in (torch.bfloat16, torch.float16)
+                 and _cuda_fp32_tiles(dev, cdt))
     tile_dt = torch.float32 if cuda_fp32 else cdt
     rows, cols = tile_plan(N, M, torch.empty((), dtype=tile_dt).element_size())
     tile_buf = torch.empty(rows * cols, dtype=tile_dt, device=dev)
