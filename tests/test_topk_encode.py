@@ -212,7 +212,8 @@ def test_workspace_bounded(monkeypatch):
     x, W, b = make(50, 8, 300, dtype=torch.float32, seed=11)
     topk_encode(x, W, b, 5, backend="kernel")
     assert len(sizes) > 1 and max(sizes) <= 4096 < 50 * 300 * 4
-    for N, M, esz, cap in [(4096, 65536, 4, 16 << 20), (1, 10 ** 6, 2, 1 << 20), (10 ** 6, 3, 8, 4096),
+    for N, M, esz, cap in [(4096, 65536, 4, 16 << 20), (1, 10 ** 6, 2, 1 << 20),
+                           (10 ** 6, 3, 8, 4096),
                            (8192, 131072, 4, 32 << 20), (5, 7, 4, 8)]:
         rows, cols = T.tile_plan(N, M, esz, cap)
         assert 1 <= rows <= N and 1 <= cols <= M

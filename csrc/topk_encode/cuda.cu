@@ -178,7 +178,9 @@ void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t col
       const int code = (relu ? 4 : 0) | (s ? 2 : 0) | (th ? 1 : 0);
       switch (code) {
 #define ACTSPACE_CASE(c, R, S, H) \
-  case c: launch_merge<T, A, R, S, H>(tp, rows, cols, ld, row0, m0, b, s, th, kk, rv, ri, st); break;
+  case c:                                                                             \
+    launch_merge<T, A, R, S, H>(tp, rows, cols, ld, row0, m0, b, s, th, kk, rv, ri, st); \
+    break;
         ACTSPACE_CASE(0, false, false, false)
         ACTSPACE_CASE(1, false, false, true)
         ACTSPACE_CASE(2, false, true, false)

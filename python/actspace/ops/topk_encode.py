@@ -25,6 +25,8 @@ from ._common import (DTYPE_CODES, acc_dtype, check_float, check_same_device, ch
 TILE_BYTES = 16 << 20
 # Rows per tile: a latent tile of W_enc is reused across row blocks while it is in cache.
 MAX_TILE_ROWS = 2048
+# The CUDA merge keeps a row's running top-k in shared memory: k up to this.
+CUDA_MAX_K = 256
 # Rows per chunk when backward regathers W_enc rows to recompute pre-activations ([c, k, d]).
 _GATHER_BYTES = 16 << 20
 
@@ -110,15 +112,15 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
     else:
         xc = x.to(cdt).contiguous()
     W = W_enc.to(cdt).contiguous()
-    params = [None if t is None else t.detach().to(acc).contiguous() for t in (b_enc, scale, threshold)]
-    b_p, s_p, t_p = params
-    if b_p is None:  # the kernel always adds a bias: one [M] vector keeps its inner loop branch-free
+    b_p, s_p, t_p = (None if t is None else t.detach().to(acc).contiguous()
+                     for t in (b_enc, scale, threshold))
+    if b_p is None:  # the kernel always adds a bias: keeps its inner loop branch-free
         b_p = torch.zeros(M, dtype=acc, device=dev)
     on_cuda = dev.type == "cuda"
     cuda_fp32 = (on_cuda and cdt in (torch.bfloat16, torch.float16)
                  and _cuda_fp32_tiles(dev, cdt))
     tile_dt = torch.float32 if cuda_fp32 else cdt
-    rows, cols = tile_plan(N, M, torch.empty((), dtype=tile_dt).element_size())
+    rows, cols = tile_plan(N, M, tile_dt.itemsize)
     tile_buf = torch.empty(rows * cols, dtype=tile_dt, device=dev)
     run_vals = torch.full((N, k), float("-inf"), dtype=acc, device=dev)
     run_idx = torch.full((N, k), -1, dtype=torch.int32, device=dev)
@@ -175,7 +177,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _preact_unscaled(xc, W, b_enc, idx, acc):
-    """u[n, j] = xc[n] · W[idx[n, j]] + b_enc[idx[n, j]] in row chunks ([c, k, d] ≤ _GATHER_BYTES).
+    """u[n, j] = xc[n] · W[idx[n, j]] + b_enc[idx[n, j]], in row chunks ([c, k, d] bounded).
 
     xc [N, d] (acc), W [M, d], b_enc [M] or None, idx [N, k] int64 (clamped) -> u [N, k]
     """
@@ -243,7 +245,11 @@ def topk_encode(x, W_enc, b_enc, k, *, b_dec=None, activation="relu", threshold=
     b_enc, b_dec = optional_to_torch(b_enc, "b_enc"), optional_to_torch(b_dec, "b_dec")
     threshold, scale = optional_to_torch(threshold, "threshold"), optional_to_torch(scale, "scale")
     _validate(x, W_enc, b_enc, k, b_dec, activation, threshold, scale)
-    if use_kernel("topk_encode", x.device, backend):
+    cuda_k_ok = x.device.type != "cuda" or k <= CUDA_MAX_K
+    if backend == "kernel" and not cuda_k_ok:
+        raise ValueError(f"k must be <= {CUDA_MAX_K} for the CUDA kernel, got k={k} "
+                         "(backend='auto' takes the reference path)")
+    if cuda_k_ok and use_kernel("topk_encode", x.device, backend):
         tensors = (x, W_enc, b_enc, b_dec, threshold, scale)
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
         if grad or torch.compiler.is_compiling():
