@@ -99,6 +99,23 @@ def test_ties_go_to_lower_index(k, small_tiles):
                  reference.topk_encode(x2, W2, b2, 20))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_signed_zero_ties(dtype):
+    """-0.0 and +0.0 are equal pre-activations: the lower index wins either way."""
+    M = 40
+    W = torch.zeros(M, 3, dtype=dtype)
+    b = torch.where(torch.arange(M) % 2 == 0, torch.tensor(-0.0, dtype=dtype),
+                    torch.tensor(0.0, dtype=dtype))
+    b[30:] = -1.0
+    x = torch.randn(4, 3, dtype=dtype)
+    for act in ("relu", "none"):
+        v, i = topk_encode(x, W, b, 25, activation=act, backend="kernel")
+        rv, ri = reference.topk_encode(x, W, b, 25, activation=act)
+        assert i[0].tolist() == list(range(25))  # relu: all 40 tie at 0; none: 30 tie
+        torch.testing.assert_close(i, ri, rtol=0, atol=0)
+        torch.testing.assert_close(v, rv, rtol=0, atol=0)
+
+
 def test_nan_and_inf_rows():
     N, d, M, k = 8, 7, 45, 6
     x, W, b = make(N, d, M, seed=8)
@@ -195,7 +212,8 @@ def test_workspace_bounded(monkeypatch):
     x, W, b = make(50, 8, 300, dtype=torch.float32, seed=11)
     topk_encode(x, W, b, 5, backend="kernel")
     assert len(sizes) > 1 and max(sizes) <= 4096 < 50 * 300 * 4
-    for N, M, esz, cap in [(4096, 65536, 4, 16 << 20), (1, 10 ** 6, 2, 1 << 20), (10 ** 6, 3, 8, 4096),
+    for N, M, esz, cap in [(4096, 65536, 4, 16 << 20), (1, 10 ** 6, 2, 1 << 20),
+                           (10 ** 6, 3, 8, 4096),
                            (8192, 131072, 4, 32 << 20), (5, 7, 4, 8)]:
         rows, cols = T.tile_plan(N, M, esz, cap)
         assert 1 <= rows <= N and 1 <= cols <= M
@@ -245,6 +263,25 @@ def test_opcheck():
                   torch.zeros(29), scale),
                  (x.requires_grad_(), W, b, 4, None, "relu", None, scale.double())]:
         torch.library.opcheck(torch.ops.actspace.topk_encode.default, args)
+
+
+@pytest.mark.slow
+def test_torch_compile_forward_and_backward():
+    x, W, b = make(10, 6, 50, dtype=torch.float32, seed=18)
+
+    def loss(x, W, b):
+        v, i = topk_encode(x, W, b, 5, backend="kernel")
+        return (v * v).sum(), i
+
+    W1 = W.clone().requires_grad_()
+    l1, i1 = torch.compile(loss, backend="aot_eager", fullgraph=True)(x, W1, b)
+    l1.backward()
+    W2 = W.clone().requires_grad_()
+    l2, i2 = loss(x, W2, b)
+    l2.backward()
+    torch.testing.assert_close(i1, i2, rtol=0, atol=0)
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(W1.grad, W2.grad)
 
 
 def test_fast_path_and_op_agree():

@@ -8,6 +8,11 @@
 // Ties: latents arrive in increasing index order, so a newcomer equal to the root loses
 // (the root has the lower index): "v > root" is the whole test, and it also rejects NaN.
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -20,7 +25,7 @@ namespace actspace {
 namespace ACTSPACE_ISA {
 namespace {
 
-constexpr int64_t kChunk = 16;
+constexpr int64_t kChunk = 16;  // one AVX-512 register of float32; bits of a uint32 mask
 
 // a is worse than b: lower value, or equal value and higher index.
 template <typename A>
@@ -45,35 +50,156 @@ inline void heap_replace_root(A* v, int32_t* id, int64_t k, A nv, int32_t ni) {
   id[pos] = ni;
 }
 
+// key[c] = filtered activation of column j0 + c, for c < nc; returns the bit mask of the
+// columns whose key beats root (NaN never does).
+template <typename T, typename A, bool RELU, bool SCALE, bool THR>
+inline uint32_t chunk_keys(const T* t, const A* b_enc, const A* scale, const A* thr, int64_t j0,
+                           int64_t nc, A root, A* key) {
+  constexpr A kNegInf = -std::numeric_limits<A>::infinity();
+  uint32_t mask = 0;
+  for (int64_t c = 0; c < nc; ++c) {
+    const int64_t j = j0 + c;
+    A v = static_cast<A>(Scalar<T>::load(t + j)) + b_enc[j];
+    if (SCALE) v *= scale[j];
+    if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN as NaN, like torch.relu
+    if (THR) v = v > thr[j] ? v : kNegInf;
+    key[c] = v;
+    mask |= static_cast<uint32_t>(v > root) << c;
+  }
+  return mask;
+}
+
+#if defined(__AVX512F__)
+// The same for a full chunk of 16 float32/bfloat16 columns with float accumulation, in one
+// AVX-512 block (GCC unrolls the scalar version instead of vectorising it).
+template <typename T, bool RELU, bool SCALE, bool THR>
+inline uint32_t chunk_keys16(const T* t, const float* b_enc, const float* scale, const float* thr,
+                             int64_t j, float root, float* key) {
+  __m512 v;
+  if constexpr (std::is_same_v<T, float>) {
+    v = _mm512_loadu_ps(t + j);
+  } else {  // bf16: the bits are the high half of a float32
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + j));
+    v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  v = _mm512_add_ps(v, _mm512_loadu_ps(b_enc + j));
+  if (SCALE) v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + j));
+  if (RELU) {  // v < 0 -> 0; NaN compares false and stays NaN
+    const __m512 zero = _mm512_setzero_ps();
+    v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+  }
+  if (THR) {
+    const __mmask16 keep = _mm512_cmp_ps_mask(v, _mm512_loadu_ps(thr + j), _CMP_GT_OQ);
+    v = _mm512_mask_mov_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), keep, v);
+  }
+  _mm512_storeu_ps(key, v);
+  return _mm512_cmp_ps_mask(v, _mm512_set1_ps(root), _CMP_GT_OQ);
+}
+#endif
+
+// Running row as an in-place heap of (value, index) pairs: the general path (float64).
+template <typename A>
+struct PairHeap {
+  A* v;
+  int32_t* i;
+  int64_t k;
+  void begin(A* hv, int32_t* hi, int64_t kk) { v = hv; i = hi; k = kk; }
+  A root() const { return v[0]; }
+  void replace_root(A nv, int32_t ni) { heap_replace_root(v, i, k, nv, ni); }
+  void end() {}
+};
+
+// float32 rows: value and index packed into one uint64 whose integer order is the "better"
+// order (higher value, then lower index), so a heap level costs one compare. Loaded lazily
+// at a row's first insert in a tile, written back at the end.
+inline uint64_t pack(float v, int32_t i) {
+  v += 0.0f;  // -0 -> +0: equal floats must pack equal
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<uint64_t>(u) << 32) | static_cast<uint32_t>(INT64_C(0x7fffffff) - i);
+}
+inline void unpack(uint64_t key, float* v, int32_t* i) {
+  uint32_t u = static_cast<uint32_t>(key >> 32);
+  u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+  std::memcpy(v, &u, 4);
+  *i = static_cast<int32_t>(INT64_C(0x7fffffff) - static_cast<int64_t>(key & 0xffffffffu));
+}
+
+struct PackedHeap {
+  std::vector<uint64_t> h;
+  float* v = nullptr;
+  int32_t* i = nullptr;
+  int64_t k = 0;
+  float rootv = 0;
+  bool loaded = false;
+  void begin(float* hv, int32_t* hi, int64_t kk) {
+    v = hv; i = hi; k = kk; rootv = hv[0]; loaded = false;
+  }
+  float root() const { return rootv; }
+  void replace_root(float nv, int32_t ni) {
+    if (!loaded) {
+      h.resize(static_cast<size_t>(k));
+      for (int64_t j = 0; j < k; ++j) h[j] = pack(v[j], i[j]);
+      loaded = true;
+    }
+    const uint64_t nk = pack(nv, ni);
+    uint64_t* hp = h.data();
+    int64_t pos = 0;
+    for (;;) {
+      int64_t c = 2 * pos + 1;
+      if (c >= k) break;
+      if (c + 1 < k && hp[c + 1] < hp[c]) ++c;
+      if (hp[c] >= nk) break;
+      hp[pos] = hp[c];
+      pos = c;
+    }
+    hp[pos] = nk;
+    int32_t dummy;
+    unpack(hp[0], &rootv, &dummy);
+  }
+  void end() {
+    if (loaded)
+      for (int64_t j = 0; j < k; ++j) unpack(h[j], v + j, i + j);
+  }
+};
+
 template <typename T, typename A, bool RELU, bool SCALE, bool THR>
 void merge_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0, int64_t m0,
                 const A* b_enc, const A* scale, const A* thr, int64_t k, A* run_vals,
                 int32_t* run_idx) {
-  constexpr A kNegInf = -std::numeric_limits<A>::infinity();
-#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* t = tile + r * ld;
-    A* hv = run_vals + (row0 + r) * k;
-    int32_t* hi = run_idx + (row0 + r) * k;
-    A key[kChunk];
-    for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
-      const int64_t nc = std::min(kChunk, cols - c0);
-      const A root = hv[0];
-      int hit = 0;
-      for (int64_t c = 0; c < nc; ++c) {
-        const int64_t j = c0 + c;
-        A v = static_cast<A>(Scalar<T>::load(t + j));
-        v += b_enc[j];
-        if (SCALE) v *= scale[j];
-        if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN as NaN, like torch.relu
-        if (THR) v = v > thr[j] ? v : kNegInf;
-        key[c] = v;
-        hit |= v > root;
+  using Heap = std::conditional_t<std::is_same_v<A, float>, PackedHeap, PairHeap<A>>;
+#pragma omp parallel if (rows * cols >= (1 << 16))
+  {
+    Heap heap;
+    alignas(64) A key[kChunk];
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* t = tile + r * ld;
+      heap.begin(run_vals + (row0 + r) * k, run_idx + (row0 + r) * k, k);
+      for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+        const int64_t nc = std::min(kChunk, cols - c0);
+        const A root = heap.root();
+        uint32_t mask;
+#if defined(__AVX512F__)
+        constexpr bool kSimd = std::is_same_v<A, float> &&
+                               (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>);
+        if constexpr (kSimd) {
+          mask = nc == kChunk
+                     ? chunk_keys16<T, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, root, key)
+                     : chunk_keys<T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, root, key);
+        } else
+#endif
+        {
+          mask = chunk_keys<T, A, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, nc, root, key);
+        }
+        while (mask) {  // only the columns that beat the k-th at the chunk start
+          const int c = __builtin_ctz(mask);
+          mask &= mask - 1;
+          if (key[c] > heap.root()) heap.replace_root(key[c], static_cast<int32_t>(m0 + c0 + c));
+        }
       }
-      if (!hit) continue;
-      for (int64_t c = 0; c < nc; ++c) {
-        if (key[c] > hv[0]) heap_replace_root(hv, hi, k, key[c], static_cast<int32_t>(m0 + c0 + c));
-      }
+      heap.end();
     }
   }
 }

@@ -15,19 +15,19 @@
 
 #include "common/dtype.h"
 
-#define ACTSPACE_DECLARE_TOPK_ENCODE(ns)                                                     \
-  namespace ns {                                                                             \
-  /* tile [rows, ld] (dtype tile_dtype) holds the pre-activation of latents m0..m0+cols-1 */ \
-  /* for rows row0..row0+rows-1; b_enc/scale/threshold point at latent m0 (acc dtype; */      \
-  /* b_enc required, scale/threshold 0 = absent); run_vals/run_idx are the full [N, k] running buffers. */                   \
-  void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t cols,         \
-                         int64_t ld, int64_t row0, int64_t m0, uintptr_t b_enc,              \
-                         uintptr_t scale, uintptr_t threshold, int acc_dtype, bool relu,     \
-                         int64_t k, uintptr_t run_vals, uintptr_t run_idx);                  \
-  /* sort each running row best first; out_vals [N, k] (out_dtype), out_idx [N, k] int32; */ \
-  /* unfilled slots: value 0, index -1. */                                                   \
-  void topk_encode_finish(uintptr_t run_vals, uintptr_t run_idx, int acc_dtype, int64_t n,  \
-                          int64_t k, uintptr_t out_vals, int out_dtype, uintptr_t out_idx);  \
+// merge: tile [rows, ld] (dtype tile_dtype) holds the pre-activation of latents
+// m0..m0+cols-1 for rows row0..row0+rows-1; b_enc/scale/threshold point at latent m0 (acc
+// dtype; b_enc required, scale/threshold 0 = absent); run_vals/run_idx are the whole [N, k]
+// running buffers. finish: out_vals [N, k] (out_dtype), out_idx [N, k] int32, sorted best
+// first; unfilled slots get value 0, index -1.
+#define ACTSPACE_DECLARE_TOPK_ENCODE(ns)                                                    \
+  namespace ns {                                                                            \
+  void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t cols,        \
+                         int64_t ld, int64_t row0, int64_t m0, uintptr_t b_enc,             \
+                         uintptr_t scale, uintptr_t threshold, int acc_dtype, bool relu,    \
+                         int64_t k, uintptr_t run_vals, uintptr_t run_idx);                 \
+  void topk_encode_finish(uintptr_t run_vals, uintptr_t run_idx, int acc_dtype, int64_t n, \
+                          int64_t k, uintptr_t out_vals, int out_dtype, uintptr_t out_idx); \
   }
 
 namespace actspace {
