@@ -54,8 +54,9 @@ template <> struct St<f16_t> {
 // Accumulators live on the stack in tiles over d (no allocation; 4 KiB per thread).
 template <typename A> constexpr int64_t tile() { return 4096 / sizeof(A); }
 
-// How many slots ahead forward / grad_values prefetch the gathered W row.
-constexpr int64_t kPrefetch = 1;
+// How many slots ahead forward / grad_values prefetch the gathered W rows (8 was best of
+// 1, 2, 4, 8, 16 at d=768, M=65536 on a 2-core AVX-512 machine).
+constexpr int64_t kPrefetch = 8;
 
 template <typename R>
 inline void prefetch_row(const R* p, int64_t len) {
@@ -72,6 +73,7 @@ int64_t forward_impl(const typename St<T>::acc* __restrict values, const I* __re
                      typename St<T>::raw* __restrict out, int64_t N, int64_t k, int64_t M,
                      int64_t d) {
   using A = typename St<T>::acc;
+  using R = typename St<T>::raw;
   constexpr int64_t DB = tile<A>();
   int64_t bad = 0;
 #pragma omp parallel for schedule(static) reduction(+ : bad)
@@ -86,22 +88,58 @@ int64_t forward_impl(const typename St<T>::acc* __restrict values, const I* __re
       } else {
         for (int64_t t = 0; t < len; ++t) acc[t] = A(0);
       }
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t m = static_cast<int64_t>(ir[j]);
-        if (m < 0 || m >= M) {
-          bad += (d0 == 0 && bad_index(m, M));
-          continue;
+      // Slots go in groups of 4 valid rows: one pass over acc per group (4x less acc
+      // traffic, 4 independent row streams in flight); the sum order stays j-sequential.
+      for (int64_t j = 0; j < k;) {
+        const R* rows[4];
+        A vs[4];
+        int cnt = 0;
+        for (; j < k && cnt < 4; ++j) {
+          const int64_t m = static_cast<int64_t>(ir[j]);
+          if (m < 0 || m >= M) {
+            bad += (d0 == 0 && bad_index(m, M));
+            continue;
+          }
+          rows[cnt] = W + m * ldw + d0;
+          vs[cnt++] = vr[j];
         }
-        const A v = vr[j];
-        const typename St<T>::raw* __restrict w = W + m * ldw + d0;
-        // The gathered rows are random in W (far larger than cache): fetch a row a few
-        // slots ahead so its DRAM latency overlaps this row's arithmetic.
-        if (j + kPrefetch < k) {
-          const int64_t mp = static_cast<int64_t>(ir[j + kPrefetch]);
-          if (mp >= 0 && mp < M) prefetch_row(W + mp * ldw + d0, len);
+        // The gathered rows are random in W (far larger than cache): prefetch the rows
+        // kPrefetch slots ahead, one cache line per row per 64-byte chunk of this group,
+        // so DRAM latency overlaps the arithmetic without bursts of prefetches.
+        const R* pf[4] = {nullptr, nullptr, nullptr, nullptr};
+        for (int c = 0; c < 4; ++c) {
+          const int64_t jp = j + kPrefetch - 4 + c;
+          if (jp < k) {
+            const int64_t mp = static_cast<int64_t>(ir[jp]);
+            if (mp >= 0 && mp < M) pf[c] = W + mp * ldw + d0;
+          }
         }
+        constexpr int64_t CH = 64 / sizeof(R);
+        if (cnt == 4) {
+          const R* __restrict r0 = rows[0]; const R* __restrict r1 = rows[1];
+          const R* __restrict r2 = rows[2]; const R* __restrict r3 = rows[3];
+          for (int64_t t0 = 0; t0 < len; t0 += CH) {
+            for (int c = 0; c < 4; ++c)
+              if (pf[c]) __builtin_prefetch(pf[c] + t0);
+            const int64_t t1 = std::min(len, t0 + CH);
 #pragma omp simd
-        for (int64_t t = 0; t < len; ++t) acc[t] += v * St<T>::ld(w + t);
+            for (int64_t t = t0; t < t1; ++t) {
+              A a = acc[t];
+              a += vs[0] * St<T>::ld(r0 + t);
+              a += vs[1] * St<T>::ld(r1 + t);
+              a += vs[2] * St<T>::ld(r2 + t);
+              a += vs[3] * St<T>::ld(r3 + t);
+              acc[t] = a;
+            }
+          }
+        } else {
+          for (int c = 0; c < cnt; ++c) {
+            const R* __restrict r = rows[c];
+            const A v = vs[c];
+#pragma omp simd
+            for (int64_t t = 0; t < len; ++t) acc[t] += v * St<T>::ld(r + t);
+          }
+        }
       }
       typename St<T>::raw* o = out + n * d + d0;
       for (int64_t t = 0; t < len; ++t) St<T>::st(o + t, acc[t]);
