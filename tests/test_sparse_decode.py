@@ -183,6 +183,24 @@ def test_opcheck():
                           (v.detach(), idx.int(), W.detach(), None, True))
 
 
+@pytest.mark.slow  # torch.compile tracing takes several seconds
+def test_torch_compile_fullgraph():
+    v, idx, W, b = make(12, 4, 15, 9, torch.float32)
+    Wl = W.clone().requires_grad_()
+
+    def f(v_, W_):
+        return (acts.ops.sparse_decode(v_, idx, W_, b, backend="kernel") ** 2).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    loss = compiled(v, Wl)
+    (gW,) = torch.autograd.grad(loss, Wl)
+    Wr = W.clone().requires_grad_()
+    loss_r = f(v, Wr)
+    (gWr,) = torch.autograd.grad(loss_r, Wr)
+    assert torch.allclose(loss, loss_r) and torch.allclose(gW, gWr)
+
+
 # ------------------------------------------------------------------ interchange and errors
 def test_numpy_in_numpy_out():
     v, idx, W, b = make(7, 3, 11, 6)

@@ -46,7 +46,9 @@ def _validate(values, indices, W_dec, b_dec):
     if indices.numel() > _INT32_MAX:
         raise ValueError(f"indices has {indices.numel()} entries; at most 2**31 - 1 supported "
                          "(split the batch)")
-    if indices.numel():  # one cheap pass over N·k ints (on CUDA this synchronises)
+    # One cheap pass over N·k ints (on CUDA this synchronises). Skipped while torch.compile
+    # traces (a data-dependent branch); the CPU kernel's backstop still raises ValueError.
+    if indices.numel() and not torch.compiler.is_compiling():
         lo, hi = torch.aminmax(indices)
         lo, hi, M = int(lo), int(hi), W_dec.shape[0]
         if lo < -1 or hi >= M:
