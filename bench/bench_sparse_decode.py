@@ -6,7 +6,9 @@ Backward: autograd through embedding_bag (grads of vals and W_dec) vs ours (raw 
           decode_backward, deterministic and default; and through torch autograd).
 GB/s counts the gathered rows only: N·k·d elements forward, 2·N·k·d backward (rows read for
 grad_values + contributions summed into grad_W). Peak memory: CPU = rise of the peak RSS
-during one call (/proc/self/clear_refs), CUDA = torch.cuda.max_memory_allocated rise.
+during one call after warm-up (/proc/self/clear_refs; buffers below glibc's mmap threshold,
+~32 MiB, are reused from the heap and do not show), CUDA = torch.cuda.max_memory_allocated
+rise. Inputs are fresh random data (uniform latents: no hot rows in cache).
 
     python bench/bench_sparse_decode.py [--quick] [--reps 5] [--out bench/out/bench_sparse_decode.json]
 """

@@ -123,6 +123,18 @@ def test_backward_matches_reference(dtype, idx_dtype):
             assert gW.dtype == dtype and err(gW, eW) <= bound(err(pW, eW), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_rows_wider_than_one_tile(dtype):  # d spans several 4 KiB accumulator tiles
+    v, idx, W, _ = make(5, 3, 4, 2100, dtype)
+    g = torch.randn(5, 2100, dtype=dtype)
+    ev, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    gv, gW = decode_backward(g, v, idx, W)
+    assert err(gv, ev) < tol and err(gW, eW) < tol
+    gv, _ = decode_backward(g, v, idx, W, need_W=False)
+    assert err(gv, ev) < tol
+
+
 def test_backward_poisoned_grad_W_and_empty_latents():
     v, idx, W, _ = make(8, 3, 50, 17)  # most latents unused: their rows must be written 0
     g = torch.randn(8, 17)
@@ -139,6 +151,18 @@ def test_backward_poisoned_grad_W_and_empty_latents():
     filled = int((idx >= 0).sum())
     assert offsets[-1] == filled and torch.equal(order[:filled].sort().values,
                                                   (idx.reshape(-1) >= 0).nonzero()[:, 0].int())
+
+
+def test_torch_csr_matches_kernel_csr():  # the CUDA path builds its CSR with torch ops
+    from actspace.ops.sparse_decode import _csr_torch
+    _, idx, _, _ = make(30, 7, 11, 2, seed=5)
+    offsets = torch.empty(12, dtype=torch.int32)
+    order = torch.empty(210, dtype=torch.int32)
+    core.sparse_decode_build_csr(idx.data_ptr(), 5, 30, 7, 11, offsets.data_ptr(),
+                                 order.data_ptr())
+    t_off, t_order = _csr_torch(idx, 11)
+    filled = int(offsets[-1])
+    assert torch.equal(t_off, offsets) and torch.equal(t_order[:filled], order[:filled])
 
 
 def test_backward_deterministic_bitwise():
