@@ -106,6 +106,15 @@ def test_raw_kernel_writes_every_output_element():
         check_forward(v, idx, Wd, None, out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_half_bit_pattern_round_trips(dtype):  # subnormals, inf, NaN included
+    W = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16).view(dtype).reshape(512, 128)
+    idx = torch.arange(512).reshape(512, 1)
+    out = acts.ops.sparse_decode(torch.ones(512, 1), idx, W, backend="kernel")  # 1·W[m]
+    nan = W.isnan()
+    assert torch.equal(out.isnan(), nan) and torch.equal(out[~nan], W[~nan])
+
+
 # ------------------------------------------------------------------ backward
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])

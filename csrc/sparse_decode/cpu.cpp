@@ -9,9 +9,6 @@
 // fused into that pass (W[m] is read once per latent instead of once per slot).
 #include <algorithm>
 #include <cstring>
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
 
 #include "sparse_decode/sparse_decode.h"
 
@@ -43,11 +40,22 @@ template <> struct St<bf16_t> {
 };
 template <> struct St<f16_t> {
   using raw = uint16_t; using acc = float;
-#if defined(__F16C__)
-  static inline float ld(const uint16_t* p) { return _cvtsh_ss(*p); }
-#else
-  static inline float ld(const uint16_t* p) { return f16_to_float(*p); }
-#endif
+  // Branch-free widening (vectorises, unlike _cvtsh_ss or the branchy f16_to_float):
+  // shift exponent+mantissa into place and rebias by 2^112 (exact, subnormals included),
+  // then patch inf/NaN and put the sign back.
+  static inline float ld(const uint16_t* p) {
+    const uint32_t h = *p, em = h & 0x7fffu;
+    const uint32_t shifted = em << 13;
+    float f;
+    std::memcpy(&f, &shifted, 4);
+    f *= 0x1p112f;
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u = em >= 0x7c00u ? (shifted | 0x7f800000u) : u;
+    u |= (h & 0x8000u) << 16;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
   static inline void st(uint16_t* p, float v) { *p = float_to_f16(v); }
 };
 
