@@ -110,6 +110,13 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
         add(f"ours_bwd_{'deterministic' if det else 'default'}", "backward",
             lambda det=det: _backward(grad, vals, idx, W, True, True, det, True),
             "embedding_bag_bwd", moved=2)
+    # frozen decoder (only grad of vals): autograd through embedding_bag vs row-major ours
+    out_eb_v = F.embedding_bag(idx, W, per_sample_weights=vl, mode="sum")
+    add("embedding_bag_bwd_values_only", "backward",
+        lambda: torch.autograd.grad(out_eb_v, (vl,), grad, retain_graph=True))
+    add("ours_bwd_values_only", "backward",
+        lambda: _backward(grad, vals, idx, W, True, False, False, True),
+        "embedding_bag_bwd_values_only")
     out_ours = acts.ops.sparse_decode(vl, idx, Wl, backend="kernel")
     add("ours_bwd_autograd", "backward",
         lambda: torch.autograd.grad(out_ours, (vl, Wl), grad, retain_graph=True),

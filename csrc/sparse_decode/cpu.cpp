@@ -162,25 +162,54 @@ int64_t grad_values_impl(const typename St<T>::acc* __restrict g, const I* __res
                          typename St<T>::acc* __restrict gv, int64_t N, int64_t k, int64_t M,
                          int64_t d) {
   using A = typename St<T>::acc;
+  using R = typename St<T>::raw;
   int64_t bad = 0;
 #pragma omp parallel for schedule(static) reduction(+ : bad)
   for (int64_t n = 0; n < N; ++n) {
     const A* __restrict gr = g + n * d;
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t m = static_cast<int64_t>(idx[n * k + j]);
-      A s = A(0);
-      if (j + kPrefetch < k) {
-        const int64_t mp = static_cast<int64_t>(idx[n * k + j + kPrefetch]);
-        if (mp >= 0 && mp < M) prefetch_row(W + mp * ldw, d);
+    const I* ir = idx + n * k;
+    A* gvr = gv + n * k;
+    // Groups of 4 valid slots share each load of grad_out[n] (4 dot products per pass).
+    for (int64_t j = 0; j < k;) {
+      const R* rows[4];
+      int64_t js[4];
+      int cnt = 0;
+      for (; j < k && cnt < 4; ++j) {
+        const int64_t m = static_cast<int64_t>(ir[j]);
+        if (j + kPrefetch < k) {  // random rows of a large W: fetch ahead
+          const int64_t mp = static_cast<int64_t>(ir[j + kPrefetch]);
+          if (mp >= 0 && mp < M) prefetch_row(W + mp * ldw, d);
+        }
+        if (m < 0 || m >= M) {
+          bad += bad_index(m, M);
+          gvr[j] = A(0);
+          continue;
+        }
+        rows[cnt] = W + m * ldw;
+        js[cnt++] = j;
       }
-      if (m >= 0 && m < M) {
-        const typename St<T>::raw* __restrict w = W + m * ldw;
-#pragma omp simd reduction(+ : s)
-        for (int64_t t = 0; t < d; ++t) s += gr[t] * St<T>::ld(w + t);
+      if (cnt == 4) {
+        const R* __restrict r0 = rows[0]; const R* __restrict r1 = rows[1];
+        const R* __restrict r2 = rows[2]; const R* __restrict r3 = rows[3];
+        A s0 = A(0), s1 = A(0), s2 = A(0), s3 = A(0);
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t t = 0; t < d; ++t) {
+          const A x = gr[t];
+          s0 += x * St<T>::ld(r0 + t);
+          s1 += x * St<T>::ld(r1 + t);
+          s2 += x * St<T>::ld(r2 + t);
+          s3 += x * St<T>::ld(r3 + t);
+        }
+        gvr[js[0]] = s0; gvr[js[1]] = s1; gvr[js[2]] = s2; gvr[js[3]] = s3;
       } else {
-        bad += bad_index(m, M);
+        for (int c = 0; c < cnt; ++c) {
+          const R* __restrict r = rows[c];
+          A s = A(0);
+#pragma omp simd reduction(+ : s)
+          for (int64_t t = 0; t < d; ++t) s += gr[t] * St<T>::ld(r + t);
+          gvr[js[c]] = s;
+        }
       }
-      gv[n * k + j] = s;
     }
   }
   return bad;
