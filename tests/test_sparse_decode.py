@@ -157,6 +157,10 @@ def test_backward_poisoned_grad_W_and_empty_latents():
                               3, W.data_ptr(), 17, 0, gW.data_ptr(), gv.data_ptr(), 50, 17)
     ev, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
     assert err(gW, eW) < 1e-5 and err(gv, ev) < 1e-5
+    gv_rows = torch.full((8, 3), float("nan"))  # row-major grad_values, poisoned
+    core.sparse_decode_grad_values(g.data_ptr(), idx.data_ptr(), 5, W.data_ptr(), 17, 0,
+                                   gv_rows.data_ptr(), 8, 3, 50, 17)
+    assert err(gv_rows, ev) < 1e-5
     filled = int((idx >= 0).sum())
     assert offsets[-1] == filled and torch.equal(order[:filled].sort().values,
                                                   (idx.reshape(-1) >= 0).nonzero()[:, 0].int())
