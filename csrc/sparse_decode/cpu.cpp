@@ -114,13 +114,18 @@ int64_t forward_impl(const typename St<T>::acc* __restrict values, const I* __re
         // The gathered rows are random in W (far larger than cache): prefetch the rows
         // kPrefetch slots ahead, one cache line per row per 64-byte chunk of this group,
         // so DRAM latency overlaps the arithmetic without bursts of prefetches.
+        // Past the row's end (in its last tile) the next row's first slots are fetched.
         const R* pf[4] = {nullptr, nullptr, nullptr, nullptr};
         for (int c = 0; c < 4; ++c) {
           const int64_t jp = j + kPrefetch - 4 + c;
+          int64_t mp = -1, off = d0;
           if (jp < k) {
-            const int64_t mp = static_cast<int64_t>(ir[jp]);
-            if (mp >= 0 && mp < M) pf[c] = W + mp * ldw + d0;
+            mp = static_cast<int64_t>(ir[jp]);
+          } else if (jp - k < k && n + 1 < N && d0 + len == d) {
+            mp = static_cast<int64_t>(ir[k + jp - k]);
+            off = 0;
           }
+          if (mp >= 0 && mp < M) pf[c] = W + mp * ldw + off;
         }
         constexpr int64_t CH = 64 / sizeof(R);
         if (cnt == 4) {
