@@ -10,6 +10,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "sparse_decode/sparse_decode.h"
 
 namespace actspace {
@@ -242,6 +246,31 @@ int64_t build_csr_impl(const I* __restrict idx, int64_t total, int64_t M,
   return bad;
 }
 
+// grad_W rows (M·d, far larger than cache) are written once and not read back here:
+// float32 rows go out with streaming stores, skipping the read-for-ownership of each line.
+template <typename T>
+inline void store_row(typename St<T>::raw* out, const typename St<T>::acc* acc, int64_t len) {
+  for (int64_t t = 0; t < len; ++t) St<T>::st(out + t, acc[t]);
+}
+template <>
+inline void store_row<float>(float* out, const float* acc, int64_t len) {
+  int64_t t = 0;
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(out) % 64 == 0)
+    for (; t + 16 <= len; t += 16) _mm512_stream_ps(out + t, _mm512_loadu_ps(acc + t));
+#elif defined(__AVX__)
+  if (reinterpret_cast<uintptr_t>(out) % 32 == 0)
+    for (; t + 8 <= len; t += 8) _mm256_stream_ps(out + t, _mm256_loadu_ps(acc + t));
+#endif
+  for (; t < len; ++t) out[t] = acc[t];
+}
+
+inline void store_fence() {
+#if defined(__AVX512F__) || defined(__AVX__)
+  _mm_sfence();  // order this thread's streaming stores before the region ends
+#endif
+}
+
 template <typename T>
 void grad_W_impl(const typename St<T>::acc* __restrict g, const typename St<T>::acc* __restrict values,
                  const int32_t* __restrict offsets, const int32_t* __restrict order, int64_t k,
@@ -252,15 +281,21 @@ void grad_W_impl(const typename St<T>::acc* __restrict g, const typename St<T>::
   using R = typename St<T>::raw;
   constexpr int64_t DB = tile<A>();
   // Dynamic schedule: latent frequencies are very uneven in trained SAEs.
-#pragma omp parallel for schedule(dynamic, 32)
+#pragma omp parallel
+  {
+    alignas(64) A acc[DB];
+#pragma omp for schedule(dynamic, 32) nowait
   for (int64_t m = 0; m < M; ++m) {
     const int32_t beg = offsets[m], end = offsets[m + 1];
     R* __restrict out = gW + m * d;
     if (beg == end) {  // dead latent in this batch: its gradient is exactly zero
-      std::memset(out, 0, sizeof(R) * d);
+      for (int64_t d0 = 0; d0 < d; d0 += DB) {
+        const int64_t len = std::min(DB, d - d0);
+        for (int64_t t = 0; t < len; ++t) acc[t] = A(0);
+        store_row<T>(out + d0, acc, len);
+      }
       continue;
     }
-    alignas(64) A acc[DB];
     for (int64_t d0 = 0; d0 < d; d0 += DB) {
       const int64_t len = std::min(DB, d - d0);
       for (int64_t t = 0; t < len; ++t) acc[t] = A(0);
@@ -283,8 +318,10 @@ void grad_W_impl(const typename St<T>::acc* __restrict g, const typename St<T>::
           for (int64_t t = 0; t < len; ++t) acc[t] += v * gr[t];
         }
       }
-      for (int64_t t = 0; t < len; ++t) St<T>::st(out + d0 + t, acc[t]);
+      store_row<T>(out + d0, acc, len);
     }
+  }
+    store_fence();
   }
 }
 
