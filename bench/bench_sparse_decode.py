@@ -6,7 +6,10 @@ Backward: autograd through embedding_bag (grads of vals and W_dec) vs ours (raw 
           decode_backward, deterministic and default; and through torch autograd).
 GB/s counts the gathered rows only: N·k·d elements forward, 2·N·k·d backward (rows read for
 grad_values + contributions summed into grad_W). Peak memory: CPU = rise of the peak RSS
-during one call (/proc/self/clear_refs), CUDA = torch.cuda.max_memory_allocated rise.
+during one call after warm-up (/proc/self/clear_refs; buffers below glibc's mmap threshold,
+~32 MiB, are reused from the heap and do not show), CUDA = torch.cuda.max_memory_allocated
+rise. Inputs are fresh random data (uniform latents: no hot rows in cache). Methods are timed
+round-robin (each repeat runs every method once) so load from elsewhere hits all alike.
 
     python bench/bench_sparse_decode.py [--quick] [--reps 5] [--out bench/out/bench_sparse_decode.json]
 """
@@ -32,18 +35,20 @@ def sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def timeit(fn, reps, dev, warmup=1):
-    """Median wall time of fn() in seconds (device synchronised around each call)."""
-    for _ in range(warmup):
+def timeit_round_robin(fns, reps, dev):
+    """Median wall time (s) of each fn: warm-up once each, then reps rounds taking every fn
+    in turn, so a burst of load from elsewhere hits all methods alike (fair ratios)."""
+    for fn in fns:
         fn()
     sync(dev)
-    times = []
+    times = [[] for _ in fns]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            sync(dev)
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def _rss_kib(field):
@@ -80,15 +85,10 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
     idx = torch.randint(0, M, (N, k), generator=g).to(dev)
     grad = torch.randn(N, d, generator=g).to(dev, dtype)
     esize = W.element_size()
-    rows = {}
+    methods = []  # (name, phase, fn, baseline or None, rows moved in units of N·k·d)
 
     def add(name, phase, fn, baseline=None, moved=1):
-        t = timeit(fn, reps, dev)
-        rows[name] = {"phase": phase, "ms": t * 1e3,
-                      "GB/s": moved * N * k * d * esize / t / 1e9,
-                      "peak_MiB": peak_mib(fn, dev)}
-        if baseline:
-            rows[name]["speedup_vs_" + baseline] = rows[baseline]["ms"] / rows[name]["ms"]
+        methods.append((name, phase, fn, baseline, moved))
 
     # ---- forward
     if with_einsum:
@@ -96,8 +96,6 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
     add("embedding_bag_fwd", "forward",
         lambda: F.embedding_bag(idx, W, per_sample_weights=vals, mode="sum"))
     add("ours_fwd", "forward", lambda: _forward(vals, idx, W, None, True), "embedding_bag_fwd")
-    if with_einsum:
-        rows["ours_fwd"]["speedup_vs_einsum_fwd"] = rows["einsum_fwd"]["ms"] / rows["ours_fwd"]["ms"]
 
     # ---- backward
     Wl, vl = W.clone().requires_grad_(), vals.clone().requires_grad_()
@@ -112,6 +110,24 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
     add("ours_bwd_autograd", "backward",
         lambda: torch.autograd.grad(out_ours, (vl, Wl), grad, retain_graph=True),
         "embedding_bag_bwd", moved=2)
+    # frozen decoder (only grad of vals): autograd through embedding_bag vs row-major ours
+    out_eb_v = F.embedding_bag(idx, W, per_sample_weights=vl, mode="sum")
+    add("embedding_bag_bwd_values_only", "backward",
+        lambda: torch.autograd.grad(out_eb_v, (vl,), grad, retain_graph=True))
+    add("ours_bwd_values_only", "backward",
+        lambda: _backward(grad, vals, idx, W, True, False, False, True),
+        "embedding_bag_bwd_values_only")
+
+    secs = timeit_round_robin([m[2] for m in methods], reps, dev)
+    rows = {}
+    for (name, phase, fn, baseline, moved), t in zip(methods, secs):
+        rows[name] = {"phase": phase, "ms": t * 1e3, "GB/s": moved * N * k * d * esize / t / 1e9,
+                      "peak_MiB": peak_mib(fn, dev)}
+    for name, _, _, baseline, _ in methods:
+        if baseline:
+            rows[name]["speedup_vs_" + baseline] = rows[baseline]["ms"] / rows[name]["ms"]
+    if with_einsum:
+        rows["ours_fwd"]["speedup_vs_einsum_fwd"] = rows["einsum_fwd"]["ms"] / rows["ours_fwd"]["ms"]
     return {"shape": {"N": N, "d": d, "M": M, "k": k}, "dtype": str(dtype).replace("torch.", ""),
             "device": str(dev), "rows": rows}
 
@@ -130,7 +146,7 @@ def print_table(res):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shape, a few seconds")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out",
                                                   "bench_sparse_decode.json"))
     args = ap.parse_args()

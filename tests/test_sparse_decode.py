@@ -106,6 +106,15 @@ def test_raw_kernel_writes_every_output_element():
         check_forward(v, idx, Wd, None, out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_half_bit_pattern_round_trips(dtype):  # subnormals, inf, NaN included
+    W = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16).view(dtype).reshape(512, 128)
+    idx = torch.arange(512).reshape(512, 1)
+    out = acts.ops.sparse_decode(torch.ones(512, 1), idx, W, backend="kernel")  # 1·W[m]
+    nan = W.isnan()
+    assert torch.equal(out.isnan(), nan) and torch.equal(out[~nan], W[~nan])
+
+
 # ------------------------------------------------------------------ backward
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
@@ -123,6 +132,18 @@ def test_backward_matches_reference(dtype, idx_dtype):
             assert gW.dtype == dtype and err(gW, eW) <= bound(err(pW, eW), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_rows_wider_than_one_tile(dtype):  # d spans several 4 KiB accumulator tiles
+    v, idx, W, _ = make(5, 3, 4, 2100, dtype)
+    g = torch.randn(5, 2100, dtype=dtype)
+    ev, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    gv, gW = decode_backward(g, v, idx, W)
+    assert err(gv, ev) < tol and err(gW, eW) < tol
+    gv, _ = decode_backward(g, v, idx, W, need_W=False)
+    assert err(gv, ev) < tol
+
+
 def test_backward_poisoned_grad_W_and_empty_latents():
     v, idx, W, _ = make(8, 3, 50, 17)  # most latents unused: their rows must be written 0
     g = torch.randn(8, 17)
@@ -136,9 +157,25 @@ def test_backward_poisoned_grad_W_and_empty_latents():
                               3, W.data_ptr(), 17, 0, gW.data_ptr(), gv.data_ptr(), 50, 17)
     ev, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
     assert err(gW, eW) < 1e-5 and err(gv, ev) < 1e-5
+    gv_rows = torch.full((8, 3), float("nan"))  # row-major grad_values, poisoned
+    core.sparse_decode_grad_values(g.data_ptr(), idx.data_ptr(), 5, W.data_ptr(), 17, 0,
+                                   gv_rows.data_ptr(), 8, 3, 50, 17)
+    assert err(gv_rows, ev) < 1e-5
     filled = int((idx >= 0).sum())
     assert offsets[-1] == filled and torch.equal(order[:filled].sort().values,
                                                   (idx.reshape(-1) >= 0).nonzero()[:, 0].int())
+
+
+def test_torch_csr_matches_kernel_csr():  # the CUDA path builds its CSR with torch ops
+    from actspace.ops.sparse_decode import _csr_torch
+    _, idx, _, _ = make(30, 7, 11, 2, seed=5)
+    offsets = torch.empty(12, dtype=torch.int32)
+    order = torch.empty(210, dtype=torch.int32)
+    core.sparse_decode_build_csr(idx.data_ptr(), 5, 30, 7, 11, offsets.data_ptr(),
+                                 order.data_ptr())
+    t_off, t_order = _csr_torch(idx, 11)
+    filled = int(offsets[-1])
+    assert torch.equal(t_off, offsets) and torch.equal(t_order[:filled], order[:filled])
 
 
 def test_backward_deterministic_bitwise():
@@ -181,6 +218,24 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.actspace.sparse_decode.default, args)
     torch.library.opcheck(torch.ops.actspace.sparse_decode.default,
                           (v.detach(), idx.int(), W.detach(), None, True))
+
+
+@pytest.mark.slow  # torch.compile tracing takes several seconds
+def test_torch_compile_fullgraph():
+    v, idx, W, b = make(12, 4, 15, 9, torch.float32)
+    Wl = W.clone().requires_grad_()
+
+    def f(v_, W_):
+        return (acts.ops.sparse_decode(v_, idx, W_, b, backend="kernel") ** 2).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    loss = compiled(v, Wl)
+    (gW,) = torch.autograd.grad(loss, Wl)
+    Wr = W.clone().requires_grad_()
+    loss_r = f(v, Wr)
+    (gWr,) = torch.autograd.grad(loss_r, Wr)
+    assert torch.allclose(loss, loss_r) and torch.allclose(gW, gWr)
 
 
 # ------------------------------------------------------------------ interchange and errors

@@ -46,7 +46,9 @@ def _validate(values, indices, W_dec, b_dec):
     if indices.numel() > _INT32_MAX:
         raise ValueError(f"indices has {indices.numel()} entries; at most 2**31 - 1 supported "
                          "(split the batch)")
-    if indices.numel():  # one cheap pass over N·k ints (on CUDA this synchronises)
+    # One cheap pass over N·k ints (on CUDA this synchronises). Skipped while torch.compile
+    # traces (a data-dependent branch); the CPU kernel's backstop still raises ValueError.
+    if indices.numel() and not torch.compiler.is_compiling():
         lo, hi = torch.aminmax(indices)
         lo, hi, M = int(lo), int(hi), W_dec.shape[0]
         if lo < -1 or hi >= M:
@@ -114,15 +116,15 @@ def _forward(values, indices, W, b, kernel):
     return out
 
 
-def _csr_cuda(idx, M):
-    """Slots sorted by latent with a stable sort (deterministic): (offsets [M+1], order [N·k])."""
+def _csr_torch(idx, M):
+    """CSR of the slots by latent with torch ops (used on CUDA; deterministic: stable sort,
+    offsets by binary search, no atomics) -> (offsets [M+1] int32, order [N·k] int32)."""
     flat = idx.reshape(-1).long()
     key = torch.where(flat < 0, torch.full_like(flat, M), flat)  # empty slots sort last
-    order = torch.sort(key, stable=True).indices.to(torch.int32)
-    counts = torch.bincount(key, minlength=M + 1)[:M]
-    offsets = torch.zeros(M + 1, dtype=torch.int32, device=idx.device)
-    offsets[1:] = torch.cumsum(counts, 0)
-    return offsets, order
+    keys, order = torch.sort(key, stable=True)
+    bounds = torch.arange(M + 1, device=idx.device)
+    offsets = torch.searchsorted(keys, bounds).to(torch.int32)
+    return offsets, order.to(torch.int32)
 
 
 def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, kernel):
@@ -168,7 +170,7 @@ def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, 
             if need_W:
                 v = values.to(acc).contiguous()
                 if deterministic:
-                    offsets, order = _csr_cuda(idx, M)
+                    offsets, order = _csr_torch(idx, M)
                     gW = torch.empty((M, d), dtype=W.dtype, device=dev)
                     c.sparse_decode_grad_W_csr_cuda(g.data_ptr(), v.data_ptr(),
                                                     offsets.data_ptr(), order.data_ptr(), k,
