@@ -202,3 +202,31 @@ def test_resume_after_kill_equals_uninterrupted(tiny, tmp_path):
         sa, sb = a.stats, b.stats                           # stats rebuilt after the kill
         assert sa.rows == sb.rows == len(a)
         torch.testing.assert_close(sa.mean, sb.mean, rtol=1e-6, atol=1e-7)
+
+
+def test_iter_texts_sources_and_errors(tmp_path):
+    from actspace.capture.texts import iter_texts
+
+    (tmp_path / "lines.txt").write_text("first doc\nsecond doc\n\n")
+    assert list(iter_texts(tmp_path / "lines.txt")) == ["first doc", "second doc"]
+    (tmp_path / "paras.txt").write_text("a\nb\n\nc\n")
+    assert list(iter_texts(str(tmp_path / "paras.txt"))) == ["a b", "c"]
+    assert list(iter_texts([{"text": "x"}, "y"])) == ["x", "y"]
+
+    class Dataset:                  # duck-typed stand-in for datasets.Dataset (not installed)
+        __module__ = "datasets.arrow_dataset"
+        column_names = ["body"]
+
+        def __getitem__(self, key):
+            return ["from", "dataset"] if key == "body" else None
+
+    assert list(iter_texts(Dataset(), field_name="body")) == ["from", "dataset"]
+    with pytest.raises(FileNotFoundError):
+        list(iter_texts(tmp_path / "missing.txt"))
+    (tmp_path / "x.csv").write_text("a")
+    with pytest.raises(ValueError, match=".txt or .jsonl"):
+        list(iter_texts(tmp_path / "x.csv"))
+    with pytest.raises(TypeError, match="document 1"):
+        list(iter_texts(["ok", 3]))
+    with pytest.raises(TypeError, match="iterable"):
+        list(iter_texts(42))
