@@ -221,7 +221,6 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                         break
             if pending and not done:
                 run_batch(pending, doc_id + 1)
-            exhausted = True
         wt.finish()
     except BaseException:
         try:
@@ -239,7 +238,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
         prev = w.manifest.get("counts", {})
         total = {k: prev.get(k, 0) + result[k] for k in
                  ("documents", "truncated", "windowed", "dropped_tokens")}
-        w.close(complete=exhausted or done, stats=st, extra={"counts": total})
+        w.close(complete=True, stats=st, extra={"counts": total})   # source or max_tokens done
     return result
 
 
