@@ -50,9 +50,10 @@ def test_moments_vs_numpy_float64(dtype):
     np.testing.assert_allclose(st.covariance().numpy(), cov, rtol=1e-9, atol=1e-9)
     norms = np.linalg.norm(x.double().numpy(), axis=1)
     ns = st.norm_stats
-    assert math.isclose(ns["mean"], norms.mean(), rel_tol=1e-9)
-    assert math.isclose(ns["std"], norms.std(ddof=1), rel_tol=1e-9)
-    assert ns["max"] == pytest.approx(norms.max(), rel=1e-12)
+    # a token's norm is computed in float32 (its moments in float64)
+    assert math.isclose(ns["mean"], norms.mean(), rel_tol=1e-6)
+    assert math.isclose(ns["std"], norms.std(ddof=1), rel_tol=1e-5)
+    assert ns["max"] == pytest.approx(norms.max(), rel=1e-6)
 
 
 def test_nonfinite_counted_not_folded():
