@@ -230,3 +230,22 @@ def test_iter_texts_sources_and_errors(tmp_path):
         list(iter_texts(["ok", 3]))
     with pytest.raises(TypeError, match="iterable"):
         list(iter_texts(42))
+
+
+def test_job_on_decoder_right_padding(tiny, tmp_path):
+    """A Llama-family model: right padding with the attention mask changes no stored row."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tok, _ = tiny
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)).eval()
+    docs = [d[:n] for d, n in zip(texts(5), (40, 120, 10, 200, 75))]
+    r = acts.capture_to_store(model, tok, docs, "model.layers.1", tmp_path, batch_size=5,
+                              max_length=32, progress=False)
+    s = acts.ActivationStore.open(tmp_path)
+    want = torch.cat([a[~sp] for a, _, sp in
+                      (direct(model, tok, t, 32, "model.layers.1") for t in docs)])
+    assert len(s) == want.shape[0] == r["tokens"]
+    torch.testing.assert_close(s[:], want, rtol=1e-5, atol=1e-5)
