@@ -106,7 +106,12 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     be cut; the store is then complete). device/dtype: move/cast the model first (default:
     where and as it is). shard_rows: rows per shard (cut at the next document boundary).
     Returns {"stores": {hookpoint: path}, "tokens", "documents", "truncated", "windowed",
-    "dropped_tokens", "resumed_from_doc"}; the counts cover this run.
+    "dropped_tokens", "resumed_from_doc"}; the counts cover this run (the manifests keep
+    the totals of finished runs under "counts").
+
+    Resume: rerun with the same model, texts and hookpoints after a kill; documents the
+    stores already recorded are skipped. A store marked complete (source exhausted or
+    max_tokens reached) is left as it is: write a larger capture to a new out_dir.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
