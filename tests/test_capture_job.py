@@ -249,3 +249,13 @@ def test_job_on_decoder_right_padding(tiny, tmp_path):
                       (direct(model, tok, t, 32, "model.layers.1") for t in docs)])
     assert len(s) == want.shape[0] == r["tokens"]
     torch.testing.assert_close(s[:], want, rtol=1e-5, atol=1e-5)
+
+
+def test_resume_refuses_other_tokenization(tiny, tmp_path):
+    model, tok, _ = tiny
+    acts.capture_to_store(model, tok, texts(3), "encoder.layer.0", tmp_path, max_length=24,
+                          progress=False, max_tokens=20)
+    with pytest.raises(ValueError, match="max_length=24"):
+        acts.capture_to_store(model, tok, texts(3), "encoder.layer.0", tmp_path, max_length=32,
+                              progress=False)
+    assert not (tmp_path / "encoder.layer.0" / ".lock").exists()

@@ -149,6 +149,14 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
         for w in writers:
             w.abort()
         raise
+    for w in writers:   # resuming with other tokenization would mix two datasets
+        old = w.manifest.get("config", {})
+        for key in ("max_length", "windows", "keep_special_tokens"):
+            if key in old and old[key] != config[key]:
+                for w2 in writers:
+                    w2.abort()
+                raise ValueError(f"store {w.path!r} was captured with {key}={old[key]!r}, "
+                                 f"this call has {key}={config[key]!r}; use another out_dir")
     start_doc = min(w.docs_done for w in writers)
     result = {"stores": paths, "tokens": 0, "documents": 0, "truncated": 0, "windowed": 0,
               "dropped_tokens": 0, "resumed_from_doc": start_doc}
