@@ -50,9 +50,10 @@ def test_moments_vs_numpy_float64(dtype):
     np.testing.assert_allclose(st.covariance().numpy(), cov, rtol=1e-9, atol=1e-9)
     norms = np.linalg.norm(x.double().numpy(), axis=1)
     ns = st.norm_stats
-    assert math.isclose(ns["mean"], norms.mean(), rel_tol=1e-9)
-    assert math.isclose(ns["std"], norms.std(ddof=1), rel_tol=1e-9)
-    assert ns["max"] == pytest.approx(norms.max(), rel=1e-12)
+    # a token's norm is computed in float32 (its moments in float64)
+    assert math.isclose(ns["mean"], norms.mean(), rel_tol=1e-6)
+    assert math.isclose(ns["std"], norms.std(ddof=1), rel_tol=1e-5)
+    assert ns["max"] == pytest.approx(norms.max(), rel=1e-6)
 
 
 def test_nonfinite_counted_not_folded():
@@ -172,3 +173,32 @@ def test_all_reduce_single_process_group(tmp_path):
         assert st.rows == 300
     finally:
         dist.destroy_process_group()
+
+
+def _rank_main(rank, world, init, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        x = planted(n=600, d=7)
+        st = acts.ActivationStats(7, covariance=True)
+        st.update(x[rank * 300:(rank + 1) * 300])
+        st.all_reduce()
+        st.save(f"{out}/rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_all_reduce_two_processes_equals_whole(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(2, f"file://{tmp_path}/pg", str(tmp_path)), nprocs=2)
+    whole = acts.ActivationStats(7, covariance=True)
+    whole.update(planted(n=600, d=7))
+    for r in range(2):
+        st = acts.ActivationStats.load(tmp_path / f"rank{r}")
+        assert st.rows == 600
+        for k in ("mean", "var", "kurtosis", "max"):
+            torch.testing.assert_close(getattr(st, k), getattr(whole, k), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(st.covariance(), whole.covariance(), rtol=1e-10, atol=1e-10)

@@ -165,3 +165,18 @@ def test_records_are_copies_and_dtype():
     assert cap["0"].dtype == torch.float64
     torch.testing.assert_close(cap["1:input"], lin[0](x).double())
     assert cap["0"].data_ptr() != y.data_ptr()
+
+
+def test_bert_sites_are_sublayer_outputs_before_the_residual(minilm):
+    model, tok = minilm
+    batch = tok(["the cat sat on the mat"], return_tensors="pt")
+    names = {s: hp.layer_hookpoint(model, 2, s) for s in ("resid_pre", "attn", "mlp", "resid")}
+    assert names["attn"] == "encoder.layer.2.attention.output.dense"
+    assert names["mlp"] == "encoder.layer.2.output.dense"
+    with torch.inference_mode(), acts.capture(model, list(names.values())) as cap:
+        model(**batch)
+    layer = model.encoder.layer[2]
+    # BERT: h1 = LN1(attn + x); out = LN2(mlp + h1); recompute from the captured parts
+    h1 = layer.attention.output.LayerNorm(cap[names["attn"]] + cap[names["resid_pre"]])
+    out = layer.output.LayerNorm(cap[names["mlp"]] + h1)
+    torch.testing.assert_close(out, cap[names["resid"]], rtol=1e-5, atol=1e-5)

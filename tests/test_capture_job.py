@@ -202,3 +202,60 @@ def test_resume_after_kill_equals_uninterrupted(tiny, tmp_path):
         sa, sb = a.stats, b.stats                           # stats rebuilt after the kill
         assert sa.rows == sb.rows == len(a)
         torch.testing.assert_close(sa.mean, sb.mean, rtol=1e-6, atol=1e-7)
+
+
+def test_iter_texts_sources_and_errors(tmp_path):
+    from actspace.capture.texts import iter_texts
+
+    (tmp_path / "lines.txt").write_text("first doc\nsecond doc\n\n")
+    assert list(iter_texts(tmp_path / "lines.txt")) == ["first doc", "second doc"]
+    (tmp_path / "paras.txt").write_text("a\nb\n\nc\n")
+    assert list(iter_texts(str(tmp_path / "paras.txt"))) == ["a b", "c"]
+    assert list(iter_texts([{"text": "x"}, "y"])) == ["x", "y"]
+
+    class Dataset:                  # duck-typed stand-in for datasets.Dataset (not installed)
+        __module__ = "datasets.arrow_dataset"
+        column_names = ["body"]
+
+        def __getitem__(self, key):
+            return ["from", "dataset"] if key == "body" else None
+
+    assert list(iter_texts(Dataset(), field_name="body")) == ["from", "dataset"]
+    with pytest.raises(FileNotFoundError):
+        list(iter_texts(tmp_path / "missing.txt"))
+    (tmp_path / "x.csv").write_text("a")
+    with pytest.raises(ValueError, match=".txt or .jsonl"):
+        list(iter_texts(tmp_path / "x.csv"))
+    with pytest.raises(TypeError, match="document 1"):
+        list(iter_texts(["ok", 3]))
+    with pytest.raises(TypeError, match="iterable"):
+        list(iter_texts(42))
+
+
+def test_job_on_decoder_right_padding(tiny, tmp_path):
+    """A Llama-family model: right padding with the attention mask changes no stored row."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tok, _ = tiny
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)).eval()
+    docs = [d[:n] for d, n in zip(texts(5), (40, 120, 10, 200, 75))]
+    r = acts.capture_to_store(model, tok, docs, "model.layers.1", tmp_path, batch_size=5,
+                              max_length=32, progress=False)
+    s = acts.ActivationStore.open(tmp_path)
+    want = torch.cat([a[~sp] for a, _, sp in
+                      (direct(model, tok, t, 32, "model.layers.1") for t in docs)])
+    assert len(s) == want.shape[0] == r["tokens"]
+    torch.testing.assert_close(s[:], want, rtol=1e-5, atol=1e-5)
+
+
+def test_resume_refuses_other_tokenization(tiny, tmp_path):
+    model, tok, _ = tiny
+    acts.capture_to_store(model, tok, texts(3), "encoder.layer.0", tmp_path, max_length=24,
+                          progress=False, max_tokens=20)
+    with pytest.raises(ValueError, match="max_length=24"):
+        acts.capture_to_store(model, tok, texts(3), "encoder.layer.0", tmp_path, max_length=32,
+                              progress=False)
+    assert not (tmp_path / "encoder.layer.0" / ".lock").exists()

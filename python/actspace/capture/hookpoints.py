@@ -107,7 +107,9 @@ def replace_first_tensor(value, new: torch.Tensor):
 # ------------------------------------------------------------------ per-family layer names
 # (layer-list path, attention submodule, mlp submodule) by the model's config.model_type
 _FAMILIES = {
-    "bert": ("encoder.layer", "attention", "intermediate"),   # BERT MLP: intermediate+output
+    # BERT adds the residual inside attention.output / output (dense -> LayerNorm(x + .)):
+    # its attention and MLP outputs before the residual are those .dense modules
+    "bert": ("encoder.layer", "attention.output.dense", "output.dense"),
     "gpt2": ("transformer.h", "attn", "mlp"),
     "gpt_neox": ("gpt_neox.layers", "attention", "mlp"),
     "llama": ("model.layers", "self_attn", "mlp"),
@@ -139,7 +141,8 @@ def num_layers(model: torch.nn.Module) -> int:
 
 def layer_hookpoint(model: torch.nn.Module, layer: int, site: str = "resid") -> str:
     """Hookpoint of a layer's residual stream output ('resid'), its input ('resid_pre'),
-    attention output ('attn') or MLP output ('mlp') for the common HF families."""
+    attention output ('attn') or MLP output ('mlp') for the common HF families. 'attn' and
+    'mlp' are the sublayer outputs before they are added to the residual stream."""
     mtype = model.config.model_type
     layers = _layer_list(model)
     n = num_layers(model)
@@ -154,5 +157,5 @@ def layer_hookpoint(model: torch.nn.Module, layer: int, site: str = "resid") -> 
     if site == "attn":
         return f"{base}.{_FAMILIES[mtype][1]}"
     if site == "mlp":
-        return f"{base}.output" if mtype == "bert" else f"{base}.{_FAMILIES[mtype][2]}"
+        return f"{base}.{_FAMILIES[mtype][2]}"
     raise ValueError(f"site must be 'resid', 'resid_pre', 'attn' or 'mlp', got {site!r}")

@@ -67,7 +67,8 @@ class Capture:
     def _make_hook(self, hp: Hookpoint):
         if hp.side == "input":
             def pre_hook(module, args, kwargs):
-                value = args if args else tuple(kwargs.values())
+                # HF layers may get the residual stream as a keyword argument
+                value = args if args else kwargs.get("hidden_states", tuple(kwargs.values()))
                 self._record(hp.name, value)
             return hp.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 

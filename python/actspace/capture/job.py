@@ -106,7 +106,12 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     be cut; the store is then complete). device/dtype: move/cast the model first (default:
     where and as it is). shard_rows: rows per shard (cut at the next document boundary).
     Returns {"stores": {hookpoint: path}, "tokens", "documents", "truncated", "windowed",
-    "dropped_tokens", "resumed_from_doc"}; the counts cover this run.
+    "dropped_tokens", "resumed_from_doc"}; the counts cover this run (the manifests keep
+    the totals of finished runs under "counts").
+
+    Resume: rerun with the same model, texts and hookpoints after a kill; documents the
+    stores already recorded are skipped. A store marked complete (source exhausted or
+    max_tokens reached) is left as it is: write a larger capture to a new out_dir.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -144,6 +149,14 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
         for w in writers:
             w.abort()
         raise
+    for w in writers:   # resuming with other tokenization would mix two datasets
+        old = w.manifest.get("config", {})
+        for key in ("max_length", "windows", "keep_special_tokens"):
+            if key in old and old[key] != config[key]:
+                for w2 in writers:
+                    w2.abort()
+                raise ValueError(f"store {w.path!r} was captured with {key}={old[key]!r}, "
+                                 f"this call has {key}={config[key]!r}; use another out_dir")
     start_doc = min(w.docs_done for w in writers)
     result = {"stores": paths, "tokens": 0, "documents": 0, "truncated": 0, "windowed": 0,
               "dropped_tokens": 0, "resumed_from_doc": start_doc}
@@ -221,7 +234,6 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                         break
             if pending and not done:
                 run_batch(pending, doc_id + 1)
-            exhausted = True
         wt.finish()
     except BaseException:
         try:
@@ -239,7 +251,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
         prev = w.manifest.get("counts", {})
         total = {k: prev.get(k, 0) + result[k] for k in
                  ("documents", "truncated", "windowed", "dropped_tokens")}
-        w.close(complete=exhausted or done, stats=st, extra={"counts": total})
+        w.close(complete=True, stats=st, extra={"counts": total})   # source or max_tokens done
     return result
 
 

@@ -197,10 +197,10 @@ class ActivationStore:
         return out
 
     def _cached_shard(self, s: int) -> torch.Tensor:
-        # a few whole shards stay resident: the shuffle buffer spans a handful of them
+        # the shards the shuffle buffer spans stay resident (about buffer_size rows)
         cache = self.__dict__.setdefault("_shard_cache", {})
         if s not in cache:
-            if len(cache) >= 8:
+            if len(cache) >= getattr(self, "_cache_cap", 8):
                 cache.pop(next(iter(cache)))
             cache[s] = self.shard(s)
         return cache[s]
@@ -215,6 +215,8 @@ class ActivationStore:
         if not isinstance(start_batch, int) or start_batch < 0:
             raise ValueError(f"start_batch must be an int >= 0, got {start_batch!r}")
         device = None if device is None else torch.device(device)
+        smallest = min((int(s["rows"]) for s in self.shards), default=1)
+        self._cache_cap = max(8, buffer_size // max(smallest, 1) + 2)
         pin = device is not None and device.type == "cuda"
         for i, item in enumerate(self.batch_indices(batch_size, shuffle=shuffle, seed=seed,
                                                     buffer_size=buffer_size,

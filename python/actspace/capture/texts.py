@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -81,7 +81,6 @@ class TokenCounts:
     truncated: int = 0        # documents cut at max_length (truncate mode)
     windowed: int = 0         # documents split into several windows
     dropped_tokens: int = 0   # tokens lost to truncation
-    extra: dict = field(default_factory=dict)
 
 
 def pieces_of(tokenizer, text: str, doc_id: int, max_length: int, windows: bool,

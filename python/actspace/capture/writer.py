@@ -110,6 +110,7 @@ class StoreWriter:
             raise
         self._buf: list[tuple[torch.Tensor, ...]] = []
         self._buf_rows = 0
+        self._docs_end = self.docs_done   # documents complete in the buffer + on disk
 
     # ------------------------------------------------------------------ lock
     def _lock(self) -> None:
@@ -182,7 +183,7 @@ class StoreWriter:
         if not bool(keep.all()):
             acts, token_ids, doc_ids, positions = (t[keep] for t in
                                                    (acts, token_ids, doc_ids, positions))
-        self._docs_end = max(docs_end, getattr(self, "_docs_end", 0))
+        self._docs_end = max(docs_end, self._docs_end)
         if acts.shape[0]:
             self._buf.append((acts.to(self.dtype), token_ids.to(torch.int32),
                               doc_ids.to(torch.int64), positions.to(torch.int32)))
@@ -193,7 +194,7 @@ class StoreWriter:
 
     def flush(self) -> None:
         """Write buffered rows as one shard and record it (no-op when empty)."""
-        docs_end = max(getattr(self, "_docs_end", 0), self.docs_done)
+        docs_end = max(self._docs_end, self.docs_done)
         if not self._buf:
             if docs_end > self.docs_done:   # documents with no stored tokens
                 self.manifest["docs_done"] = docs_end

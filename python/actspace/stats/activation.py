@@ -75,12 +75,17 @@ class ActivationStats:
         x = x.detach().cpu()
         _ops.moments_update(self.moments, x)
         xf = x.float()
-        finite_rows = torch.isfinite(xf).all(1)
-        absx = torch.where(torch.isfinite(xf), xf.abs(), torch.zeros((), dtype=xf.dtype))
-        norms = torch.linalg.vector_norm(absx, dim=1, dtype=torch.float64)
-        _ops.moments_update(self.norms, norms[finite_rows].unsqueeze(1))
-        if self.top_k:
+        absx = xf.abs()
+        rmax, chan = absx.max(1)                 # max propagates NaN/inf: cheap row check
+        finite_rows = torch.isfinite(rmax)
+        all_finite = bool(finite_rows.all())
+        if not all_finite:                       # slow path only when non-finite values exist
+            absx = torch.where(torch.isfinite(xf), absx, torch.zeros((), dtype=xf.dtype))
             rmax, chan = absx.max(1)
+        # per-token norms in float32 (one token's d values), their moments in float64
+        norms = torch.linalg.vector_norm(xf if all_finite else xf[finite_rows], dim=1)
+        _ops.moments_update(self.norms, norms.double().unsqueeze(1))
+        if self.top_k:
             toks = (token_ids.detach().cpu().long() if token_ids is not None
                     else torch.full((n,), -1, dtype=torch.int64))
             # stable sort: among equal values the earlier row wins, as in merge
@@ -88,7 +93,7 @@ class ActivationStats:
             v, i = v[:self.top_k], i[:self.top_k]
             self._fold_top(v, toks[i], chan[i], i + self.rows)
         if self.has_covariance:
-            xd = x[finite_rows].to(torch.float64)
+            xd = (x if all_finite else x[finite_rows]).to(torch.float64)
             if xd.shape[0]:
                 mb = xd.mean(0)
                 c = xd - mb
