@@ -250,11 +250,18 @@ def _kernel_ok(device):
 
 def decode_forward(values, indices, W, b=None):
     """values [N,k], indices [N,k] -> Σ_j values[n,j] · W[indices[n,j]] (+ b)  [N, d]."""
-    return _forward(values, indices, W, b, _kernel_ok(W.device))
+    if not _kernel_ok(W.device):
+        return reference.sparse_decode(values, indices, W, b)
+    # through the registered op, so callers' backward passes stay traceable (opcheck, compile)
+    return torch.ops.actspace.sparse_decode(values, indices, W, b, False)
 
 
 def decode_backward(grad_out, values, indices, W, *, need_values=True, need_W=True,
                     deterministic=False):
     """-> (grad_values [N,k] or None, grad_W [M,d] or None); see reference.sparse_decode."""
-    return _backward(grad_out, values, indices, W, need_values, need_W, deterministic,
-                     _kernel_ok(W.device))
+    if not _kernel_ok(W.device):
+        return _backward(grad_out, values, indices, W, need_values, need_W, deterministic,
+                         False)
+    gv, gW = torch.ops.actspace.sparse_decode_backward(grad_out, values, indices, W,
+                                                       need_values, need_W, deterministic)
+    return (gv if need_values else None), (gW if need_W else None)
