@@ -14,12 +14,7 @@ from _saeeval_helpers import basis_sae, random_store
 from actspace.decompose.evaluate import evaluate_sae, save_json, splice
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reconstruction_metrics_vs_float64():

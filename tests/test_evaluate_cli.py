@@ -13,12 +13,7 @@ from _saeeval_helpers import basis_sae, random_store
 from actspace.cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_eval_cli_store_only(tmp_path, capsys):

@@ -9,12 +9,7 @@ import actspace as acts
 from actspace.decompose.snmf import SNMF
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(N=1200, r=6, d=24, density=0.15, seed=0, dtype=torch.float32):
