@@ -23,8 +23,8 @@ static py::dict build_info() {
   d["cuda"] = true;
   py::list archs;
   std::string s = ACTSPACE_CUDA_ARCHS_STR, cur;
-  for (char c : s + ";") {
-    if (c == ';') { if (!cur.empty()) archs.append(cur); cur.clear(); } else cur += c;
+  for (char c : s + ",") {  // CMake passes the list comma-separated
+    if (c == ',') { if (!cur.empty()) archs.append(cur); cur.clear(); } else cur += c;
   }
   d["cuda_archs"] = archs;
 #else
