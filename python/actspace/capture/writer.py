@@ -71,6 +71,9 @@ class StoreWriter:
     shard_rows: a shard is cut at the first document boundary at or after this many rows.
     """
 
+    # file names; a rank of a distributed capture writes its own (capture.ranks)
+    manifest_name, shard_prefix, lock_name, stats_name = MANIFEST, "shard-", LOCK, STATS
+
     def __init__(self, path, *, d: int, dtype: torch.dtype, meta: dict, shard_rows: int = 65536):
         if not isinstance(shard_rows, int) or shard_rows <= 0:
             raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
@@ -94,7 +97,7 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ lock
     def _lock(self) -> None:
-        lock = os.path.join(self.path, LOCK)
+        lock = os.path.join(self.path, self.lock_name)
         for _ in range(2):
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -123,7 +126,7 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ manifest
     def _load_or_new(self, meta: dict) -> dict:
-        mpath = os.path.join(self.path, MANIFEST)
+        mpath = os.path.join(self.path, self.manifest_name)
         if os.path.exists(mpath):
             with open(mpath) as f:
                 man = json.load(f)
@@ -142,7 +145,7 @@ class StoreWriter:
         return man
 
     def _write_manifest(self, man: dict) -> None:
-        _write_atomic(os.path.join(self.path, MANIFEST),
+        _write_atomic(os.path.join(self.path, self.manifest_name),
                       json.dumps(man, indent=1).encode())
 
     @property
@@ -188,7 +191,7 @@ class StoreWriter:
         data = save({k: v.contiguous() for k, v in tensors.items()},
                     metadata={"format": FORMAT})
         idx = len(self.manifest["shards"])
-        name = f"shard-{idx:06d}.safetensors"
+        name = f"{self.shard_prefix}{idx:06d}.safetensors"
         _write_atomic(os.path.join(self.path, name), data)
         man = dict(self.manifest)
         man["shards"] = self.manifest["shards"] + [{
@@ -207,7 +210,7 @@ class StoreWriter:
         try:
             self.flush()
             if stats is not None:
-                stats.save(os.path.join(self.path, STATS),
+                stats.save(os.path.join(self.path, self.stats_name),
                            extra={"docs_done": self.docs_done,
                                   "total_rows": self.manifest["total_rows"]})
             if complete or extra:
