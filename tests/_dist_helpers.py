@@ -88,14 +88,17 @@ def stats_body(x, out_dir):
     st.save(os.path.join(out_dir, f"stats.{r}"))
 
 
-def train_body(data_kind, data_path, out_dir, kw):
-    """train_sae on this rank's part of every global batch; saves this rank's SAE state."""
+def train_body(data_kind, data_path, out_dir, kw, stop_at=None):
+    """train_sae on this rank's part of every global batch; saves this rank's SAE state.
+    stop_at: first stop there (a checkpoint, as a kill), then resume to the end."""
     from actspace.decompose.train import train_sae
 
     import actspace as acts
 
     data = (acts.ActivationStore.open(data_path) if data_kind == "store"
             else torch.load(data_path))
+    if stop_at is not None:
+        train_sae(data, out_dir=out_dir, progress=False, max_steps=stop_at, **kw)
     sae, hist = train_sae(data, out_dir=out_dir, progress=False, **kw)
     torch.save({"state": sae.state_dict(), "history": hist},
                os.path.join(out_dir, f"rank{_rank()}.pt"))

@@ -2,6 +2,7 @@
 rendezvous, processes started by torch.multiprocessing) against single-process runs."""
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -60,6 +61,31 @@ def test_helpers_with_one_process():
     assert D.all_gather_object({"a": 1}) == [{"a": 1}]
     with D.launched():          # no torchrun environment: nothing initialised
         assert not D.is_distributed()
+
+
+def test_store_layout_guards_and_manifest_merge(tmp_path):
+    """A store of 2 ranks is refused to a single process and to 3 ranks; partial manifests
+    merge into one (a rank with no rows included)."""
+    from actspace.capture.ranks import RankStoreWriter, make_writer, merged_manifest
+
+    meta = {"model": "m", "hookpoint": "h"}
+    x = torch.randn(6, 3)
+    for r in range(2):
+        w = RankStoreWriter(tmp_path, rank=r, world=2, d=3, dtype=torch.float32, meta=meta)
+        if r == 0:                                    # rank 1 owns no document
+            w.append(x, torch.zeros(6, dtype=torch.int32), torch.tensor([0, 0, 2, 2, 2, 4]),
+                     torch.arange(6), 5)
+        w.close(complete=True, extra={"counts": {"documents": 3 - 2 * r}})
+    with pytest.raises(ValueError, match="number of processes"):
+        make_writer(tmp_path, d=3, dtype=torch.float32, meta=meta)
+    with pytest.raises(ValueError, match="number of processes"):
+        RankStoreWriter(tmp_path, rank=0, world=3, d=3, dtype=torch.float32, meta=meta)
+    man = merged_manifest(str(tmp_path), 2)
+    assert man["total_rows"] == 6 and man["complete"] and man["world_size"] == 2
+    assert man["counts"] == {"documents": 4} and [s["file"] for s in man["shards"]] == \
+        ["shard-r0-000000.safetensors"]
+    store = acts.ActivationStore(str(tmp_path), man)
+    torch.testing.assert_close(store[:], x)
 
 
 def test_stats_all_reduce_equals_single_process(tmp_path):
@@ -149,16 +175,21 @@ def test_training_matches_single_process(tmp_path, data_kind):
         kw = dict(d_sae=64, k=4, batch_size=100, epochs=2, lr=3e-3, dead_tokens=100, log_every=1,
                   shuffle=True, seed=3, checkpoint_every=5)
     else:
+        x[300, 5] = float("nan")                     # one rank sees it: all skip that batch
         data_path = str(tmp_path / "x.pt")
         torch.save(x, data_path)
         data = x
         kw = dict(d_sae=96, k=4, batch_size=64, steps=12, lr=3e-3, dead_tokens=64, log_every=1,
                   shuffle=True, seed=5, checkpoint_every=0, b_dec_init="median")
     torch.manual_seed(0)
-    sae1, hist1 = train_sae(data, out_dir=str(tmp_path / "one"), progress=False, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sae1, hist1 = train_sae(data, out_dir=str(tmp_path / "one"), progress=False, **kw)
     out = tmp_path / "two"
     out.mkdir()
-    H.spawn(H.train_body, data_kind, data_path, str(out), kw)
+    # the store run is stopped at step 7 (rank 0's checkpoint) and resumed by both ranks
+    H.spawn(H.train_body, data_kind, data_path, str(out), kw,
+            7 if data_kind == "store" else None)
     r0, r1 = (torch.load(out / f"rank{r}.pt") for r in range(2))
     for k, v in r0["state"].items():                  # ranks stay identical
         assert torch.equal(v, r1["state"][k]), k
@@ -167,9 +198,11 @@ def test_training_matches_single_process(tmp_path, data_kind):
     assert len(r0["history"]) == len(hist1) and len(hist1) > 1
     for a, b in zip(r0["history"], hist1):
         assert a["step"] == b["step"] and a["tokens"] == b["tokens"]
+        assert a["skipped_nonfinite"] == b["skipped_nonfinite"]
         for k in ("fvu", "l0", "auxk", "loss", "dead_fraction"):
             assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (a["step"], k)
     assert any(h["auxk"] > 0 for h in hist1)          # dead-latent bookkeeping exercised
+    assert hist1[-1]["skipped_nonfinite"] == (data_kind == "tensor")
     if kw["checkpoint_every"]:                        # rank 0 wrote the only checkpoint
         assert (out / "checkpoint.safetensors").exists() and (out / "sae").exists()
         loaded = acts.SAE.load(out / "sae")

@@ -45,22 +45,29 @@ class RankStoreWriter(StoreWriter):
 
 
 def _check_layout(path: str, world: int) -> None:
-    """A distributed job must not write into a single-process store (or one of another
-    world size): the document slices would not line up with the recorded ones."""
+    """A job must not write into a store captured by another number of processes: the
+    document slices would not line up with the recorded ones (world=1: single process)."""
+    found = {}
     mpath = os.path.join(path, MANIFEST)
-    if not os.path.exists(mpath):
-        return
-    with open(mpath) as f:
-        man = json.load(f)
-    if man.get("world_size", 1) != world:
-        raise ValueError(f"store {path!r} was captured by {man.get('world_size', 1)} "
-                         f"process(es); this job has {world}: resume with the same number "
-                         f"of processes or use another out_dir")
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            found[MANIFEST] = json.load(f).get("world_size", 1)
+    if os.path.isdir(path):
+        for name in os.listdir(path):
+            if name.startswith("manifest.r") and name.endswith(".json"):
+                with open(os.path.join(path, name)) as f:
+                    found[name] = json.load(f).get("world_size")
+    bad = {k: v for k, v in found.items() if v != world}
+    if bad:
+        raise ValueError(f"store {path!r} was captured by another number of processes "
+                         f"({bad}); this job has {world}: resume with the same number of "
+                         f"processes or use another out_dir")
 
 
 def make_writer(path, **kw) -> StoreWriter:
     """The writer of this process: a plain StoreWriter with one process, else this rank's."""
     if not D.is_distributed():
+        _check_layout(os.fspath(path), 1)
         return StoreWriter(path, **kw)
     return RankStoreWriter(path, rank=D.rank(), world=D.world_size(), **kw)
 
