@@ -38,10 +38,6 @@ class RankStoreWriter(StoreWriter):
         self.stats_name = f"{STATS}.r{rank}"
         _check_layout(os.fspath(path), world)
         super().__init__(path, meta=dict(meta, rank=rank, world_size=world), **kw)
-        if self.manifest.get("world_size") != world:
-            raise ValueError(f"store {self.path!r} was captured by {self.manifest.get('world_size')} "
-                             f"ranks; resume it with the same number of processes "
-                             f"(this job has {world}) or use another out_dir")
 
 
 def _check_layout(path: str, world: int) -> None:

@@ -2,6 +2,8 @@
 
 Loads a local Hugging Face model with AutoModel/AutoTokenizer and runs
 actspace.capture_to_store; rerunning the same command resumes a killed job.
+Under `torchrun --nproc-per-node N -m actspace.cli.main capture ...` each rank captures
+every N-th document into the same stores (see actspace.capture.ranks).
 """
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ def _run(args) -> int:
         model, tokenizer, _texts(args.texts, args.field), hps, args.out,
         batch_size=args.batch_size, max_length=args.max_length, max_tokens=args.max_tokens,
         windows=args.windows, keep_special_tokens=args.keep_special_tokens,
-        stats=not args.no_stats, covariance=args.covariance, device=args.device or default_device(),
+        stats=not args.no_stats, covariance=args.covariance,
+        device=args.device or default_device(),
         dtype=getattr(torch, args.dtype) if args.dtype else None,
         progress=not args.no_progress, shard_rows=args.shard_rows, field=args.field)
     if is_main():

@@ -4,6 +4,8 @@
     actspace train acts.safetensors --out runs/x --k 16 32 64 --d-sae 4096   # a sweep
 
 Kill it and run the same command again: it resumes from the checkpoint in --out.
+Under `torchrun --nproc-per-node N -m actspace.cli.main train ...` the ranks train
+data-parallel on the same store (see actspace.decompose.train_dist).
 """
 from __future__ import annotations
 
@@ -75,7 +77,8 @@ def _run(args) -> int:
         **{n: (v if v is None or len(v) > 1 else v[0]) for n, v in width.items()},
         hookpoint=args.hookpoint or store_hook, batch_size=args.batch_size, steps=args.steps,
         epochs=args.epochs, lr=args.lr, dead_tokens=args.dead_tokens, l1_coeff=args.l1_coeff,
-        l0_coeff=args.l0_coeff, seed=args.seed, device=args.device or default_device(), out_dir=args.out,
+        l0_coeff=args.l0_coeff, seed=args.seed, device=args.device or default_device(),
+        out_dir=args.out,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
         shuffle=not args.no_shuffle, progress=not args.quiet, save_format=args.format)
     last = {}
