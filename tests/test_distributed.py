@@ -116,6 +116,10 @@ def test_capture_equals_single_process(tiny_gpt2, tmp_path):
     results = [torch.load(out / f"result.r2.{r}.pt") for r in range(2)]
     assert results[0] == results[1] and results[0]["resumed_from_doc"] == 0
     assert 0 < results[0]["tokens"] < single["tokens"]     # the counts cover the rerun
+    capped = acts.ActivationStore.open(str(out) + "-capped")      # max_tokens split 51 + 50
+    assert len(capped) == 101 and capped.manifest["complete"]
+    parity = capped.read(0, 101, "doc_ids") % 2
+    assert int((parity == 0).sum()) == 51 and int((parity == 1).sum()) == 50
     for h in H.HOOKPOINTS:
         one = acts.ActivationStore.open(single["stores"][h])
         two = acts.ActivationStore.open(results[0]["stores"][h])

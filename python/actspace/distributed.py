@@ -106,13 +106,15 @@ def launched(backend: str | None = None):
 
     backend default: gloo for CPU tensors plus nccl for CUDA tensors when CUDA is present
     (object collectives and CPU bookkeeping keep working next to GPU all-reduces).
-    The collective timeout is ACTSPACE_DIST_TIMEOUT_MIN minutes (default 180)."""
+    ACTSPACE_DIST_BACKEND overrides it (e.g. gloo to test several ranks on one GPU). The
+    collective timeout is ACTSPACE_DIST_TIMEOUT_MIN minutes (default 180)."""
     import torch
     import torch.distributed as dist
 
     if _dist() is not None or not _launched_by_torchrun() or not dist.is_available():
         yield
         return
+    backend = backend or os.environ.get("ACTSPACE_DIST_BACKEND")
     if backend is None:
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
