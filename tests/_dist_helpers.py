@@ -73,6 +73,8 @@ def capture_body(model_dir, out_dir, fail_after=None):
             raise AssertionError("the dying source did not stop the job")
     r = acts.capture_to_store(model, tok, texts(), HOOKPOINTS, out_dir, **kw)
     torch.save(r, os.path.join(out_dir, f"result.r{r['world_size']}.{_rank()}.pt"))
+    again = acts.capture_to_store(model, tok, texts(), HOOKPOINTS, out_dir, **kw)
+    assert again["tokens"] == 0 and again["world_size"] == 2, again   # complete: nothing to do
     capped = acts.capture_to_store(model, tok, texts(), HOOKPOINTS[:1], out_dir + "-capped",
                                    max_tokens=101, **kw)
     assert capped["tokens"] == 101, capped
