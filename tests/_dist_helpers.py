@@ -119,3 +119,22 @@ def _world():
     import torch.distributed as dist
 
     return dist.get_world_size()
+
+
+def kinds_body(out_dir):
+    """Every SAE kind trains on 2 ranks and its state stays bit-identical across ranks."""
+    import torch.distributed as dist
+
+    from actspace.decompose.train import train_sae
+
+    x = torch.randn(800, 16, generator=torch.Generator().manual_seed(0))
+    for kind in ("batchtopk", "relu", "jumprelu"):
+        sae, h = train_sae(x, kind=kind, d_sae=32, k=4, batch_size=100, steps=5,
+                           progress=False, log_every=1)
+        t = torch.cat([p.detach().flatten() for p in sae.state_dict().values()])
+        g = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(g, t)
+        assert all(torch.equal(g[0], gi) for gi in g), kind
+        assert h[-1]["fvu"] < h[0]["fvu"], (kind, h)
+    if dist.get_rank() == 0:
+        open(os.path.join(out_dir, "kinds.ok"), "w").close()

@@ -253,3 +253,10 @@ def test_cli_under_torchrun(tiny_gpt2, tmp_path):
     h2 = json.loads((tmp_path / "sae2" / "history.json").read_text())
     assert [h["tokens"] for h in h1] == [h["tokens"] for h in h2]
     assert h2[-1]["fvu"] == pytest.approx(h1[-1]["fvu"], rel=1e-3)
+
+
+def test_every_kind_trains_identically_on_both_ranks(tmp_path):
+    """batchtopk / relu / jumprelu are not exact against one process (per-slice selection
+    and penalties, see train_dist) but must keep every rank's SAE identical."""
+    H.spawn(H.kinds_body, str(tmp_path))
+    assert (tmp_path / "kinds.ok").exists()
