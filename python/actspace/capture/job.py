@@ -16,8 +16,8 @@ import threading
 
 import torch
 
-from .hookpoints import resolve
 from .. import distributed as _dist
+from .hookpoints import resolve
 from .hooks import Capture
 from .ranks import finalize, make_writer
 from .store import ActivationStore, hookpoint_dirname
@@ -158,7 +158,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
         for w in writers:
             w.abort()
         if _dist.is_distributed():   # other ranks may still be running: join the reduction
-            finalize(list(paths.values()), writers,
+            finalize(list(paths.values()),
                      [(_resume_stats(paths[h], w, d, covariance) if stats else None)
                       for h, d, w in zip(hps, dims, writers)], result)
         return result
@@ -253,7 +253,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
         total = {k: prev.get(k, 0) + result[k] for k in
                  ("documents", "truncated", "windowed", "dropped_tokens")}
         w.close(complete=exhausted or done, stats=st, extra={"counts": total})
-    finalize(list(paths.values()), writers, sts, result)
+    finalize(list(paths.values()), sts, result)
     return result
 
 

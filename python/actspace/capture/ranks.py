@@ -92,7 +92,7 @@ def merged_manifest(path: str, world: int) -> dict:
     return man
 
 
-def finalize(paths: list[str], writers: list[StoreWriter], stats: list, result: dict) -> None:
+def finalize(paths: list[str], stats: list, result: dict) -> None:
     """After every rank closed its writers: all-reduce statistics and the run's counts, and
     let rank 0 write each store's manifest.json and global stats. Collective: every rank
     calls it with the hookpoints in the same order. No-op with one process."""
