@@ -39,11 +39,13 @@ class RankSlices:
 
     def __init__(self, source, rank: int, world: int):
         self.source, self.rank, self.world = source, rank, world
-        for name in ("d", "d_out"):
-            if hasattr(source, name):
-                setattr(self, name, getattr(source, name))
 
-    def __len__(self):
+    def __getattr__(self, name):        # d, d_out, dtype, hookpoint ... of the source
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __len__(self):                  # rows of the whole source (global batch count)
         return len(self.source)
 
     def _slice(self, n: int) -> tuple[int, int] | None:
