@@ -63,6 +63,7 @@ def _rank(rank, world, port, threads, x, a, out):
     if rank == 0:
         with open(out, "w") as f:
             json.dump([t, ar], f)
+    dist.barrier()
     dist.destroy_process_group()
 
 

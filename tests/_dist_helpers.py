@@ -24,6 +24,7 @@ def _entry(rank, world, port, fn, args):
                             init_method=f"tcp://127.0.0.1:{port}")
     try:
         fn(*args)
+        dist.barrier()       # rank 0 hosts the TCP store: nobody leaves while others use it
     finally:
         dist.destroy_process_group()
 

@@ -125,5 +125,6 @@ def launched(backend: str | None = None):
                             timeout=datetime.timedelta(minutes=minutes))
     try:
         yield
+        dist.barrier()       # leave together (not after an error: the others may be gone)
     finally:
         dist.destroy_process_group()
