@@ -16,9 +16,11 @@ import threading
 
 import torch
 
+from .. import distributed as _dist
 from .hookpoints import resolve
 from .hooks import Capture
-from .store import STATS, ActivationStore, hookpoint_dirname
+from .ranks import finalize, make_writer
+from .store import ActivationStore, hookpoint_dirname
 from .texts import TokenCounts, collate, iter_texts, pieces_of
 from .writer import StoreWriter
 
@@ -35,7 +37,7 @@ def _resume_stats(path: str, writer: StoreWriter, d: int, covariance: bool):
     the manifest, else recomputed from the stored shards (after a kill)."""
     from ..stats.activation import ActivationStats
 
-    p = os.path.join(path, STATS)
+    p = os.path.join(path, writer.stats_name)
     if os.path.exists(p + ".json"):
         st = ActivationStats.load(p)
         if st.meta.get("docs_done") == writer.docs_done and st.has_covariance == covariance:
@@ -112,6 +114,11 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     Resume: rerun with the same model, texts and hookpoints after a kill; documents the
     stores already recorded are skipped. A store marked complete (source exhausted or
     max_tokens reached) is left as it is: write a larger capture to a new out_dir.
+
+    Under torchrun (an initialised process group with several ranks) rank r captures the
+    documents i with i % world == r into rank-specific shards of the same stores, max_tokens
+    is split evenly over the ranks, statistics are all-reduced, rank 0 writes the manifests,
+    and the returned counts are global (see actspace.capture.ranks).
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -143,7 +150,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     writers: list[StoreWriter] = []
     try:
         for h, d in zip(hps, dims):
-            writers.append(StoreWriter(paths[h], d=d, dtype=dtype, shard_rows=shard_rows,
+            writers.append(make_writer(paths[h], d=d, dtype=dtype, shard_rows=shard_rows,
                                        meta=dict(meta, hookpoint=h, config=config)))
     except BaseException:
         for w in writers:
@@ -163,7 +170,13 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     if all(w.complete for w in writers):
         for w in writers:
             w.abort()
+        if _dist.is_distributed():   # other ranks may still be running: join the reduction
+            finalize(list(paths.values()),
+                     [(_resume_stats(paths[h], w, d, covariance) if stats else None)
+                      for h, d, w in zip(hps, dims, writers)], result)
         return result
+    if max_tokens is not None and _dist.is_distributed():
+        max_tokens = _dist.rank_share(max_tokens)   # this rank's part (0: it stores nothing)
 
     sts = [(_resume_stats(paths[h], w, d, covariance) if stats else None)
            for h, d, w in zip(hps, dims, writers)]
@@ -172,7 +185,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     from tqdm.auto import tqdm
 
     bar = tqdm(total=max_tokens, initial=stored, unit="tok", unit_scale=True,
-               disable=not progress, desc="capture")
+               disable=not progress or not _dist.is_main(), desc="capture")
     wt = _WriterThread(writers, sts)
     done = False
     try:
@@ -224,7 +237,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
 
             doc_id = -1
             for doc_id, text in enumerate(source):
-                if doc_id < start_doc:
+                if doc_id < start_doc or not _dist.owns(doc_id):
                     continue
                 pending.extend(pieces_of(tokenizer, text, doc_id, max_length, windows, counts))
                 if len(pending) >= batch_size:
@@ -252,6 +265,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
         total = {k: prev.get(k, 0) + result[k] for k in
                  ("documents", "truncated", "windowed", "dropped_tokens")}
         w.close(complete=True, stats=st, extra={"counts": total})   # source or max_tokens done
+    finalize(list(paths.values()), sts, result)
     return result
 
 

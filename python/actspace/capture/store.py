@@ -18,6 +18,12 @@ Format (version 1) -- one directory per hookpoint:
         .lock                             present while a writer runs (holds its pid)
 
 Rows are tokens in source order; padding is never stored, special tokens only on request.
+A store captured by N ranks under torchrun (actspace.capture.ranks) names its shards
+shard-r{rank}-NNNNNN.safetensors and keeps each rank's manifest.r{rank}.json next to the
+merged manifest.json ("world_size": N, "docs_done_by_rank"); its shards list rank 0's
+shards, then rank 1's, ... Rows are then in source order within a shard and across the
+shards of one rank, not across ranks (documents interleave: doc i is rank i % N's); every
+row carries its global doc_id, and no reader here relies on order beyond that.
 A shard is written to a temporary name, fsynced, renamed and only then recorded in the
 manifest (replaced atomically), and shards end at document boundaries: a killed job leaves
 a valid store, and `docs_done` says where a rerun resumes. Files not in the manifest are

@@ -90,6 +90,9 @@ class StoreWriter:
     shard_rows: a shard is cut at the first document boundary at or after this many rows.
     """
 
+    # file names; a rank of a distributed capture writes its own (capture.ranks)
+    manifest_name, shard_prefix, lock_name, stats_name = MANIFEST, "shard-", LOCK, STATS
+
     def __init__(self, path, *, d: int, dtype: torch.dtype, meta: dict, shard_rows: int = 65536):
         if not isinstance(shard_rows, int) or shard_rows <= 0:
             raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
@@ -114,7 +117,7 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ lock
     def _lock(self) -> None:
-        lock = os.path.join(self.path, LOCK)
+        lock = os.path.join(self.path, self.lock_name)
         for _ in range(2):
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -143,7 +146,7 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ manifest
     def _load_or_new(self, meta: dict) -> dict:
-        mpath = os.path.join(self.path, MANIFEST)
+        mpath = os.path.join(self.path, self.manifest_name)
         if os.path.exists(mpath):
             with open(mpath) as f:
                 man = json.load(f)
@@ -162,7 +165,7 @@ class StoreWriter:
         return man
 
     def _write_manifest(self, man: dict) -> None:
-        write_json_atomic(os.path.join(self.path, MANIFEST), man)
+        write_json_atomic(os.path.join(self.path, self.manifest_name), man)
 
     @property
     def docs_done(self) -> int:
@@ -203,7 +206,7 @@ class StoreWriter:
         cols = [torch.cat(c) for c in zip(*self._buf)]
         tensors = dict(zip(("acts", "token_ids", "doc_ids", "positions"), cols))
         idx = len(self.manifest["shards"])
-        name = f"shard-{idx:06d}.safetensors"
+        name = f"{self.shard_prefix}{idx:06d}.safetensors"
         sha = write_safetensors_atomic(os.path.join(self.path, name), tensors,
                                        metadata={"format": FORMAT})
         man = dict(self.manifest)
@@ -222,7 +225,7 @@ class StoreWriter:
         try:
             self.flush()
             if stats is not None:
-                stats.save(os.path.join(self.path, STATS),
+                stats.save(os.path.join(self.path, self.stats_name),
                            extra={"docs_done": self.docs_done,
                                   "total_rows": self.manifest["total_rows"]})
             if complete or extra:

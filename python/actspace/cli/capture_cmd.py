@@ -2,6 +2,8 @@
 
 Loads a local Hugging Face model with AutoModel/AutoTokenizer and runs
 actspace.capture_to_store; rerunning the same command resumes a killed job.
+Under `torchrun --nproc-per-node N -m actspace.cli.main capture ...` each rank captures
+every N-th document into the same stores (see actspace.capture.ranks).
 """
 from __future__ import annotations
 
@@ -49,11 +51,19 @@ def _texts(path: str, field: str):
 
 
 def run(args) -> int:
+    from ..distributed import launched
+
+    with launched():             # under torchrun: one rank of a distributed job
+        return _run(args)
+
+
+def _run(args) -> int:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     from ..capture.hookpoints import layer_hookpoint
     from ..capture.job import capture_to_store
+    from ..distributed import default_device, is_main
 
     model = AutoModel.from_pretrained(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -64,8 +74,10 @@ def run(args) -> int:
         model, tokenizer, _texts(args.texts, args.field), hps, args.out,
         batch_size=args.batch_size, max_length=args.max_length, max_tokens=args.max_tokens,
         windows=args.windows, keep_special_tokens=args.keep_special_tokens,
-        stats=not args.no_stats, covariance=args.covariance, device=args.device,
+        stats=not args.no_stats, covariance=args.covariance,
+        device=args.device or default_device(),
         dtype=getattr(torch, args.dtype) if args.dtype else None,
         progress=not args.no_progress, shard_rows=args.shard_rows, field=args.field)
-    print(json.dumps(result, indent=1))
+    if is_main():
+        print(json.dumps(result, indent=1))
     return 0

@@ -4,6 +4,8 @@
     actspace train acts.safetensors --out runs/x --k 16 32 64 --d-sae 4096   # a sweep
 
 Kill it and run the same command again: it resumes from the checkpoint in --out.
+Under `torchrun --nproc-per-node N -m actspace.cli.main train ...` the ranks train
+data-parallel on the same store (see actspace.decompose.train_dist).
 """
 from __future__ import annotations
 
@@ -57,7 +59,15 @@ def _open_data(path):
 
 
 def run(args) -> int:
+    from ..distributed import launched
+
+    with launched():             # under torchrun: one rank of a distributed job
+        return _run(args)
+
+
+def _run(args) -> int:
     from actspace.decompose.train import train_sae
+    from ..distributed import default_device, is_main
 
     data, store_hook = _open_data(args.data)
     width = {"d_sae": args.d_sae} if args.d_sae else {
@@ -67,11 +77,13 @@ def run(args) -> int:
         **{n: (v if v is None or len(v) > 1 else v[0]) for n, v in width.items()},
         hookpoint=args.hookpoint or store_hook, batch_size=args.batch_size, steps=args.steps,
         epochs=args.epochs, lr=args.lr, dead_tokens=args.dead_tokens, l1_coeff=args.l1_coeff,
-        l0_coeff=args.l0_coeff, seed=args.seed, device=args.device, out_dir=args.out,
+        l0_coeff=args.l0_coeff, seed=args.seed, device=args.device or default_device(),
+        out_dir=args.out,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
         shuffle=not args.no_shuffle, progress=not args.quiet, save_format=args.format)
     last = {}
     for h in history:  # the last record of each SAE
         last[h["sae"]] = h
-    print(json.dumps({"out": args.out, "final": list(last.values())}, indent=1))
+    if is_main():
+        print(json.dumps({"out": args.out, "final": list(last.values())}, indent=1))
     return 0

@@ -26,6 +26,7 @@ from .interop import _write_json
 from .sae import SAE
 from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_data import as_source, batches_per_epoch, split_batch
+from .train_dist import DataParallel
 from .train_losses import geometric_median, project_decoder_grad, train_forward
 
 __all__ = ["train_sae", "lr_at", "make_optimizer"]
@@ -100,6 +101,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
         data = ModelSource(model, tokenizer, texts, hookpoint, hookpoint_out=hookpoint_out,
                            max_length=max_length)
     source, known = as_source(data)
+    dp = DataParallel()              # torchrun: data-parallel over ranks (no-op otherwise)
+    source = dp.wrap_source(source)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if b_dec_init not in ("mean", "median", None):
@@ -134,13 +137,15 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         if resume:
             loop = load_checkpoint(out_dir, saes, opts, last_fired) or loop
+    dp.broadcast_params(saes)
     history = loop["history"]
     stop_at = steps if max_steps is None else min(steps, max_steps)
     from tqdm.auto import tqdm
-    bar = tqdm(total=steps, initial=loop["step"], disable=not progress, desc="train_sae")
+    bar = tqdm(total=steps, initial=loop["step"], disable=not progress or not dp.is_main,
+               desc="train_sae")
 
     def checkpoint():
-        if out_dir is not None:
+        if out_dir is not None and dp.is_main:
             save_checkpoint(out_dir, saes, opts, last_fired, loop)
 
     while loop["step"] < stop_at and loop["epoch"] < max_epochs:
@@ -151,7 +156,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
             got_any = True
             loop["batch"] += 1
             x, y = split_batch(batch)
-            if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            if not dp.all_ok(bool(torch.isfinite(x).all() and torch.isfinite(y).all()),
+                             x.device):
                 loop["skipped_nonfinite"] += 1
                 warnings.warn(f"train_sae: skipped a batch with non-finite values (epoch "
                               f"{loop['epoch']}, batch {loop['batch'] - 1}); "
@@ -159,12 +165,12 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
                 continue
             if loop["step"] == 0 and loop["tokens"] == 0 and b_dec_init is not None:
                 with torch.no_grad():
-                    center = y.mean(0) if b_dec_init == "mean" else geometric_median(y)
+                    center = dp.center(y, b_dec_init, geometric_median)
                     for s in saes:
                         s.b_dec.copy_(center)
             _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_steps,
                         decay_fraction, auxk_coeff, k_aux, dead_tokens, l1_coeff, l0_coeff,
-                        bandwidth, log_every)
+                        bandwidth, log_every, dp)
             bar.update(1)
             if history and history[-1]["step"] == loop["step"]:
                 bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}", l0=f"{history[-1]['l0']:.1f}",
@@ -181,10 +187,11 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     bar.close()
     checkpoint()
     finished = loop["step"] >= steps or loop["epoch"] >= max_epochs
-    if out_dir is not None and finished:
+    if out_dir is not None and finished and dp.is_main:
         for i, s in enumerate(saes):
             s.save(Path(out_dir) / ("sae" if len(saes) == 1 else f"sae_{i}"), format=save_format)
         _write_json(Path(out_dir) / "history.json", history)
+    dp.finish()                      # rank 0's files exist when any rank returns
     if loop["skipped_nonfinite"]:
         warnings.warn(f"train_sae: {loop['skipped_nonfinite']} batch(es) with non-finite "
                       "values were skipped", RuntimeWarning)
@@ -193,9 +200,12 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
 
 def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_steps,
                 decay_fraction, auxk_coeff, k_aux, dead_tokens, l1_coeff, l0_coeff, bandwidth,
-                log_every):
-    """One optimizer step of every SAE on the batch x [B, d_in] -> y [B, d_out]."""
-    step, B = loop["step"], x.shape[0]
+                log_every, dp=None):
+    """One optimizer step of every SAE on the batch x [B, d_in] -> y [B, d_out] (this
+    rank's slice of the global batch under data parallelism, see train_dist)."""
+    dp = dp or DataParallel()
+    step = loop["step"]
+    scale, B = dp.begin_batch(y)     # B: rows of the global batch
     tokens = loop["tokens"] + B
     for i, (sae, opt) in enumerate(zip(saes, opts)):
         lr = lr_at(step, steps, base_lrs[i], warmup_steps, decay_fraction)
@@ -206,13 +216,15 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_step
                             k_aux=k_aux or max(sae.d_in // 2, 1), auxk_coeff=auxk_coeff,
                             l1_coeff=l1_coeff, l0_coeff=l0_coeff, bandwidth=bandwidth)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        (out.loss * scale if dp.active else out.loss).backward()
+        dp.reduce_grads(sae)         # summed: the gradient of the global batch's loss
         project_decoder_grad(sae)
         opt.step()
         with torch.no_grad():
             sae.normalize_decoder()
             if sae.kind == "jumprelu":
                 sae.threshold.clamp_(min=0.0)
+        out = dp.end_step(sae, out)  # global fired mask and metrics
         last_fired[i][out.fired.cpu()] = tokens
         if (step + 1) % log_every == 0 or step + 1 == steps or step == 0:
             dead_frac = float(((tokens - last_fired[i]) >= dead_tokens).float().mean())

@@ -1,0 +1,141 @@
+"""Helpers of the distributed tests: a real gloo rendezvous on loopback with processes
+started by torch.multiprocessing, and the per-rank bodies of the tests (they must live in
+an importable module for the spawn start method). Ranks report through files."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, world, port, fn, args):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        fn(*args)
+        dist.barrier()       # rank 0 hosts the TCP store: nobody leaves while others use it
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, *args, world: int = 2) -> None:
+    """Run fn(*args) on `world` ranks of a gloo process group; raises if any rank fails."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+
+
+def texts(n=11):
+    from pydoc_data.topics import topics
+
+    return [topics[k][:300].replace("\n", " ") for k in sorted(topics)[:n]]
+
+
+def load_tiny(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(model_dir).eval(),
+            AutoTokenizer.from_pretrained(model_dir))
+
+
+HOOKPOINTS = ["transformer.h.1", "transformer.h.0.mlp"]
+
+
+# ---------------------------------------------------------------------- rank bodies
+def capture_body(model_dir, out_dir, fail_after=None):
+    """Capture texts() on this rank; with fail_after, first a run whose source dies after
+    that many documents (a crash), then the same call again (the resume)."""
+    import actspace as acts
+
+    model, tok = load_tiny(model_dir)
+    kw = dict(batch_size=3, max_length=48, shard_rows=40, covariance=True, progress=False)
+    if fail_after is not None:
+        def dying():
+            for i, t in enumerate(texts()):
+                if i == fail_after:
+                    raise KeyboardInterrupt("simulated crash")
+                yield t
+        try:
+            acts.capture_to_store(model, tok, dying(), HOOKPOINTS, out_dir, **kw)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the dying source did not stop the job")
+    r = acts.capture_to_store(model, tok, texts(), HOOKPOINTS, out_dir, **kw)
+    torch.save(r, os.path.join(out_dir, f"result.r{r['world_size']}.{_rank()}.pt"))
+    again = acts.capture_to_store(model, tok, texts(), HOOKPOINTS, out_dir, **kw)
+    assert again["tokens"] == 0 and again["world_size"] == 2, again   # complete: nothing to do
+    capped = acts.capture_to_store(model, tok, texts(), HOOKPOINTS[:1], out_dir + "-capped",
+                                   max_tokens=101, **kw)
+    assert capped["tokens"] == 101, capped
+
+
+def stats_body(x, out_dir):
+    """Each rank folds its interleaved rows of x, all-reduces, saves what it holds."""
+    import actspace as acts
+
+    r, w = _rank(), _world()
+    st = acts.ActivationStats(x.shape[1], covariance=True, top_k=8)
+    rows = torch.arange(r, x.shape[0], w)
+    for part in torch.tensor_split(rows, 3):   # several updates per rank
+        st.update(x[part], token_ids=part)
+    st.all_reduce()
+    st.save(os.path.join(out_dir, f"stats.{r}"))
+
+
+def train_body(data_kind, data_path, out_dir, kw, stop_at=None):
+    """train_sae on this rank's part of every global batch; saves this rank's SAE state.
+    stop_at: first stop there (a checkpoint, as a kill), then resume to the end."""
+    from actspace.decompose.train import train_sae
+
+    import actspace as acts
+
+    data = (acts.ActivationStore.open(data_path) if data_kind == "store"
+            else torch.load(data_path))
+    if stop_at is not None:
+        train_sae(data, out_dir=out_dir, progress=False, max_steps=stop_at, **kw)
+    sae, hist = train_sae(data, out_dir=out_dir, progress=False, **kw)
+    torch.save({"state": sae.state_dict(), "history": hist},
+               os.path.join(out_dir, f"rank{_rank()}.pt"))
+
+
+def _rank():
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
+def _world():
+    import torch.distributed as dist
+
+    return dist.get_world_size()
+
+
+def kinds_body(out_dir):
+    """Every SAE kind trains on 2 ranks and its state stays bit-identical across ranks."""
+    import torch.distributed as dist
+
+    from actspace.decompose.train import train_sae
+
+    x = torch.randn(800, 16, generator=torch.Generator().manual_seed(0))
+    for kind in ("batchtopk", "relu", "jumprelu"):
+        sae, h = train_sae(x, kind=kind, d_sae=32, k=4, batch_size=100, steps=5,
+                           progress=False, log_every=1)
+        t = torch.cat([p.detach().flatten() for p in sae.state_dict().values()])
+        g = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(g, t)
+        assert all(torch.equal(g[0], gi) for gi in g), kind
+        assert h[-1]["fvu"] < h[0]["fvu"], (kind, h)
+    if dist.get_rank() == 0:
+        open(os.path.join(out_dir, "kinds.ok"), "w").close()
