@@ -22,7 +22,8 @@ DEFAULTS: dict = {
                 "windows": True, "shard_rows": 65536},
     "stats": {"covariance": True, "massive_ratio": 100.0, "fit_range": [0.05, 0.5]},
     "sae": {"hookpoints": None, "kind": "topk", "expansion_factor": 8, "d_sae": None, "k": 32,
-            "batch_size": 1024, "epochs": 1, "lr": None, "log_every": 5, "seed": 0},
+            "batch_size": 1024, "epochs": 1, "lr": None, "log_every": 5, "seed": 0,
+            "dead_tokens": 10_000_000},   # not fired in this many tokens = dead
     "pca": None,                  # {"n_components": int}
     "snmf": None,                 # {"n_components": int, "max_rows": int, "n_iter": int}
     "latents": {"top_t": 8, "context": 6, "n_cards": 12, "batch_size": 4096},
@@ -106,7 +107,7 @@ def resolve_config(raw: dict) -> dict:
         if s["kind"] not in ("topk", "batchtopk", "relu", "jumprelu"):
             raise ValueError(f"config: sae.kind must be topk, batchtopk, relu or jumprelu, "
                              f"got {s['kind']!r}")
-        for key in ("k", "batch_size", "epochs", "log_every"):
+        for key in ("k", "batch_size", "epochs", "log_every", "dead_tokens"):
             _positive_int(s, key, "sae")
         if s["d_sae"] is None and s["expansion_factor"] is None:
             raise ValueError("config: sae needs d_sae or expansion_factor")
@@ -162,7 +163,7 @@ def demo_config(quick: bool = False) -> dict:
         raw = json.load(f)
     if quick:
         raw["capture"].update(max_tokens=3000, batch_size=16, max_length=64)
-        raw["sae"].update(expansion_factor=2, k=8, batch_size=256, epochs=2)
+        raw["sae"].update(expansion_factor=2, k=8, batch_size=256, epochs=2, dead_tokens=1000)
         raw["latents"].update(n_cards=4, top_t=4)
         raw["steering"]["alphas"] = [0, 1]
         raw["steering"]["neutral"] = raw["steering"]["neutral"][:4]

@@ -158,7 +158,8 @@ def _train(ctx: _Context, hp: str) -> dict:
                         k=s["k"], hookpoint=hp, batch_size=s["batch_size"],
                         epochs=s["epochs"], lr=s["lr"], seed=s["seed"],
                         out_dir=os.path.join(ctx.out, "sae", _dirname(hp)),
-                        log_every=s["log_every"], progress=ctx.progress)
+                        log_every=s["log_every"], dead_tokens=s["dead_tokens"],
+                        progress=ctx.progress)
     last = hist[-1] if hist else {}
     return {"steps": last.get("step"), "fvu": last.get("fvu"), "l0": last.get("l0")}
 

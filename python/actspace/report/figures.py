@@ -12,7 +12,10 @@ import math
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("the report needs matplotlib: pip install matplotlib") from None
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
