@@ -164,8 +164,8 @@ def test_rerun_with_other_config_refused(demo_out):
 
 # ---------------------------------------------------------------------- kill and resume
 def _kill_cfg(tmp_path, name):
-    raw = _raw(capture={"max_tokens": 6000, "max_length": 64, "batch_size": 8,
-                        "shard_rows": 400},
+    raw = _raw(capture={"max_tokens": 4000, "max_length": 64, "batch_size": 8,
+                        "shard_rows": 300},
                stats={"covariance": True}, sae=None)
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(raw))
@@ -194,25 +194,75 @@ def test_capture_killed_resumes(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(out, "stages", "capture.json"))
     partial = json.load(open(manifest))
-    assert not partial.get("complete") and partial["total_rows"] < 6000
+    assert not partial.get("complete") and partial["total_rows"] < 4000
 
     from actspace.capture.store import ActivationStore
     from actspace.cli.main import main
 
     assert main(["run", cfg, "--out", out, "--no-progress"]) == 0
     rec = json.load(open(os.path.join(out, "stages", "capture.json")))
-    assert rec["info"]["resumed_from_doc"] > 0 and rec["info"]["rows"] == 6000
+    assert rec["info"]["resumed_from_doc"] > 0 and rec["info"]["rows"] == 4000
     # the resumed store equals an uninterrupted capture of the same config
     ref = str(tmp_path / "ref")
     assert main(["run", _kill_cfg(tmp_path, "ref"), "--out", ref, "--no-progress"]) == 0
     a = ActivationStore.open(os.path.join(out, "stores", "encoder.layer.2"))
     b = ActivationStore.open(os.path.join(ref, "stores", "encoder.layer.2"))
-    assert len(a) == len(b) == 6000
-    assert torch.equal(a.read(0, 6000, "token_ids"),
-                       b.read(0, 6000, "token_ids"))
-    torch.testing.assert_close(a.read(0, 6000).float(), b.read(0, 6000).float(),
+    assert len(a) == len(b) == 4000
+    assert torch.equal(a.read(0, 4000, "token_ids"), b.read(0, 4000, "token_ids"))
+    torch.testing.assert_close(a.read(0, 4000).float(), b.read(0, 4000).float(),
                                atol=1e-5, rtol=1e-5)
     sa = json.load(open(os.path.join(out, "stats", "encoder.layer.2.json")))
     sb = json.load(open(os.path.join(ref, "stats", "encoder.layer.2.json")))
-    assert sa["norm"]["count"] == sb["norm"]["count"] == 6000
+    assert sa["norm"]["count"] == sb["norm"]["count"] == 4000
     assert sa["alpha"] == pytest.approx(sb["alpha"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------- a causal LM
+def test_causal_lm_layers_snmf_and_kl(tmp_path):
+    """A tiny random GPT-2 (MiniLM's tokenizer) by `layers`, with PCA, SNMF, an SAE and a
+    steering sweep whose cost is KL: the other branches of every stage."""
+    import shutil
+
+    import transformers
+
+    from actspace.cli.main import main
+
+    model_dir = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=30522, n_positions=64, n_embd=32, n_layer=2,
+                                  n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(model_dir)
+    tok_dir = resolve_model_path(MINILM)
+    for f in os.listdir(tok_dir):
+        if f.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(os.path.join(tok_dir, f), model_dir / f)
+    job = {"model": {"path": str(model_dir)}, "layers": [0, -1],
+           "texts": {"max_docs": 40},
+           "capture": {"max_tokens": 1500, "max_length": 48, "batch_size": 8},
+           "pca": {"n_components": 8}, "snmf": {"n_components": 4, "max_rows": 500, "n_iter": 5},
+           "sae": {"expansion_factor": 2, "k": 4, "batch_size": 128, "hookpoints": ["transformer.h.1"]},
+           "latents": {"n_cards": 3, "top_t": 3},
+           "steering": {"layer": 0, "positive": ["good good", "nice"], "negative": ["bad", "awful"],
+                        "neutral": ["the cat sat", "on the mat today"], "alphas": [0, 1]}}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    stages = sorted(os.listdir(out / "stages"))
+    assert "snmf_transformer.h.0.json" in stages and "train_transformer.h.1.json" in stages
+    assert os.path.isdir(out / "stores" / "transformer.h.0")
+    rows = json.load(open(out / "steer" / "sweep.json"))["rows"]
+    assert rows[0]["kl"] == pytest.approx(0, abs=1e-9) and rows[1]["kl"] > 0
+    page = open(out / "report.html", encoding="utf-8").read()
+    assert "KL" in page and page.count('<img class="plot"') == 8   # 1 + 2 x 2 + 2 + 1
+
+
+def test_cli_errors(tmp_path, capsys):
+    from actspace.cli.main import main
+
+    assert main(["run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"path": MINILM}, "layers": [1], "sae": {"kind": "x"}}))
+    assert main(["run", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "sae.kind" in capsys.readouterr().err

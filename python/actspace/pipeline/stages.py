@@ -45,8 +45,9 @@ class _Context:
         archs = getattr(conf, "architectures", None) or []
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
         cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
-        model = cls.from_pretrained(path, dtype=getattr(torch, m["dtype"]))
-        self._model = model.to(m["device"]).eval()
+        dtype = getattr(torch, m["dtype"])
+        model = cls.from_pretrained(path, dtype=dtype)
+        self._model = model.to(device=m["device"], dtype=dtype).eval()   # also for old HF
         self._tok = transformers.AutoTokenizer.from_pretrained(path)
         if self._tok.pad_token_id is None and self._tok.eos_token is not None:
             self._tok.pad_token = self._tok.eos_token
@@ -140,9 +141,9 @@ def _snmf(ctx: _Context, hp: str) -> dict:
     from ..decompose.snmf import SNMF
 
     c, store = ctx.cfg["snmf"], ctx.store(hp)
-    gen = torch.Generator().manual_seed(ctx.cfg["seed"])
-    rows = torch.randperm(len(store), generator=gen)[:c["max_rows"]].sort().values
-    x = store[rows].float()                                     # [max_rows, d]
+    # a seeded shuffled sample of max_rows rows [n, d]: SNMF fits in memory
+    x = next(store.iter_batches(c["max_rows"], shuffle=True, seed=ctx.cfg["seed"],
+                                dtype=torch.float32))
     model = SNMF(c["n_components"]).fit(x, n_iter=c["n_iter"])
     os.makedirs(os.path.join(ctx.out, "snmf"), exist_ok=True)
     model.save(os.path.join(ctx.out, "snmf", _dirname(hp)))
