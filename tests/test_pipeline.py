@@ -164,8 +164,17 @@ def test_rerun_with_other_config_refused(demo_out):
 
 # ---------------------------------------------------------------------- kill and resume
 def _kill_cfg(tmp_path, name):
-    raw = _raw(capture={"max_tokens": 4000, "max_length": 64, "batch_size": 8,
-                        "shard_rows": 300},
+    """Many short documents (pydoc lines) so shards, cut at document boundaries, are small
+    and the kill lands well inside the capture."""
+    from pydoc_data.topics import topics
+
+    texts = tmp_path / "lines.txt"
+    if not texts.exists():
+        lines = [l.strip() for k in sorted(topics) for l in topics[k].splitlines()]
+        texts.write_text("\n".join(l for l in lines if len(l) > 20))
+    raw = _raw(texts={"source": str(texts)},
+               capture={"max_tokens": 12000, "max_length": 64, "batch_size": 8,
+                        "shard_rows": 400, "windows": False},
                stats={"covariance": True}, sae=None)
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(raw))
@@ -194,26 +203,26 @@ def test_capture_killed_resumes(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(out, "stages", "capture.json"))
     partial = json.load(open(manifest))
-    assert not partial.get("complete") and partial["total_rows"] < 4000
+    assert not partial.get("complete") and partial["total_rows"] < 12000
 
     from actspace.capture.store import ActivationStore
     from actspace.cli.main import main
 
     assert main(["run", cfg, "--out", out, "--no-progress"]) == 0
     rec = json.load(open(os.path.join(out, "stages", "capture.json")))
-    assert rec["info"]["resumed_from_doc"] > 0 and rec["info"]["rows"] == 4000
+    assert rec["info"]["resumed_from_doc"] > 0 and rec["info"]["rows"] == 12000
     # the resumed store equals an uninterrupted capture of the same config
     ref = str(tmp_path / "ref")
     assert main(["run", _kill_cfg(tmp_path, "ref"), "--out", ref, "--no-progress"]) == 0
     a = ActivationStore.open(os.path.join(out, "stores", "encoder.layer.2"))
     b = ActivationStore.open(os.path.join(ref, "stores", "encoder.layer.2"))
-    assert len(a) == len(b) == 4000
-    assert torch.equal(a.read(0, 4000, "token_ids"), b.read(0, 4000, "token_ids"))
-    torch.testing.assert_close(a.read(0, 4000).float(), b.read(0, 4000).float(),
+    assert len(a) == len(b) == 12000
+    assert torch.equal(a.read(0, 12000, "token_ids"), b.read(0, 12000, "token_ids"))
+    torch.testing.assert_close(a.read(0, 12000).float(), b.read(0, 12000).float(),
                                atol=1e-5, rtol=1e-5)
     sa = json.load(open(os.path.join(out, "stats", "encoder.layer.2.json")))
     sb = json.load(open(os.path.join(ref, "stats", "encoder.layer.2.json")))
-    assert sa["norm"]["count"] == sb["norm"]["count"] == 4000
+    assert sa["norm"]["count"] == sb["norm"]["count"] == 12000
     assert sa["alpha"] == pytest.approx(sb["alpha"], rel=1e-6)
 
 
