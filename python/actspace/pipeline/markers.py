@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime, timezone
 
 
 def write_json_atomic(path, obj) -> None:
@@ -57,6 +58,6 @@ def run_stage(out_dir, name: str, fn, log=None) -> dict:
     t0 = time.perf_counter()
     info = fn() or {}
     rec = {"stage": name, "seconds": round(time.perf_counter() - t0, 3), "info": info,
-           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
     write_json_atomic(marker_path(out_dir, name), rec)
     return dict(rec, status="ran")

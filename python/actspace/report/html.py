@@ -155,7 +155,8 @@ def _steer_section(out: str) -> str:
 
 
 def _stages_table(out: str) -> str:
-    recs = [_load(p) for p in sorted(glob.glob(os.path.join(out, "stages", "*.json")))]
+    recs = sorted((_load(p) for p in glob.glob(os.path.join(out, "stages", "*.json"))),
+                  key=lambda r: r.get("finished_at", ""))   # run order
     rows = [(r["stage"], r["seconds"], ", ".join(f"{k}={_fmt(v)}" for k, v in r["info"].items()
                                                  if not isinstance(v, (list, dict))))
             for r in recs]
