@@ -106,7 +106,7 @@ def _files(out):
 
 def test_demo_outputs(demo_out):
     out, seconds = demo_out
-    assert seconds < 120
+    assert seconds < 180          # ~20 s on a quiet 2-core machine
     for rel in ("config.json", "report.html", "stats/encoder.layer.1.json",
                 "sae/encoder.layer.3/history.json", "eval/encoder.layer.3.json",
                 "latents/encoder.layer.3/top_examples.json", "cards/encoder.layer.3.json",
