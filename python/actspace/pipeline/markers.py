@@ -1,0 +1,63 @@
+"""Stage completion markers: what makes `actspace run` restartable.
+
+Why markers and not "the output file exists": a stage writes several files and a crash
+can leave some of them; a stage counts as finished only when its marker
+(OUT/stages/NAME.json) exists, and the marker is written atomically (temp file, fsync,
+rename) after everything the stage wrote is on disk. A rerun skips marked stages and
+reruns the rest; stages that resume themselves (capture, SAE training, encoding) pick up
+their partial output.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+
+def write_json_atomic(path, obj) -> None:
+    """Write obj as JSON to path via a fsynced temp file and a rename (all or nothing)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, allow_nan=False, default=_jsonable)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    raise TypeError(f"not JSON serializable: {type(v).__name__}")
+
+
+def marker_path(out_dir, name: str) -> str:
+    return os.path.join(os.fspath(out_dir), "stages", name.replace("/", "_") + ".json")
+
+
+def read_marker(out_dir, name: str) -> dict | None:
+    p = marker_path(out_dir, name)
+    if not os.path.isfile(p):
+        return None
+    with open(p, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_stage(out_dir, name: str, fn, log=None) -> dict:
+    """Run fn() -> info (a JSON-able dict) unless stage `name` is already marked done.
+
+    Returns {"stage", "status": "ran" | "skipped", "seconds", "info"}; the marker keeps
+    the info of the run that did the work, so a skipped stage still reports it."""
+    done = read_marker(out_dir, name)
+    if done is not None:
+        return dict(done, status="skipped")
+    if log is not None:
+        log(f"[actspace] stage {name} ...")
+    t0 = time.perf_counter()
+    info = fn() or {}
+    rec = {"stage": name, "seconds": round(time.perf_counter() - t0, 3), "info": info,
+           "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+    write_json_atomic(marker_path(out_dir, name), rec)
+    return dict(rec, status="ran")

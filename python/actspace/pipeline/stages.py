@@ -1,0 +1,278 @@
+"""The stages of `actspace run`: capture -> stats -> (PCA, SNMF) -> SAE train -> evaluate ->
+encode -> feature cards -> steering -> report, all writing into one output directory.
+
+Why here and not in the CLI: the same pipeline runs from `actspace run CONFIG`,
+`actspace demo` and Python (`run_pipeline(cfg, out_dir)`). Each stage is wrapped by
+markers.run_stage, so a rerun skips what finished; the model is loaded only when a stage
+that needs it actually runs (a rerun of a finished directory loads nothing).
+
+Layout of OUT: config.json, stores/<hookpoint>/ (activation stores with their stats),
+stats/<hookpoint>.json, pca/<hookpoint>/, snmf/<hookpoint>/, sae/<hookpoint>/ (training
+dir: sae/, history.json), eval/<hookpoint>.json, latents/<hookpoint>/ (latent store,
+top_examples.json), cards/<hookpoint>.json, steer/ (vector, sweep.json), stages/,
+report.html.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from .config import resolve_model_path
+from .markers import read_marker, run_stage, write_json_atomic
+from .summaries import feature_cards, layer_summary
+
+
+def _dirname(hp: str) -> str:
+    from ..capture.store import hookpoint_dirname
+
+    return hookpoint_dirname(hp)
+
+
+class _Context:
+    """Lazily loaded model, tokenizer and texts shared by the stages of one run."""
+
+    def __init__(self, cfg: dict, out: str, progress: bool):
+        self.cfg, self.out, self.progress = cfg, out, progress
+        self._model = self._tok = None
+
+    def _load(self):
+        import torch
+        import transformers
+
+        m = self.cfg["model"]
+        path = resolve_model_path(m["path"])
+        conf = transformers.AutoConfig.from_pretrained(path)
+        archs = getattr(conf, "architectures", None) or []
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+        dtype = getattr(torch, m["dtype"])
+        model = cls.from_pretrained(path, dtype=dtype)
+        self._model = model.to(device=m["device"], dtype=dtype).eval()   # also for old HF
+        self._tok = transformers.AutoTokenizer.from_pretrained(path)
+        if self._tok.pad_token_id is None and self._tok.eos_token is not None:
+            self._tok.pad_token = self._tok.eos_token
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._load()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            self._load()
+        return self._tok
+
+    def texts(self):
+        t = self.cfg["texts"]
+        src = t["source"]
+        if src == "pydoc":
+            from pydoc_data.topics import topics
+            docs = [topics[k] for k in sorted(topics)]   # sorted: a stable order for resume
+        elif isinstance(src, list):
+            docs = src
+        else:
+            from ..capture.texts import iter_texts
+            docs = list(iter_texts(src, field_name=t["field"]))
+        return docs[:t["max_docs"]] if t["max_docs"] else docs
+
+    def store(self, hp: str):
+        from ..capture.store import ActivationStore
+
+        return ActivationStore.open(os.path.join(self.out, "stores", _dirname(hp)))
+
+    def sae(self, hp: str):
+        from ..decompose.sae import SAE
+
+        return SAE.load(os.path.join(self.out, "sae", _dirname(hp), "sae"))
+
+
+def _check_config(out: str, cfg: dict) -> None:
+    """A directory holds one run: refuse to mix outputs of two different configs."""
+    p = os.path.join(out, "config.json")
+    if os.path.isfile(p):
+        with open(p, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != json.loads(json.dumps(cfg)):
+            raise ValueError(f"out_dir {out} holds a run of a different config "
+                             f"(see {p}): use a new directory or the same config")
+    else:
+        os.makedirs(out, exist_ok=True)
+        write_json_atomic(p, cfg)
+
+
+def _capture(ctx: _Context) -> dict:
+    from ..capture.hookpoints import layer_hookpoint
+    from ..capture.job import capture_to_store
+
+    cfg, c = ctx.cfg, ctx.cfg["capture"]
+    hps = cfg["hookpoints"] or [layer_hookpoint(ctx.model, i) for i in cfg["layers"]]
+    res = capture_to_store(ctx.model, ctx.tokenizer, ctx.texts(), hps,
+                           os.path.join(ctx.out, "stores"), batch_size=c["batch_size"],
+                           max_length=c["max_length"], max_tokens=c["max_tokens"],
+                           windows=c["windows"], stats=True,
+                           covariance=cfg["stats"]["covariance"], shard_rows=c["shard_rows"],
+                           progress=ctx.progress)
+    hps = list(res["stores"])
+    return {"hookpoints": hps, "rows": len(ctx.store(hps[0])),
+            "resumed_from_doc": res["resumed_from_doc"]}
+
+
+def _stats(ctx: _Context, hp: str) -> dict:
+    s = layer_summary(ctx.store(hp), ctx.cfg["stats"])
+    write_json_atomic(os.path.join(ctx.out, "stats", _dirname(hp) + ".json"), s)
+    return {"alpha": s.get("alpha"), "massive_channels": len(s["massive"]["channels"]),
+            "norm_mean": s["norm"]["mean"]}
+
+
+def _pca(ctx: _Context, hp: str) -> dict:
+    from ..decompose.pca import PCA
+
+    pca = PCA.from_stats(ctx.store(hp).stats, ctx.cfg["pca"]["n_components"])
+    os.makedirs(os.path.join(ctx.out, "pca"), exist_ok=True)
+    pca.save(os.path.join(ctx.out, "pca", _dirname(hp)))
+    return {"explained_variance": float(pca.explained_variance_ratio_.sum())}
+
+
+def _snmf(ctx: _Context, hp: str) -> dict:
+    import torch
+
+    from ..decompose.snmf import SNMF
+
+    c, store = ctx.cfg["snmf"], ctx.store(hp)
+    # a seeded shuffled sample of max_rows rows [n, d]: SNMF fits in memory
+    x = next(store.iter_batches(c["max_rows"], shuffle=True, seed=ctx.cfg["seed"],
+                                dtype=torch.float32))
+    model = SNMF(c["n_components"]).fit(x, n_iter=c["n_iter"])
+    os.makedirs(os.path.join(ctx.out, "snmf"), exist_ok=True)
+    model.save(os.path.join(ctx.out, "snmf", _dirname(hp)))
+    return {"rel_error": float(model.history_[-1]) if model.history_ else None}
+
+
+def _train(ctx: _Context, hp: str) -> dict:
+    from ..decompose.train import train_sae
+
+    s = ctx.cfg["sae"]
+    _, hist = train_sae(ctx.store(hp), kind=s["kind"], d_sae=s["d_sae"],
+                        expansion_factor=None if s["d_sae"] else s["expansion_factor"],
+                        k=s["k"], hookpoint=hp, batch_size=s["batch_size"],
+                        epochs=s["epochs"], lr=s["lr"], seed=s["seed"],
+                        out_dir=os.path.join(ctx.out, "sae", _dirname(hp)),
+                        log_every=s["log_every"], dead_tokens=s["dead_tokens"],
+                        progress=ctx.progress)
+    last = hist[-1] if hist else {}
+    return {"steps": last.get("step"), "fvu": last.get("fvu"), "l0": last.get("l0")}
+
+
+def _evaluate(ctx: _Context, hp: str) -> dict:
+    from ..decompose.evaluate import evaluate_sae, save_json
+
+    texts = ctx.texts()[:16]
+    res = evaluate_sae(ctx.sae(hp), ctx.store(hp), model=ctx.model, tokenizer=ctx.tokenizer,
+                       texts=texts, hookpoint=hp,
+                       max_length=ctx.cfg["capture"]["max_length"])
+    os.makedirs(os.path.join(ctx.out, "eval"), exist_ok=True)
+    save_json(res, os.path.join(ctx.out, "eval", _dirname(hp) + ".json"))
+    rec = res.get("reconstruction", {})
+    return {"fvu": rec.get("fvu"), "l0": rec.get("l0")}
+
+
+def _encode(ctx: _Context, hp: str) -> dict:
+    from ..decompose.latents import encode_store
+
+    lat = ctx.cfg["latents"]
+    st = encode_store(ctx.sae(hp), ctx.store(hp), os.path.join(ctx.out, "latents", _dirname(hp)),
+                      batch_size=lat["batch_size"], context=lat["context"],
+                      tokenizer=ctx.tokenizer, top_t=lat["top_t"], progress=ctx.progress)
+    return {"dead": int(st.dead().sum()), "d_sae": st.d_sae}
+
+
+def _cards(ctx: _Context, hp: str) -> dict:
+    cards = feature_cards(ctx.sae(hp), ctx.store(hp),
+                          os.path.join(ctx.out, "latents", _dirname(hp)), ctx.tokenizer,
+                          ctx.cfg["latents"]["n_cards"])
+    write_json_atomic(os.path.join(ctx.out, "cards", _dirname(hp) + ".json"), cards)
+    return {"cards": len(cards["cards"])}
+
+
+def _steer(ctx: _Context) -> dict:
+    from ..capture.hookpoints import layer_hookpoint, num_layers
+    from ..steer.sweep import steering_sweep
+    from ..steer.vector import SteeringVector
+
+    st = ctx.cfg["steering"]
+    model, tok = ctx.model, ctx.tokenizer
+    hp = st["hookpoint"] or layer_hookpoint(model, st["layer"] if st["layer"] is not None
+                                            else num_layers(model) // 2)
+    vec = SteeringVector.from_contrast(model, tok, st["positive"], st["negative"],
+                                       hookpoint=hp, method=st["method"])
+    # target effect: projection of the final hidden state on the same contrast read at the
+    # last layer, i.e. how far the output moved towards "positive"
+    last = layer_hookpoint(model, -1)
+    probe = SteeringVector.from_contrast(model, tok, st["positive"], st["negative"],
+                                         hookpoint=last, method="mean")[last]
+    rows = steering_sweep(model, tok, vec, st["alphas"], neutral_texts=st["neutral"],
+                          target={"probe": probe}, alpha_units=st["alpha_units"],
+                          progress=ctx.progress)
+    d = os.path.join(ctx.out, "steer")
+    os.makedirs(d, exist_ok=True)
+    vec.save(os.path.join(d, "vector"))
+    write_json_atomic(os.path.join(d, "sweep.json"),
+                      {"hookpoint": hp, "alpha_units": st["alpha_units"], "rows": list(rows)})
+    return {"hookpoint": hp, "points": len(rows)}
+
+
+def _report(ctx: _Context) -> dict:
+    from ..report import write_report
+
+    path = write_report(ctx.out)
+    return {"path": os.path.relpath(path, ctx.out)}
+
+
+def run_pipeline(cfg: dict, out_dir, *, progress: bool = True, log=print) -> list[dict]:
+    """Run every stage of the resolved config cfg (see config.resolve_config) into out_dir,
+    skipping stages already marked done. Returns one record per stage (see run_stage)."""
+    out = os.fspath(out_dir)
+    _check_config(out, cfg)
+    ctx = _Context(cfg, out, progress)
+    recs = [run_stage(out, "capture", lambda: _capture(ctx), log)]
+    hps = recs[0]["info"]["hookpoints"]
+    sae_hps = cfg["sae"]["hookpoints"] or hps if cfg["sae"] is not None else []
+    for hp in sae_hps:
+        if hp not in hps:
+            raise ValueError(f"config: sae.hookpoints has {hp!r}, not among the captured "
+                             f"hookpoints {hps}")
+    plan = [(f"stats/{_dirname(hp)}", lambda hp=hp: _stats(ctx, hp)) for hp in hps]
+    if cfg["pca"] is not None:
+        plan += [(f"pca/{_dirname(hp)}", lambda hp=hp: _pca(ctx, hp)) for hp in hps]
+    if cfg["snmf"] is not None:
+        plan += [(f"snmf/{_dirname(hp)}", lambda hp=hp: _snmf(ctx, hp)) for hp in hps]
+    for hp in sae_hps:
+        name = _dirname(hp)
+        plan += [(f"train/{name}", lambda hp=hp: _train(ctx, hp)),
+                 (f"eval/{name}", lambda hp=hp: _evaluate(ctx, hp)),
+                 (f"encode/{name}", lambda hp=hp: _encode(ctx, hp)),
+                 (f"cards/{name}", lambda hp=hp: _cards(ctx, hp))]
+    if cfg["steering"] is not None:
+        plan.append(("steer", lambda: _steer(ctx)))
+    plan.append(("report", lambda: _report(ctx)))
+    for name, fn in plan:
+        recs.append(run_stage(out, name, fn, log))
+    return recs
+
+
+def summary_table(recs: list[dict]) -> str:
+    """A plain-text table: one line per stage with its status, seconds and key results."""
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = [f"{'stage':<34} {'status':<8} {'seconds':>8}  results", "-" * 78]
+    for r in recs:
+        info = ", ".join(f"{k}={fmt(v)}" for k, v in r["info"].items()
+                         if not isinstance(v, (list, dict)))
+        lines.append(f"{r['stage']:<34} {r['status']:<8} {r['seconds']:>8.1f}  {info}")
+    return "\n".join(lines)
+
+
+def stage_done(out_dir, name: str) -> bool:
+    return read_marker(out_dir, name) is not None

@@ -1,0 +1,203 @@
+"""`actspace report OUTDIR`: one self-contained HTML page from a pipeline output directory.
+
+Why no scripts at all: the page is static HTML + CSS with images as data URIs, so it opens
+offline, from a mail attachment or a sandboxed viewer, and data strings can never run as
+code. Every string that comes from data (token texts, hookpoint names, config values) goes
+through html.escape, so a token `<script>` or a quote renders as text.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from html import escape
+
+from . import figures
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;
+padding:0 1.2em 3em;color:#222;line-height:1.4}
+h1{margin-top:.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}th{background:#f4f4f4}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;display:block;margin:.4em 0}
+.row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.card{border:1px solid #ccc;border-radius:6px;padding:.5em .8em;margin:.6em 0;background:#fcfcfc}
+.ex{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;margin:.25em 0;
+white-space:pre-wrap;word-break:break-word}
+.ex span{border-radius:2px}.ex .c{outline:1px solid #c00}
+.muted{color:#777;font-size:.85em}
+"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return escape(str(v))
+    if isinstance(v, float):
+        return "nan" if not math.isfinite(v) else f"{v:.4g}"
+    return escape(str(v))
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img class="plot" src="{uri}" alt="{escape(alt)}">'
+
+
+def _table(rows: list[tuple], header: tuple | None = None) -> str:
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in header) + "</tr>")
+    for r in rows:
+        out.append("<tr>" + "".join(
+            f'<td class="num">{_fmt(c)}</td>' if isinstance(c, (int, float)) and not
+            isinstance(c, bool) else f"<td>{_fmt(c)}</td>" for c in r) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple]:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            rows += _flatten(v, f"{prefix}{k}.")
+        elif not isinstance(v, list):
+            rows.append((f"{prefix}{k}", v))
+    return rows
+
+
+def _load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _by_hookpoint(out: str, sub: str) -> dict:
+    """{file stem: parsed JSON} of OUT/sub/*.json, in name order."""
+    return {os.path.basename(p)[:-5]: _load(p)
+            for p in sorted(glob.glob(os.path.join(out, sub, "*.json")))}
+
+
+def _highlight(ex: dict) -> str:
+    """Tokens of one example as spans shaded by the latent's activation (escaped text)."""
+    top = max([a for a in ex["acts"] if a > 0] or [1.0])
+    spans = []
+    for i, (t, a) in enumerate(zip(ex["tokens"], ex["acts"])):
+        alpha = max(0.0, min(1.0, a / top))
+        cls = ' class="c"' if i == ex["centre"] else ""
+        spans.append(f'<span{cls} style="background:rgba(255,120,0,{alpha:.2f})" '
+                     f'title="{a:.3g}">{escape(t)}</span>')
+    return f'<div class="ex"><b>{ex["value"]:.3g}</b> {"".join(spans)}</div>'
+
+
+def _layers_section(stats: dict) -> str:
+    if not stats:
+        return ""
+    layers = list(stats.values())
+    parts = ["<h2>Activation statistics</h2>", _img(figures.norm_profile(layers), "norm profile")]
+    rows = [(s["hookpoint"], s["rows"], s["d"], s["norm"]["mean"], s["norm"]["std"],
+             s.get("alpha", float("nan")), s.get("effective_rank", float("nan")),
+             len(s["massive"]["channels"]), s["nonfinite"]) for s in layers]
+    parts.append(_table(rows, ("hookpoint", "tokens", "d", "norm mean", "norm std",
+                               "power-law α", "effective rank", "massive channels",
+                               "non-finite")))
+    for s in layers:
+        parts.append(f"<h3>{escape(s['hookpoint'])}</h3><div class='row'>")
+        parts.append(_img(figures.channel_magnitudes(s), f"channel magnitudes {s['hookpoint']}"))
+        if "spectrum" in s:
+            parts.append(_img(figures.spectrum(s), f"spectrum {s['hookpoint']}"))
+        parts.append("</div>")
+        mc = s["massive"]["channels"][:10]
+        if mc:
+            parts.append(_table([(c["channel"], c["absmax"], c["ratio"]) for c in mc],
+                                ("massive channel", "|max|", "× median RMS")))
+    return "".join(parts)
+
+
+def _sae_section(out: str, name: str, evals: dict, cards: dict) -> str:
+    parts = [f"<h3>SAE at {escape(name)}</h3>"]
+    hist_path = os.path.join(out, "sae", name, "history.json")
+    if os.path.isfile(hist_path):
+        hist = _load(hist_path)
+        if hist:
+            last = hist[-1]
+            parts.append(f"<p class='muted'>{escape(str(last.get('kind')))}, "
+                         f"d_sae={_fmt(last.get('d_sae'))}, k={_fmt(last.get('k'))}, "
+                         f"{_fmt(last.get('step'))} steps</p>")
+            parts.append(_img(figures.training_curves(hist), f"training curves {name}"))
+    if name in evals:
+        parts.append("<h4>Evaluation</h4>" + _table(_flatten(evals[name]), ("metric", "value")))
+    c = cards.get(name)
+    if c:
+        parts.append(_img(figures.firing_histogram(c["frequency"]), f"firing frequency {name}"))
+        parts.append("<h4>Feature cards</h4>")
+        for card in c["cards"]:
+            parts.append(f"<div class='card'><b>latent {card['latent']}</b> "
+                         f"<span class='muted'>fires on {card['frequency'] * 100:.3g}% of "
+                         f"tokens, mean activation {card['mean_activation']:.3g}</span>")
+            parts += [_highlight(ex) for ex in card["examples"]]
+            parts.append("</div>")
+    return "".join(parts)
+
+
+def _steer_section(out: str) -> str:
+    p = os.path.join(out, "steer", "sweep.json")
+    if not os.path.isfile(p):
+        return ""
+    sw = _load(p)
+    rows = sw["rows"]
+    cost = "kl" if rows and "kl" in rows[0] else "cos_change"
+    keys = [k for k in ("alpha", "effect", "kl", "perplexity", "cos_change") if rows and k in rows[0]]
+    return ("<h2>Steering</h2>"
+            f"<p>Direction read at <code>{escape(sw['hookpoint'])}</code>; alpha in "
+            f"{escape(sw['alpha_units'])} units. Effect: projection of the final hidden state "
+            "on the same contrast at the last layer.</p>"
+            + _img(figures.steering(rows, cost, sw["alpha_units"]), "steering sweep")
+            + _table([tuple(r[k] for k in keys) for r in rows], tuple(keys)))
+
+
+def _stages_table(out: str) -> str:
+    recs = sorted((_load(p) for p in glob.glob(os.path.join(out, "stages", "*.json"))),
+                  key=lambda r: r.get("finished_at", ""))   # run order
+    rows = [(r["stage"], r["seconds"], ", ".join(f"{k}={_fmt(v)}" for k, v in r["info"].items()
+                                                 if not isinstance(v, (list, dict))))
+            for r in recs]
+    return "<h2>Stages</h2>" + _table(rows, ("stage", "seconds", "results")) if rows else ""
+
+
+def render(out_dir) -> str:
+    """The report page of pipeline output directory out_dir, as an HTML string."""
+    out = os.fspath(out_dir)
+    if not os.path.isdir(out):
+        raise FileNotFoundError(f"out_dir: no such directory {out!r}")
+    cfg = _load(os.path.join(out, "config.json")) if os.path.isfile(
+        os.path.join(out, "config.json")) else {}
+    stats, evals, cards = (_by_hookpoint(out, s) for s in ("stats", "eval", "cards"))
+    names = sorted({os.path.basename(os.path.dirname(p))
+                    for p in glob.glob(os.path.join(out, "sae", "*", "history.json"))} | set(cards))
+    model = cfg.get("model", {}).get("path", "?")
+    src = cfg.get("texts", {}).get("source", "?")
+    body = [f"<h1>actspace report</h1><p>model <code>{escape(str(model))}</code>, texts "
+            f"<code>{escape(str(src)[:200])}</code>, directory <code>{escape(out)}</code></p>",
+            _layers_section(stats)]
+    if names:
+        body.append("<h2>Sparse autoencoders</h2>")
+        body += [_sae_section(out, n, evals, cards) for n in names]
+    body += [_steer_section(out), _stages_table(out)]
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            "<title>actspace report</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(out_dir, path=None) -> str:
+    """Render the report of out_dir and write it (atomically) to path (default
+    OUT/report.html). Returns the path."""
+    out = os.fspath(out_dir)
+    page = render(out)
+    path = os.fspath(path) if path is not None else os.path.join(out, "report.html")
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
