@@ -25,7 +25,7 @@ import os
 
 from .. import distributed as D
 from .store import MANIFEST, STATS
-from .writer import StoreWriter, _write_atomic
+from .writer import StoreWriter, write_json_atomic
 
 
 class RankStoreWriter(StoreWriter):
@@ -113,5 +113,5 @@ def finalize(paths: list[str], stats: list, result: dict) -> None:
             if st is not None:
                 st.save(os.path.join(path, STATS),
                         extra={"docs_done": man["docs_done"], "total_rows": man["total_rows"]})
-            _write_atomic(os.path.join(path, MANIFEST), json.dumps(man, indent=1).encode())
+            write_json_atomic(os.path.join(path, MANIFEST), man)
     D.barrier()                    # the store is readable on every rank when this returns
