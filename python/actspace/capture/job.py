@@ -21,7 +21,7 @@ from .hookpoints import resolve
 from .hooks import Capture
 from .ranks import finalize, make_writer
 from .store import ActivationStore, hookpoint_dirname
-from .texts import TokenCounts, collate, iter_texts, pieces_of
+from .texts import TokenCounts, collate, cut_pieces, iter_texts, tokenized
 from .writer import StoreWriter
 
 
@@ -236,10 +236,10 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                 bar.update(n)
 
             doc_id = -1
-            for doc_id, text in enumerate(source):
-                if doc_id < start_doc or not _dist.owns(doc_id):
-                    continue
-                pending.extend(pieces_of(tokenizer, text, doc_id, max_length, windows, counts))
+            mine = ((i, t) for i, t in enumerate(source)
+                    if i >= start_doc and _dist.owns(i))
+            for doc_id, ids, sp in tokenized(tokenizer, mine, chunk=batch_size):
+                pending.extend(cut_pieces(ids, sp, doc_id, max_length, windows, counts))
                 if len(pending) >= batch_size:
                     run_batch(pending, doc_id + 1)
                     pending = []

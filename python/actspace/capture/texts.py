@@ -89,7 +89,48 @@ def pieces_of(tokenizer, text: str, doc_id: int, max_length: int, windows: bool,
     the leading/trailing special tokens are repeated around every window."""
     enc = tokenizer(text, add_special_tokens=True, return_special_tokens_mask=True,
                     truncation=False, verbose=False)
-    ids, sp = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+    return cut_pieces(list(enc["input_ids"]), list(enc["special_tokens_mask"]), doc_id,
+                      max_length, windows, counts)
+
+
+def tokenized(tokenizer, docs, chunk: int = 32):
+    """(doc_id, input_ids, special_tokens_mask) for an iterable of (doc_id, text).
+
+    Documents are tokenized in batches (one call into the fast tokenizer per chunk) and the
+    next chunk is tokenized in a background thread while the caller runs the model on the
+    current one, so tokenization stays off the capture's critical path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def encode(batch):
+        enc = tokenizer([t for _, t in batch], add_special_tokens=True,
+                        return_special_tokens_mask=True, truncation=False, verbose=False)
+        return [(d, list(i), list(s)) for (d, _), i, s in
+                zip(batch, enc["input_ids"], enc["special_tokens_mask"])]
+
+    def chunks():
+        batch = []
+        for item in docs:
+            batch.append(item)
+            if len(batch) == chunk:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    with ThreadPoolExecutor(1, thread_name_prefix="actspace-tokenize") as pool:
+        ahead = None
+        for batch in chunks():
+            nxt = pool.submit(encode, batch)
+            if ahead is not None:
+                yield from ahead.result()
+            ahead = nxt
+        if ahead is not None:
+            yield from ahead.result()
+
+
+def cut_pieces(ids: list, sp: list, doc_id: int, max_length: int, windows: bool,
+               counts: TokenCounts) -> list[Piece]:
+    """Cut one tokenized document to max_length (see pieces_of)."""
     counts.docs += 1
     if len(ids) <= max_length:
         return [Piece(doc_id, ids, sp)]
