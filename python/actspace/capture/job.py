@@ -236,17 +236,22 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                 bar.update(n)
 
             doc_id = -1
-            mine = ((i, t) for i, t in enumerate(source)
-                    if i >= start_doc and _dist.owns(i))
-            for doc_id, ids, sp in tokenized(tokenizer, mine, chunk=batch_size):
+            seen = [0]   # documents read from the source (tokenization runs ahead)
+
+            def mine():
+                for i, t in enumerate(source):
+                    seen[0] = i + 1
+                    if i >= start_doc and _dist.owns(i):
+                        yield i, t
+            for doc_id, ids, sp in tokenized(tokenizer, mine(), chunk=batch_size):
                 pending.extend(cut_pieces(ids, sp, doc_id, max_length, windows, counts))
                 if len(pending) >= batch_size:
                     run_batch(pending, doc_id + 1)
                     pending = []
                     if done:
                         break
-            if pending and not done:
-                run_batch(pending, doc_id + 1)
+            if pending and not done:   # the source is exhausted: all it held is done
+                run_batch(pending, max(doc_id + 1, seen[0]))
         wt.finish()
     except BaseException:
         try:

@@ -119,7 +119,16 @@ def tokenized(tokenizer, docs, chunk: int = 32):
 
     with ThreadPoolExecutor(1, thread_name_prefix="actspace-tokenize") as pool:
         ahead = None
-        for batch in chunks():
+        source = chunks()
+        while True:
+            try:
+                batch = next(source)
+            except StopIteration:
+                break
+            except BaseException:   # the source died: hand out what was read before it
+                if ahead is not None:
+                    yield from ahead.result()
+                raise
             nxt = pool.submit(encode, batch)
             if ahead is not None:
                 yield from ahead.result()
