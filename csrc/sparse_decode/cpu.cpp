@@ -12,6 +12,9 @@
 
 #if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 #endif
 
 #include "sparse_decode/sparse_decode.h"
@@ -380,6 +383,22 @@ int64_t sparse_decode_build_csr(const void* indices, int idx_code, int64_t N, in
   });
 }
 
+// grad_W is a fresh [M, d] buffer (192 MB at M=65536, d=768 f32): on 4 KB pages its first
+// touch costs about as much as the whole gradient computation. Asking for transparent huge
+// pages on its 2 MB-aligned interior (before anything touches it) cuts those faults ~500x.
+static void advise_huge_pages(void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (bytes < int64_t(8 * kHuge)) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t lo = (a + kHuge - 1) & ~(kHuge - 1), hi = (a + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // a hint only
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 void sparse_decode_grad_W(const void* grad_out, const void* values, const int32_t* offsets,
                           const int32_t* order, int64_t k, const void* W, int64_t ldw,
                           int w_code, void* grad_W, void* grad_values, int64_t M, int64_t d) {
@@ -387,6 +406,7 @@ void sparse_decode_grad_W(const void* grad_out, const void* values, const int32_
     using T = decltype(tag);
     using A = typename St<T>::acc;
     using R = typename St<T>::raw;
+    advise_huge_pages(grad_W, M * d * int64_t(sizeof(R)));
     grad_W_impl<T>(static_cast<const A*>(grad_out), static_cast<const A*>(values), offsets,
                    order, k, static_cast<const R*>(W), ldw, static_cast<R*>(grad_W),
                    static_cast<A*>(grad_values), M, d);
