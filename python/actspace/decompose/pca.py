@@ -125,18 +125,19 @@ class PCA:
         return stem + ".safetensors", stem + ".json"
 
     def save(self, path) -> None:
-        """Write path(.safetensors) (mean, components, explained variance) and path(.json)."""
-        from safetensors.torch import save_file
+        """Write path(.safetensors) (mean, components, explained variance) and path(.json),
+        each crash-safe (temp name, fsync, rename)."""
+        from ..capture.writer import write_json_atomic, write_safetensors_atomic
 
         if self.components_ is None:
             raise ValueError("PCA is not fitted: nothing to save")
         st, js = self._paths(path)
-        save_file({"mean": self.mean_, "components": self.components_,
-                   "explained_variance": self.explained_variance_,
-                   "explained_variance_ratio": self.explained_variance_ratio_}, st)
-        with open(js, "w") as f:
-            json.dump({"format": _FORMAT, "version": 1, "n_components": self.n_components,
-                       "d": int(self.components_.shape[1]), "n_samples": self.n_samples_}, f)
+        write_safetensors_atomic(st, {"mean": self.mean_, "components": self.components_,
+                                      "explained_variance": self.explained_variance_,
+                                      "explained_variance_ratio": self.explained_variance_ratio_})
+        write_json_atomic(js, {"format": _FORMAT, "version": 1, "n_components": self.n_components,
+                               "d": int(self.components_.shape[1]),
+                               "n_samples": self.n_samples_})
 
     @classmethod
     def load(cls, path) -> "PCA":

@@ -303,18 +303,15 @@ class ActivationStats:
         return stem + ".safetensors", stem + ".json"
 
     def save(self, path, extra: dict | None = None) -> None:
-        """Write path(.safetensors) and path(.json); each replaced atomically. extra: more
-        json metadata (e.g. how many documents the statistics cover)."""
-        from safetensors.torch import save_file
+        """Write path(.safetensors) and path(.json), each crash-safe (temp name, fsync,
+        rename). extra: more json metadata (e.g. how many documents the statistics cover)."""
+        from ..capture.writer import write_json_atomic, write_safetensors_atomic
 
         st_path, js_path = self._paths(path)
         state = self._state()
         meta = dict(state["meta"], **(extra or {}))
-        save_file(state["tensors"], st_path + ".tmp")
-        os.replace(st_path + ".tmp", st_path)
-        with open(js_path + ".tmp", "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(js_path + ".tmp", js_path)
+        write_safetensors_atomic(st_path, state["tensors"])
+        write_json_atomic(js_path, meta)
 
     @classmethod
     def load(cls, path) -> "ActivationStats":
