@@ -259,3 +259,26 @@ def test_resume_refuses_other_tokenization(tiny, tmp_path):
         acts.capture_to_store(model, tok, texts(3), "encoder.layer.0", tmp_path, max_length=32,
                               progress=False)
     assert not (tmp_path / "encoder.layer.0" / ".lock").exists()
+
+
+def test_prefix_tokenization_equals_whole_text(tiny, tmp_path):
+    """Truncation tokenizes only a whitespace-cut prefix of long documents: the stored
+    tokens and activations equal those of tokenizing the whole text (count_dropped_tokens)."""
+    model, tok, _ = tiny
+    from pydoc_data.topics import topics
+
+    docs = [topics[k] for k in sorted(topics) if len(topics[k]) > 3000][:6]
+    docs.append("word " * 2000)            # long text of one repeated word
+    docs.append(".".join("a" * 2500))      # long text without whitespace: tokenized whole
+    kw = dict(batch_size=4, max_length=32, progress=False)
+    fast = acts.capture_to_store(model, tok, docs, ["encoder.layer.1"], tmp_path / "a", **kw)
+    full = acts.capture_to_store(model, tok, docs, ["encoder.layer.1"], tmp_path / "b",
+                                 count_dropped_tokens=True, **kw)
+    assert fast["truncated"] == full["truncated"] == len(docs)
+    assert fast["dropped_tokens"] is None and full["dropped_tokens"] > 0
+    a = acts.ActivationStore.open(fast["stores"]["encoder.layer.1"])
+    b = acts.ActivationStore.open(full["stores"]["encoder.layer.1"])
+    for field in ("token_ids", "doc_ids", "positions"):
+        assert torch.equal(a.read(0, len(a), field),
+                           b.read(0, len(b), field)), field
+    torch.testing.assert_close(a[:], b[:], rtol=0, atol=0)

@@ -21,7 +21,7 @@ from .hookpoints import resolve
 from .hooks import Capture
 from .ranks import finalize, make_writer
 from .store import ActivationStore, hookpoint_dirname
-from .texts import TokenCounts, collate, cut_pieces, iter_texts, tokenized
+from .texts import TokenCounts, add_counts, collate, cut_pieces, iter_texts, tokenized
 from .writer import StoreWriter
 
 
@@ -99,13 +99,15 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                      stats: bool = True, covariance: bool = False, device=None,
                      dtype: torch.dtype | None = None, progress: bool = True,
                      shard_rows: int = 65536, field: str = "text",
-                     early_stop: bool = True) -> dict:
+                     early_stop: bool = True, count_dropped_tokens: bool = False) -> dict:
     """Run model over texts and write one activation store per hookpoint under out_dir.
 
     texts: iterable of str, .txt/.jsonl path, or datasets.Dataset (see capture.texts).
     max_length: tokens per sequence; longer documents are truncated, or split into windows
     (windows=True). max_tokens: stop after this many stored tokens (the last document may
-    be cut; the store is then complete). device/dtype: move/cast the model first (default:
+    be cut; the store is then complete). count_dropped_tokens: also count the tokens that
+    truncation drops (tokenizes every long document whole; by default only a prefix long
+    enough for max_length is tokenized and "dropped_tokens" is None). device/dtype: move/cast the model first (default:
     where and as it is). shard_rows: rows per shard (cut at the next document boundary).
     Returns {"stores": {hookpoint: path}, "tokens", "documents", "truncated", "windowed",
     "dropped_tokens", "resumed_from_doc"}; the counts cover this run (the manifests keep
@@ -243,8 +245,10 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                     seen[0] = i + 1
                     if i >= start_doc and _dist.owns(i):
                         yield i, t
-            for doc_id, ids, sp in tokenized(tokenizer, mine(), chunk=batch_size):
-                pending.extend(cut_pieces(ids, sp, doc_id, max_length, windows, counts))
+            prefix = None if windows or count_dropped_tokens else max_length
+            for doc_id, ids, sp, cut in tokenized(tokenizer, mine(), chunk=batch_size,
+                                                  prefix_tokens=prefix):
+                pending.extend(cut_pieces(ids, sp, doc_id, max_length, windows, counts, cut))
                 if len(pending) >= batch_size:
                     run_batch(pending, doc_id + 1)
                     pending = []
@@ -267,7 +271,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                   windowed=counts.windowed, dropped_tokens=counts.dropped_tokens)
     for w, st in zip(writers, sts):
         prev = w.manifest.get("counts", {})
-        total = {k: prev.get(k, 0) + result[k] for k in
+        total = {k: add_counts(prev.get(k, 0), result[k]) for k in
                  ("documents", "truncated", "windowed", "dropped_tokens")}
         w.close(complete=True, stats=st, extra={"counts": total})   # source or max_tokens done
     finalize(list(paths.values()), sts, result)

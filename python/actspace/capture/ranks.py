@@ -20,11 +20,13 @@ order; across ranks documents interleave, so the store holds the same multiset o
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 from .. import distributed as D
 from .store import MANIFEST, STATS
+from .texts import add_counts
 from .writer import StoreWriter, write_json_atomic
 
 
@@ -103,7 +105,7 @@ def finalize(paths: list[str], stats: list, result: dict) -> None:
             st.all_reduce()
     keys = ("tokens", "documents", "truncated", "windowed", "dropped_tokens")
     parts = D.all_gather_object({k: result[k] for k in keys + ("resumed_from_doc",)})
-    result.update({k: sum(p[k] for p in parts) for k in keys})
+    result.update({k: functools.reduce(add_counts, (p[k] for p in parts)) for k in keys})
     result["resumed_from_doc"] = min(p["resumed_from_doc"] for p in parts)
     result.update(world_size=D.world_size())
     D.barrier()                    # every partial manifest is on disk

@@ -80,7 +80,12 @@ class TokenCounts:
     docs: int = 0
     truncated: int = 0        # documents cut at max_length (truncate mode)
     windowed: int = 0         # documents split into several windows
-    dropped_tokens: int = 0   # tokens lost to truncation
+    dropped_tokens: int | None = 0   # tokens lost to truncation (None: not counted)
+
+
+def add_counts(a, b):
+    """a + b for counts where None means 'not counted' (and stays so)."""
+    return None if a is None or b is None else a + b
 
 
 def pieces_of(tokenizer, text: str, doc_id: int, max_length: int, windows: bool,
@@ -93,19 +98,52 @@ def pieces_of(tokenizer, text: str, doc_id: int, max_length: int, windows: bool,
                       max_length, windows, counts)
 
 
-def tokenized(tokenizer, docs, chunk: int = 32):
-    """(doc_id, input_ids, special_tokens_mask) for an iterable of (doc_id, text).
+_PREFIX_CHARS_PER_TOKEN = 8   # a text prefix this long per wanted token is plenty in practice
+_PREFIX_MARGIN = 16           # tokens past max_length that prove the cut did not matter
+
+
+def _prefix(text: str, max_tokens: int) -> str:
+    """The text cut at a whitespace near max_tokens * 8 characters (the text itself when
+    short or without whitespace there)."""
+    limit = max_tokens * _PREFIX_CHARS_PER_TOKEN + 64
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(c, 0, limit) for c in " \n\t")
+    return text[:cut] if cut > 0 else text
+
+
+def tokenized(tokenizer, docs, chunk: int = 32, prefix_tokens: int | None = None):
+    """(doc_id, input_ids, special_tokens_mask, cut) for an iterable of (doc_id, text).
 
     Documents are tokenized in batches (one call into the fast tokenizer per chunk) and the
     next chunk is tokenized in a background thread while the caller runs the model on the
-    current one, so tokenization stays off the capture's critical path."""
+    current one, so tokenization stays off the capture's critical path.
+
+    prefix_tokens (truncation without counting dropped tokens): only a whitespace-cut
+    prefix of a long text is tokenized. Tokenizers split words at whitespace, so the first
+    tokens of the prefix are the first tokens of the text; the prefix is kept only when it
+    yields at least prefix_tokens + 16 tokens (else the whole text is tokenized), and
+    `cut` is True for such documents (their dropped-token count is unknown)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def encode_texts(texts):
+        enc = tokenizer(texts, add_special_tokens=True, return_special_tokens_mask=True,
+                        truncation=False, verbose=False)
+        return enc["input_ids"], enc["special_tokens_mask"]
+
     def encode(batch):
-        enc = tokenizer([t for _, t in batch], add_special_tokens=True,
-                        return_special_tokens_mask=True, truncation=False, verbose=False)
-        return [(d, list(i), list(s)) for (d, _), i, s in
-                zip(batch, enc["input_ids"], enc["special_tokens_mask"])]
+        texts = [t for _, t in batch]
+        cut_texts = texts if prefix_tokens is None else [_prefix(t, prefix_tokens)
+                                                         for t in texts]
+        ids, sps = encode_texts(cut_texts)
+        out = []
+        for (d, text), cut_text, i, sp in zip(batch, cut_texts, ids, sps):
+            cut = cut_text is not text
+            if cut and len(i) < prefix_tokens + _PREFIX_MARGIN:   # too short to be sure
+                (i,), (sp,) = encode_texts([text])
+                cut = False
+            out.append((d, list(i), list(sp), cut))
+        return out
 
     def chunks():
         batch = []
@@ -138,8 +176,9 @@ def tokenized(tokenizer, docs, chunk: int = 32):
 
 
 def cut_pieces(ids: list, sp: list, doc_id: int, max_length: int, windows: bool,
-               counts: TokenCounts) -> list[Piece]:
-    """Cut one tokenized document to max_length (see pieces_of)."""
+               counts: TokenCounts, text_cut: bool = False) -> list[Piece]:
+    """Cut one tokenized document to max_length (see pieces_of). text_cut: ids come from a
+    prefix of the text (see tokenized), so the dropped tokens are not counted."""
     counts.docs += 1
     if len(ids) <= max_length:
         return [Piece(doc_id, ids, sp)]
@@ -156,7 +195,10 @@ def cut_pieces(ids: list, sp: list, doc_id: int, max_length: int, windows: bool,
         counts.windowed += 1
     else:
         counts.truncated += 1
-        counts.dropped_tokens += len(content) - body
+        if text_cut or counts.dropped_tokens is None:
+            counts.dropped_tokens = None
+        else:
+            counts.dropped_tokens += len(content) - body
     return [Piece(doc_id, head[0] + content[s:s + body] + tail[0],
                   head[1] + csp[s:s + body] + tail[1]) for s in starts]
 

@@ -29,6 +29,8 @@ def add_arguments(p) -> None:
     p.add_argument("--windows", action="store_true",
                    help="split long documents into windows instead of truncating them")
     p.add_argument("--keep-special-tokens", action="store_true")
+    p.add_argument("--count-dropped-tokens", action="store_true",
+                   help="count the tokens truncation drops (tokenizes long documents whole)")
     p.add_argument("--no-stats", action="store_true", help="do not accumulate statistics")
     p.add_argument("--covariance", action="store_true", help="also accumulate the covariance")
     p.add_argument("--device", default=None)
@@ -74,6 +76,7 @@ def _run(args) -> int:
         model, tokenizer, _texts(args.texts, args.field), hps, args.out,
         batch_size=args.batch_size, max_length=args.max_length, max_tokens=args.max_tokens,
         windows=args.windows, keep_special_tokens=args.keep_special_tokens,
+        count_dropped_tokens=args.count_dropped_tokens,
         stats=not args.no_stats, covariance=args.covariance,
         device=args.device or default_device(),
         dtype=getattr(torch, args.dtype) if args.dtype else None,
