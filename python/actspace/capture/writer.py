@@ -239,3 +239,30 @@ class StoreWriter:
         """Drop unflushed rows and release the lock (the store stays as last recorded)."""
         self._buf, self._buf_rows = [], 0
         self._unlock()
+
+
+# ------------------------------------------------------------------ tensors + json pairs
+def _pair_paths(path) -> tuple[str, str]:
+    path = os.fspath(path)
+    stem = path[:-len(".safetensors")] if path.endswith(".safetensors") else path
+    return stem + ".safetensors", stem + ".json"
+
+
+def save_pair(path, tensors: dict, meta: dict) -> None:
+    """path(.safetensors) holding tensors and path(.json) holding meta, each crash-safe.
+    Used by the small saved objects (ActivationStats, PCA)."""
+    st, js = _pair_paths(path)
+    write_safetensors_atomic(st, tensors)
+    write_json_atomic(js, meta)
+
+
+def load_pair(path, fmt: str, what: str) -> tuple[dict, dict]:
+    """(meta, tensors) written by save_pair; ValueError unless meta["format"] == fmt."""
+    from safetensors.torch import load_file
+
+    st, js = _pair_paths(path)
+    with open(js) as f:
+        meta = json.load(f)
+    if meta.get("format") != fmt:
+        raise ValueError(f"{js} is not an actspace {what} file")
+    return meta, load_file(st)

@@ -11,8 +11,6 @@ give a PCA with no further pass over the data (`PCA.from_stats`).
 """
 from __future__ import annotations
 
-import json
-import os
 
 import torch
 
@@ -118,37 +116,24 @@ class PCA:
     decode = inverse_transform
 
     # ------------------------------------------------------------------ persistence
-    @staticmethod
-    def _paths(path) -> tuple[str, str]:
-        path = os.fspath(path)
-        stem = path[:-len(".safetensors")] if path.endswith(".safetensors") else path
-        return stem + ".safetensors", stem + ".json"
-
     def save(self, path) -> None:
         """Write path(.safetensors) (mean, components, explained variance) and path(.json),
         each crash-safe (temp name, fsync, rename)."""
-        from ..capture.writer import write_json_atomic, write_safetensors_atomic
+        from ..capture.writer import save_pair
 
         if self.components_ is None:
             raise ValueError("PCA is not fitted: nothing to save")
-        st, js = self._paths(path)
-        write_safetensors_atomic(st, {"mean": self.mean_, "components": self.components_,
-                                      "explained_variance": self.explained_variance_,
-                                      "explained_variance_ratio": self.explained_variance_ratio_})
-        write_json_atomic(js, {"format": _FORMAT, "version": 1, "n_components": self.n_components,
-                               "d": int(self.components_.shape[1]),
-                               "n_samples": self.n_samples_})
+        save_pair(path, {"mean": self.mean_, "components": self.components_,
+                         "explained_variance": self.explained_variance_,
+                         "explained_variance_ratio": self.explained_variance_ratio_},
+                  {"format": _FORMAT, "version": 1, "n_components": self.n_components,
+                   "d": int(self.components_.shape[1]), "n_samples": self.n_samples_})
 
     @classmethod
     def load(cls, path) -> "PCA":
-        from safetensors.torch import load_file
+        from ..capture.writer import load_pair
 
-        st, js = cls._paths(path)
-        with open(js) as f:
-            meta = json.load(f)
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{js} is not an actspace PCA file")
-        t = load_file(st)
+        meta, t = load_pair(path, _FORMAT, "PCA")
         pca = cls(meta["n_components"])
         pca.mean_, pca.components_ = t["mean"], t["components"]
         pca.explained_variance_ = t["explained_variance"]

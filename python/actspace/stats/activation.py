@@ -12,9 +12,7 @@ ranks merge exactly (`merge`, `all_reduce`), and the state saves to safetensors 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import torch
 
@@ -296,33 +294,20 @@ class ActivationStats:
         st.rows, st.cov_count = int(meta["rows"]), float(meta["cov_count"])
         return st
 
-    @staticmethod
-    def _paths(path) -> tuple[str, str]:
-        path = os.fspath(path)
-        stem = path[:-len(".safetensors")] if path.endswith(".safetensors") else path
-        return stem + ".safetensors", stem + ".json"
-
     def save(self, path, extra: dict | None = None) -> None:
         """Write path(.safetensors) and path(.json), each crash-safe (temp name, fsync,
         rename). extra: more json metadata (e.g. how many documents the statistics cover)."""
-        from ..capture.writer import write_json_atomic, write_safetensors_atomic
+        from ..capture.writer import save_pair
 
-        st_path, js_path = self._paths(path)
         state = self._state()
-        meta = dict(state["meta"], **(extra or {}))
-        write_safetensors_atomic(st_path, state["tensors"])
-        write_json_atomic(js_path, meta)
+        save_pair(path, state["tensors"], dict(state["meta"], **(extra or {})))
 
     @classmethod
     def load(cls, path) -> "ActivationStats":
-        from safetensors.torch import load_file
+        from ..capture.writer import load_pair
 
-        st_path, js_path = cls._paths(path)
-        with open(js_path) as f:
-            meta = json.load(f)
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{js_path} is not an actspace activation-stats file")
-        st = cls._from_state({"meta": meta, "tensors": load_file(st_path)})
+        meta, tensors = load_pair(path, _FORMAT, "activation-stats")
+        st = cls._from_state({"meta": meta, "tensors": tensors})
         st.meta = meta
         return st
 
