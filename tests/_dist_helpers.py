@@ -15,25 +15,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world, port, fn, args):
+def _entry(rank, world, store_file, done_dir, fn, args):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ.update(LOCAL_RANK=str(rank))
+    # a FileStore: no rank hosts a TCP store server thread that could outlive the group
     dist.init_process_group("gloo", rank=rank, world_size=world,
-                            init_method=f"tcp://127.0.0.1:{port}")
+                            init_method=f"file://{store_file}")
     try:
         fn(*args)
-        dist.barrier()       # rank 0 hosts the TCP store: nobody leaves while others use it
+        dist.barrier()       # nobody leaves while others still use the group
+        open(os.path.join(done_dir, f"done.{rank}"), "w").close()
     finally:
         dist.destroy_process_group()
 
 
 def spawn(fn, *args, world: int = 2) -> None:
-    """Run fn(*args) on `world` ranks of a gloo process group; raises if any rank fails."""
+    """Run fn(*args) on `world` ranks of a gloo process group; raises if any rank fails.
+
+    A rank killed by a signal *after* every rank finished its body and the final barrier
+    is torch's process teardown (gloo threads at interpreter exit, seen once in CI as
+    "terminate called without an active exception"), not a failure of the code under
+    test: it is reported as a warning. Any failure before that point still raises."""
+    import tempfile
+    import warnings
+
     import torch.multiprocessing as mp
 
-    mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        store_file = os.path.join(tmp, "store")
+        try:
+            mp.spawn(_entry, args=(world, store_file, tmp, fn, args), nprocs=world,
+                     join=True)
+        except mp.ProcessExitedException as e:
+            done = all(os.path.exists(os.path.join(tmp, f"done.{r}")) for r in range(world))
+            if not (done and e.signal_name):
+                raise
+            warnings.warn(f"rank teardown crashed after success: {e}", RuntimeWarning)
 
 
 def texts(n=11):
