@@ -186,3 +186,53 @@ def test_splice_llama_input_side_matches_previous_output():
         assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-15), key
     assert a["kl_sae_with_error"] == 0.0 and a["kl_sae"] > 0
     assert "ce_mean_ablation" not in a          # no data given: no mean to ablate with
+
+
+def test_transcoder_reconstruction_and_splice(minilm):
+    """A transcoder (MLP input -> MLP output of a GPT-2 block) fitted by least squares:
+    FVU against the target y in float64, the "with error" splice at hookpoint_out leaves
+    the logits bit-identical, and the SAE splice costs less than zero-ablating the MLP."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from actspace.decompose.evaluate import _spliced, _splice_fn
+    _, tok = minilm
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=128, n_embd=32,
+                                       n_layer=2, n_head=4, initializer_range=0.2)).eval()
+    texts = _texts(6)
+    batch = dict(tok(texts, return_tensors="pt", padding=True))
+    batch.pop("token_type_ids")
+    hp_in, hp_out = "transformer.h.0.mlp:input", "transformer.h.0.mlp"
+    x, y = _captured(model, batch, hp_in), _captured(model, batch, hp_out)
+    d, M = 32, 64
+    sae = acts.SAE(d, M, kind="topk", k=M, d_out=d, hookpoint=hp_in, hookpoint_out=hp_out)
+    assert sae.is_transcoder
+    with torch.no_grad():       # all latents on: ReLU(x W_e^T) W_d fitted to y by lstsq
+        sae.W_enc.copy_(torch.randn(M, d) / d ** 0.5)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        h = torch.relu(x @ sae.W_enc.T)
+        sae.W_dec.copy_(torch.linalg.lstsq(h.double(), y.double()).solution.float())
+    res = evaluate_sae(sae, (x, y), batch_size=50, model=model, tokenizer=tok, texts=texts,
+                       text_batch_size=4)
+    with torch.no_grad():
+        y_hat = sae(x)[0].double()
+    y64 = y.double()
+    fvu = ((y64 - y_hat) ** 2).sum() / ((y64 - y64.mean(0)) ** 2).sum()
+    rec, ds = res["reconstruction"], res["downstream"]
+    assert rec["fvu"] == pytest.approx(fvu.item(), rel=1e-5) and rec["fvu"] < 0.5
+    assert res["d_out"] == d and ds["hookpoint_out"] == hp_out
+    with torch.no_grad():
+        clean = model(**batch).logits
+        with _spliced(model, hp_in, hp_out, _splice_fn, "sae_with_error", sae, None):
+            same = model(**batch).logits
+    assert torch.equal(clean, same)
+    assert abs(ds["kl_sae_with_error"]) < 1e-9
+    assert ds["kl_zero_ablation"] > ds["kl_sae"] > 0
+    # the same numbers from an iterable of (x, y) batches; an unpaired input is refused
+    again = evaluate_sae(sae, list(zip(x.split(40), y.split(40))), batch_size=50)
+    assert again["reconstruction"]["fvu"] == pytest.approx(rec["fvu"], rel=1e-9)
+    with pytest.raises(TypeError, match="pairs"):
+        evaluate_sae(sae, [x])
+    with pytest.raises(ValueError, match="d_out"):
+        evaluate_sae(sae, (x, y[:, :5]))

