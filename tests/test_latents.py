@@ -165,11 +165,13 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         encode_store(sae, store, tmp_path / "lat", batch_size=8)
     man, lat = _load_shards(tmp_path / "lat")      # previous manifest valid, shas match
-    assert man["rows"] == 20 and len(man["shards"]) == 1
+    assert man["rows"] == 20 and len(man["shards"]) == 1 and not man["complete"]
+    assert man["format"] == "actspace.latent_store"
     monkeypatch.setattr(L, "write_safetensors_atomic", real)
     resumed = encode_store(sae, store, tmp_path / "lat", batch_size=8)
     man, lat = _load_shards(tmp_path / "lat")
     man_c, lat_c = _load_shards(tmp_path / "clean")
+    assert man["complete"] and man_c["complete"]
     assert [s["sha256"] for s in man["shards"]] == [s["sha256"] for s in man_c["shards"]]
     for key in ("count", "sum", "hist", "top_values", "top_tokens"):
         assert torch.equal(resumed.state[key], clean.state[key]), key

@@ -17,6 +17,7 @@ import torch
 
 from ..capture.writer import write_json_atomic, write_safetensors_atomic
 
+FORMAT = "actspace.latent_store"     # manifest "format" (the activation store has its own)
 FORMAT_VERSION = 1
 _STATS_TENSORS = "latent_stats.safetensors"
 _STATS_META = "latent_stats.json"
@@ -213,8 +214,10 @@ def read_manifest(root) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"store {root}: no manifest.json")
     manifest = json.loads(path.read_text())
-    if "shards" not in manifest:
-        raise ValueError(f"store {root}: manifest.json has no 'shards'")
+    if manifest.get("format", FORMAT) != FORMAT or "shards" not in manifest:
+        raise ValueError(f"store {root}: manifest.json is not a sparse latent store "
+                         f"(format {manifest.get('format')!r}, expected {FORMAT!r} with "
+                         "'shards')")
     return manifest
 
 
@@ -261,7 +264,8 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
         raise ValueError(f"store has d={store.d} but sae.d_in={sae.d_in}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"format_version": FORMAT_VERSION, "kind": "latents", "d_sae": sae.d_sae,
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "latents",
+                "complete": False, "d_sae": sae.d_sae,
                 "k": sae.k, "hookpoint": getattr(sae, "hookpoint", None),
                 "dtype": str(values_dtype).replace("torch.", ""),
                 "source": str(Path(store.path).resolve()),
@@ -315,6 +319,8 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
         write_json_atomic(out / "manifest.json", manifest)
     stats.save(out)
     write_json_atomic(out / "top_examples.json", top_examples(out, stats, context, tokenizer))
+    manifest["complete"] = True          # shards, stats and top examples all written
+    write_json_atomic(out / "manifest.json", manifest)
     return stats
 
 
