@@ -70,17 +70,19 @@ inline uint32_t chunk_keys(const T* t, const A* b_enc, const A* scale, const A* 
 }
 
 #if defined(__AVX512F__)
-// The same for a full chunk of 16 float32/bfloat16 columns with float accumulation, in one
-// AVX-512 block (GCC unrolls the scalar version instead of vectorising it).
+// The same for a full chunk of 16 float32/bfloat16/float16 columns with float accumulation,
+// in one AVX-512 block (GCC unrolls the scalar version instead of vectorising it).
 template <typename T, bool RELU, bool SCALE, bool THR>
 inline uint32_t chunk_keys16(const T* t, const float* b_enc, const float* scale, const float* thr,
                              int64_t j, float root, float* key) {
   __m512 v;
   if constexpr (std::is_same_v<T, float>) {
     v = _mm512_loadu_ps(t + j);
-  } else {  // bf16: the bits are the high half of a float32
+  } else if constexpr (std::is_same_v<T, bf16_t>) {  // the high half of a float32
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + j));
     v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {  // f16: exact widening (vcvtph2ps, AVX-512F)
+    v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + j)));
   }
   v = _mm512_add_ps(v, _mm512_loadu_ps(b_enc + j));
   if (SCALE) v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + j));
@@ -183,7 +185,8 @@ void merge_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t r
         uint32_t mask;
 #if defined(__AVX512F__)
         constexpr bool kSimd = std::is_same_v<A, float> &&
-                               (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>);
+                               (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> ||
+                                std::is_same_v<T, f16_t>);
         if constexpr (kSimd) {
           mask = nc == kChunk
                      ? chunk_keys16<T, RELU, SCALE, THR>(t, b_enc, scale, thr, c0, root, key)
