@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..capture.hookpoints import first_tensor, resolve
+from ..capture.hooks import Capture
 
 
 def check_texts(texts, name: str) -> list[str]:
@@ -90,45 +90,32 @@ def pooled_activations(model, tokenizer, texts: list[str], hookpoints: list[str]
     typical activations, averaged over every real token)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    hps = resolve(model, hookpoints)
     device = model_device(model)
-    pooled = {hp.name: [] for hp in hps}
-    norm_sum = {hp.name: 0.0 for hp in hps}
+    # early stop: the layers after the last hookpoint are not computed
+    cap = Capture(model, hookpoints, early_stop=True, to=None)
+    pooled = {name: [] for name in cap.records}
+    norm_sum = {name: 0.0 for name in cap.records}
     ntok = 0
-    current: dict = {}
-
-    def reader(name):
-        def hook(module, args, out=None):
-            current[name] = first_tensor(args if out is None else out)
-        return hook
-
-    handles = []
-    try:
-        for hp in hps:
-            handles.append(hp.module.register_forward_hook(reader(hp.name)) if hp.side == "output"
-                           else hp.module.register_forward_pre_hook(reader(hp.name)))
-        it = range(0, len(texts), batch_size)
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, desc="activations", unit="batch")
+    it = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="activations", unit="batch")
+    with cap:
         for s in it:
             batch = tokenize(tokenizer, texts[s:s + batch_size], device, model)
-            current.clear()
-            model(**batch)
+            cap.clear()
+            cap.forward(**batch)
             m = batch["attention_mask"].bool()
             ntok += int(m.sum())
-            for hp in hps:
-                if hp.name not in current:
-                    raise RuntimeError(f"hookpoint {hp.name!r} was not reached by the forward")
-                x = current[hp.name]
+            for name in cap.records:
+                if not cap.records[name]:
+                    raise RuntimeError(f"hookpoint {name!r} was not reached by the forward")
+                x = cap[name]
                 if x.dim() != 3 or x.shape[:2] != m.shape:
-                    raise ValueError(f"hookpoint {hp.name!r} gives shape {tuple(x.shape)}, "
+                    raise ValueError(f"hookpoint {name!r} gives shape {tuple(x.shape)}, "
                                      f"expected [batch, tokens, d] = [{m.shape[0]}, {m.shape[1]}, d]")
-                pooled[hp.name].append(pool(x, m, position).cpu())
-                norm_sum[hp.name] += float(x.float().norm(dim=-1)[m].sum())
-    finally:
-        for h in handles:
-            h.remove()
+                pooled[name].append(pool(x, m, position).cpu())
+                norm_sum[name] += float(x.float().norm(dim=-1)[m].sum())
     return ({k: torch.cat(v) for k, v in pooled.items()},
             {k: v / max(ntok, 1) for k, v in norm_sum.items()})
 
