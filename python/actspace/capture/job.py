@@ -198,7 +198,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
             def run_batch(pieces, docs_end):
                 nonlocal stored, done
                 outs = [[] for _ in hps]
-                sel_all, ids_all, doc_all, pos_all = [], [], [], []
+                ids_all, doc_all, pos_all = [], [], []
                 for a in range(0, len(pieces), batch_size):
                     chunk = pieces[a:a + batch_size]
                     ids, mask, special = collate(chunk, pad_id)

@@ -101,7 +101,7 @@ def resolve_config(raw: dict) -> dict:
         _positive_int(cfg["capture"], key, "capture")
     lo, hi = cfg["stats"]["fit_range"]
     if not 0 <= lo < hi <= 1:
-        raise ValueError(f"config: stats.fit_range must be [lo, hi] with 0 <= lo < hi <= 1")
+        raise ValueError("config: stats.fit_range must be [lo, hi] with 0 <= lo < hi <= 1")
     s = cfg["sae"]
     if s is not None:
         if s["kind"] not in ("topk", "batchtopk", "relu", "jumprelu"):
