@@ -9,13 +9,10 @@
 //                with a stable sort (one block per (latent, column tile), contributions
 //                summed in CSR order: bitwise-repeatable).
 // Launchers enqueue on the caller's stream, allocate nothing and never synchronise.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <stdexcept>
 #include <string>
 
+#include "common/cuda_dtype.cuh"
 #include "sparse_decode/sparse_decode.h"
 
 namespace actspace {
@@ -23,29 +20,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 128;
-
-// Storage traits on the device: raw element, accumulation type, widen / narrow.
-template <typename T> struct CT;
-template <> struct CT<float> {
-  using raw = float; using acc = float;
-  __device__ static float ld(float x) { return x; }
-  __device__ static float st(float x) { return x; }
-};
-template <> struct CT<double> {
-  using raw = double; using acc = double;
-  __device__ static double ld(double x) { return x; }
-  __device__ static double st(double x) { return x; }
-};
-template <> struct CT<bf16_t> {
-  using raw = __nv_bfloat16; using acc = float;
-  __device__ static float ld(__nv_bfloat16 x) { return __bfloat162float(x); }
-  __device__ static __nv_bfloat16 st(float x) { return __float2bfloat16_rn(x); }
-};
-template <> struct CT<f16_t> {
-  using raw = __half; using acc = float;
-  __device__ static float ld(__half x) { return __half2float(x); }
-  __device__ static __half st(float x) { return __float2half_rn(x); }
-};
 
 // V elements moved as one aligned access (16 bytes or less).
 template <typename R, int V> struct alignas(sizeof(R) * V) Vec { R v[V]; };
@@ -158,12 +132,6 @@ __global__ void grad_W_csr_kernel(const typename CT<T>::acc* __restrict__ g,
 }
 
 // ---------------------------------------------------------------- host helpers
-void check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": CUDA launch failed: " + cudaGetErrorString(e));
-}
-
 bool aligned(const void* p, int64_t bytes) {
   return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }

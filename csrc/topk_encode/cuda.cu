@@ -6,15 +6,12 @@
 // each is inserted by the whole warp (position = count of entries >= the key, since a
 // newcomer has a higher index than everything already there; then a one-slot shift).
 // Launched on the caller's stream; nothing synchronises.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <string>
 
+#include "common/cuda_dtype.cuh"
 #include "topk_encode/topk_encode.h"
 
 namespace actspace {
@@ -25,30 +22,9 @@ constexpr int kWarpsPerBlock = 4;
 constexpr int kMaxK = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
-template <typename T> struct Dev;
-template <> struct Dev<float> {
-  using type = float;
-  __device__ static float load(const float* p) { return *p; }
-  __device__ static void store(float* p, float v) { *p = v; }
-};
-template <> struct Dev<double> {
-  using type = double;
-  __device__ static double load(const double* p) { return *p; }
-  __device__ static void store(double* p, double v) { *p = v; }
-};
-template <> struct Dev<__nv_bfloat16> {
-  using type = __nv_bfloat16;
-  __device__ static float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-  __device__ static void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-};
-template <> struct Dev<__half> {
-  using type = __half;
-  __device__ static float load(const __half* p) { return __half2float(*p); }
-  __device__ static void store(__half* p, float v) { *p = __float2half_rn(v); }
-};
-
+// T: host storage type of the tile (see CT in common/cuda_dtype.cuh)
 template <typename T, typename A, bool RELU, bool SCALE, bool THR>
-__global__ void merge_kernel(const T* __restrict__ tile, int64_t rows, int64_t cols, int64_t ld,
+__global__ void merge_kernel(const typename CT<T>::raw* __restrict__ tile, int64_t rows, int64_t cols, int64_t ld,
                              int64_t row0, int64_t m0, const A* __restrict__ b_enc,
                              const A* __restrict__ scale, const A* __restrict__ thr, int k,
                              A* __restrict__ run_vals, int32_t* __restrict__ run_idx) {
@@ -64,13 +40,13 @@ __global__ void merge_kernel(const T* __restrict__ tile, int64_t rows, int64_t c
   for (int p = lane; p < k; p += 32) { sv[p] = gv[p]; si[p] = gi[p]; }
   __syncwarp();
   A kth = sv[k - 1];
-  const T* t = tile + r * ld;
+  const typename CT<T>::raw* t = tile + r * ld;
   const A neg_inf = -static_cast<A>(INFINITY);
   for (int64_t c0 = 0; c0 < cols; c0 += 32) {
     const int64_t j = c0 + lane;
     A v = neg_inf;
     if (j < cols) {
-      v = static_cast<A>(Dev<T>::load(t + j)) + b_enc[j];
+      v = static_cast<A>(CT<T>::ld(t[j])) + b_enc[j];
       if (SCALE) v *= scale[j];
       if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN
       if (THR) v = v > thr[j] ? v : neg_inf;
@@ -108,30 +84,13 @@ __global__ void merge_kernel(const T* __restrict__ tile, int64_t rows, int64_t c
 
 template <typename A, typename O>
 __global__ void finish_kernel(const A* __restrict__ rv, const int32_t* __restrict__ ri,
-                              int64_t total, O* __restrict__ ov, int32_t* __restrict__ oi) {
+                              int64_t total, typename CT<O>::raw* __restrict__ ov,
+                              int32_t* __restrict__ oi) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= total) return;
   const int32_t i = ri[e];
-  Dev<O>::store(ov + e, i >= 0 ? rv[e] : A(0));
+  ov[e] = CT<O>::st(i >= 0 ? rv[e] : A(0));
   oi[e] = i >= 0 ? i : -1;
-}
-
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-template <typename Fn>
-void dispatch_dev(int code, const char* what, Fn&& fn) {
-  switch (code) {
-    case kF32: fn(float{}); break;
-    case kF64: fn(double{}); break;
-    case kBF16: fn(__nv_bfloat16{}); break;
-    case kF16: fn(__half{}); break;
-    default:
-      throw std::invalid_argument(std::string(what) + ": unsupported dtype " + dtype_name(code));
-  }
 }
 
 template <typename Fn>
@@ -143,7 +102,7 @@ void dispatch_acc(int code, Fn&& fn) {
 }
 
 template <typename T, typename A, bool R, bool S, bool H>
-void launch_merge(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0, int64_t m0,
+void launch_merge(const typename CT<T>::raw* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0, int64_t m0,
                   const A* b, const A* s, const A* th, int k, A* rv, int32_t* ri,
                   cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock));
@@ -166,9 +125,9 @@ void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t col
   auto st = reinterpret_cast<cudaStream_t>(stream);
   dispatch_acc(acc_dtype, [&](auto acc_tag) {
     using A = decltype(acc_tag);
-    dispatch_dev(tile_dtype, "topk_encode_merge tile", [&](auto tile_tag) {
+    dispatch_float(tile_dtype, "topk_encode_merge tile", [&](auto tile_tag) {
       using T = decltype(tile_tag);
-      auto tp = reinterpret_cast<const T*>(tile);
+      auto tp = reinterpret_cast<const typename CT<T>::raw*>(tile);
       auto b = reinterpret_cast<const A*>(b_enc);
       auto s = reinterpret_cast<const A*>(scale);
       auto th = reinterpret_cast<const A*>(threshold);
@@ -205,13 +164,14 @@ void topk_encode_finish(uintptr_t run_vals, uintptr_t run_idx, int acc_dtype, in
   auto st = reinterpret_cast<cudaStream_t>(stream);
   dispatch_acc(acc_dtype, [&](auto acc_tag) {
     using A = decltype(acc_tag);
-    dispatch_dev(out_dtype, "topk_encode_finish values", [&](auto out_tag) {
+    dispatch_float(out_dtype, "topk_encode_finish values", [&](auto out_tag) {
       using O = decltype(out_tag);
       const int threads = 256;
       const unsigned blocks = static_cast<unsigned>((total + threads - 1) / threads);
       finish_kernel<A, O><<<blocks, threads, 0, st>>>(
           reinterpret_cast<const A*>(run_vals), reinterpret_cast<const int32_t*>(run_idx), total,
-          reinterpret_cast<O*>(out_vals), reinterpret_cast<int32_t*>(out_idx));
+          reinterpret_cast<typename CT<O>::raw*>(out_vals),
+          reinterpret_cast<int32_t*>(out_idx));
     });
   });
   check_launch("topk_encode_finish (CUDA)");
