@@ -205,14 +205,6 @@ def test_iter_texts_sources_and_errors(tmp_path):
     assert list(iter_texts(str(tmp_path / "paras.txt"))) == ["a b", "c"]
     assert list(iter_texts([{"text": "x"}, "y"])) == ["x", "y"]
 
-    class Dataset:                  # duck-typed stand-in for datasets.Dataset (not installed)
-        __module__ = "datasets.arrow_dataset"
-        column_names = ["body"]
-
-        def __getitem__(self, key):
-            return ["from", "dataset"] if key == "body" else None
-
-    assert list(iter_texts(Dataset(), field_name="body")) == ["from", "dataset"]
     with pytest.raises(FileNotFoundError):
         list(iter_texts(tmp_path / "missing.txt"))
     (tmp_path / "x.csv").write_text("a")
@@ -222,6 +214,32 @@ def test_iter_texts_sources_and_errors(tmp_path):
         list(iter_texts(["ok", 3]))
     with pytest.raises(TypeError, match="iterable"):
         list(iter_texts(42))
+
+
+def test_texts_from_hugging_face_datasets(tiny, tmp_path):
+    """A real datasets.Dataset (its column, read lazily), its streaming form and a clear
+    error for a DatasetDict or a missing column; capture from a Dataset equals capture
+    from the same list of strings."""
+    datasets = pytest.importorskip("datasets")
+    from actspace.capture.texts import iter_texts
+
+    docs = texts(5)
+    ds = datasets.Dataset.from_dict({"body": docs, "n": list(range(5))})
+    assert list(iter_texts(ds, field_name="body")) == docs
+    assert list(iter_texts(ds.to_iterable_dataset(), field_name="body")) == docs
+    with pytest.raises(TypeError, match="split"):
+        list(iter_texts(datasets.DatasetDict({"train": ds}), field_name="body"))
+    with pytest.raises(ValueError, match="field_name='text'.*'body', 'n'"):
+        list(iter_texts(ds))
+    model, tok, _ = tiny
+    kw = dict(batch_size=2, max_length=32, stats=False, progress=False)
+    a = acts.capture_to_store(model, tok, ds, "encoder.layer.1", tmp_path / "a",
+                              field="body", **kw)
+    b = acts.capture_to_store(model, tok, docs, "encoder.layer.1", tmp_path / "b", **kw)
+    sa, sb = (acts.ActivationStore.open(r["stores"]["encoder.layer.1"]) for r in (a, b))
+    assert len(sa) == len(sb) > 0
+    assert torch.equal(sa[:], sb[:])
+    assert torch.equal(sa.read(0, len(sa), "token_ids"), sb.read(0, len(sb), "token_ids"))
 
 
 def test_job_on_decoder_right_padding(tiny, tmp_path):

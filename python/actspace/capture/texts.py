@@ -30,7 +30,7 @@ def iter_texts(source, *, field_name: str = "text"):
             raise ValueError(f"texts: expected a .txt or .jsonl file, got {path!r}")
         return
     if type(source).__module__.startswith("datasets"):
-        source = source[field_name] if hasattr(source, "column_names") else source
+        source = _dataset_column(source, field_name)
     try:
         it = iter(source)
     except TypeError:
@@ -42,6 +42,20 @@ def iter_texts(source, *, field_name: str = "text"):
         if not isinstance(t, str):
             raise TypeError(f"texts: document {i} is {type(t).__name__}, expected str")
         yield t
+
+
+def _dataset_column(ds, field_name: str):
+    """The field_name column of a datasets.Dataset / IterableDataset (lazy, not a list)."""
+    if type(ds).__name__ in ("DatasetDict", "IterableDatasetDict"):
+        raise TypeError(f"texts: a {type(ds).__name__} with splits {list(ds)}: pass one "
+                        "split, e.g. ds['train']")
+    cols = getattr(ds, "column_names", None)
+    if cols is None:                     # a stream of unknown columns: dicts, read lazily
+        return ds
+    if field_name not in cols:
+        raise ValueError(f"texts: the dataset has no column field_name={field_name!r}; "
+                         f"its columns are {cols}")
+    return ds[field_name]
 
 
 def _txt(path: str):
