@@ -158,3 +158,20 @@ def kinds_body(out_dir):
         assert h[-1]["fvu"] < h[0]["fvu"], (kind, h)
     if dist.get_rank() == 0:
         open(os.path.join(out_dir, "kinds.ok"), "w").close()
+
+
+def shard_body(data_path, out_dir, kw, stop_at):
+    """train_sae(shard_latents=True): stop at a checkpoint (a kill), resume, save the whole
+    SAEs this rank returns and the shapes of its slice checkpoint."""
+    from safetensors import safe_open
+
+    from actspace.decompose.train import train_sae
+
+    x = torch.load(data_path)
+    train_sae(x, out_dir=out_dir, progress=False, max_steps=stop_at, shard_latents=True, **kw)
+    saes, hist = train_sae(x, out_dir=out_dir, progress=False, shard_latents=True, **kw)
+    name = f"checkpoint.rank{_rank()}-of-{_world()}.safetensors"
+    with safe_open(os.path.join(out_dir, name), framework="pt") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith("W_enc")}
+    torch.save({"states": [s.state_dict() for s in saes], "history": hist, "shapes": shapes},
+               os.path.join(out_dir, f"rank{_rank()}.pt"))

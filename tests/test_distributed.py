@@ -253,3 +253,40 @@ def test_every_kind_trains_identically_on_both_ranks(tmp_path):
     and penalties, see train_dist) but must keep every rank's SAE identical."""
     H.spawn(H.kinds_body, str(tmp_path))
     assert (tmp_path / "kinds.ok").exists()
+
+
+def test_latent_sharded_training_matches_single_process(tmp_path):
+    """shard_latents=True on 2 ranks (61 latents: slices of 31 and 30; a sweep with k=4 and
+    k=40 > a slice), killed at step 7 and resumed from each rank's slice checkpoint, trains
+    the same SAEs as one process on the same batches, AuxK included."""
+    from actspace.decompose.train import train_sae
+
+    x = _sparse()
+    data_path = str(tmp_path / "x.pt")
+    torch.save(x, data_path)
+    kw = dict(d_sae=61, k=[4, 40], batch_size=100, steps=11, lr=3e-3, dead_tokens=100,
+              k_aux=8, log_every=1, shuffle=True, seed=3, checkpoint_every=7)
+    torch.manual_seed(0)
+    saes1, hist1 = train_sae(x, out_dir=str(tmp_path / "one"), progress=False, **kw)
+    out = tmp_path / "two"
+    out.mkdir()
+    H.spawn(H.shard_body, data_path, str(out), kw, 7)
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in range(2))
+    assert r0["shapes"] == {"sae0.W_enc": [31, 16], "sae1.W_enc": [31, 16]}
+    assert r1["shapes"] == {"sae0.W_enc": [30, 16], "sae1.W_enc": [30, 16]}
+    for s, sae1 in enumerate(saes1):
+        for k, v in sae1.state_dict().items():
+            assert torch.equal(r0["states"][s][k], r1["states"][s][k]), k   # whole everywhere
+            torch.testing.assert_close(r0["states"][s][k], v, rtol=2e-4, atol=2e-5, msg=k)
+    assert len(r0["history"]) == len(hist1)
+    for a, b in zip(r0["history"], hist1):
+        assert (a["step"], a["sae"], a["d_sae"], a["k"]) == (b["step"], b["sae"], 61, b["k"])
+        for k in ("fvu", "l0", "auxk", "loss", "dead_fraction"):
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (a["step"], k)
+    assert any(h["auxk"] > 0 for h in hist1)
+    loaded = acts.SAE.load(out / "sae_1")
+    assert loaded.d_sae == 61 and loaded.k == 40
+    torch.testing.assert_close(loaded.W_dec, r0["states"][1]["W_dec"])
+    # a whole-SAE run refuses the sharded checkpoints instead of restarting silently
+    with pytest.raises(ValueError, match="another layout"):
+        train_sae(x, out_dir=str(out), progress=False, **kw)

@@ -40,6 +40,9 @@ def add_arguments(p):
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument("--no-shuffle", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shard-latents", action="store_true",
+                   help="under torchrun: split the dictionary across ranks (topk; every rank "
+                   "reads every batch) instead of splitting the batches")
 
 
 def _open_data(path):
@@ -80,7 +83,8 @@ def _run(args) -> int:
         l0_coeff=args.l0_coeff, seed=args.seed, device=args.device or default_device(),
         out_dir=args.out,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
-        shuffle=not args.no_shuffle, progress=not args.quiet, save_format=args.format)
+        shuffle=not args.no_shuffle, progress=not args.quiet, save_format=args.format,
+        shard_latents=args.shard_latents)
     last = {}
     for h in history:  # the last record of each SAE
         last[h["sae"]] = h

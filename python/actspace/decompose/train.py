@@ -15,6 +15,7 @@ step with a checkpoint, as a kill would (tests use it).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -27,6 +28,7 @@ from .sae import SAE
 from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_data import as_source, batches_per_epoch, split_batch
 from .train_dist import DataParallel
+from .train_shard import LatentParallel
 from .train_losses import geometric_median, project_decoder_grad, train_forward
 
 __all__ = ["train_sae", "lr_at", "make_optimizer"]
@@ -79,7 +81,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
               b_dec_init="mean", shuffle=True, seed=0, device=None, dtype=torch.float32,
               out_dir=None, checkpoint_every=1000, resume=True, max_steps=None,
               log_every=10, progress=True, save_format="saelens", model=None, tokenizer=None,
-              texts=None, max_length=128):
+              texts=None, max_length=128, shard_latents=False):
     """Train SAEs on data -> (SAE or list of SAEs, history: list of dicts).
 
     data: an ActivationStore (anything with iter_batches), a tensor x [N, d_in], a pair
@@ -93,6 +95,9 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     there; with resume=True an existing checkpoint there is continued.
     On the fly: data=None, model, tokenizer, texts (list of str) and hookpoint (plus
     hookpoint_out for a transcoder) train on the model's activations (see ModelSource).
+    Under torchrun the ranks split every batch (data parallel, see train_dist); with
+    shard_latents=True (topk) they split the dictionary instead and all read the same
+    batches (see train_shard). The SAEs returned are whole on every rank.
     """
     if data is None and model is not None:
         from .train_model import ModelSource
@@ -101,7 +106,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
         data = ModelSource(model, tokenizer, texts, hookpoint, hookpoint_out=hookpoint_out,
                            max_length=max_length)
     source, known = as_source(data)
-    dp = DataParallel()              # torchrun: data-parallel over ranks (no-op otherwise)
+    # torchrun: data- or latent-parallel over ranks (DataParallel is a no-op in one process)
+    dp = LatentParallel() if shard_latents else DataParallel()
     source = dp.wrap_source(source)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -124,7 +130,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
             d_out = getattr(source, "d_out", d_in)
         saes = _make_saes(d_in, d_out, kind, d_sae, expansion_factor, k, hookpoint,
                           hookpoint_out, device, dtype, seed)
-    saes = list(saes)
+    saes = dp.shard_saes(list(saes))
     dev = saes[0].device
     opts = [make_optimizer(s) for s in saes]
     base_lrs = [lr if lr is not None else 2e-4 / math.sqrt(s.d_sae / 2 ** 14) for s in saes]
@@ -136,7 +142,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         if resume:
-            loop = load_checkpoint(out_dir, saes, opts, last_fired) or loop
+            loop = load_checkpoint(out_dir, saes, opts, last_fired,
+                                   name=dp.checkpoint_name) or loop
     dp.broadcast_params(saes)
     history = loop["history"]
     stop_at = steps if max_steps is None else min(steps, max_steps)
@@ -145,8 +152,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
                desc="train_sae")
 
     def checkpoint():
-        if out_dir is not None and dp.is_main:
-            save_checkpoint(out_dir, saes, opts, last_fired, loop)
+        if out_dir is not None and dp.writes_checkpoint:
+            save_checkpoint(out_dir, saes, opts, last_fired, loop, name=dp.checkpoint_name)
 
     while loop["step"] < stop_at and loop["epoch"] < max_epochs:
         it = source.iter_batches(batch_size, shuffle=shuffle, seed=seed + loop["epoch"],
@@ -187,6 +194,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     bar.close()
     checkpoint()
     finished = loop["step"] >= steps or loop["epoch"] >= max_epochs
+    saes = dp.gather_saes(saes)      # whole SAEs (latent sharding gathers the slices)
     if out_dir is not None and finished and dp.is_main:
         for i, s in enumerate(saes):
             s.save(Path(out_dir) / ("sae" if len(saes) == 1 else f"sae_{i}"), format=save_format)
@@ -212,7 +220,9 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_step
         for g in opt.param_groups:
             g["lr"] = lr
         dead = (loop["tokens"] - last_fired[i]) >= dead_tokens
-        out = train_forward(sae, x, y, dead=dead.to(x.device),
+        forward = (functools.partial(dp.train_forward, index=i) if dp.shards_latents
+                   else train_forward)
+        out = forward(sae, x, y, dead=dead.to(x.device),
                             k_aux=k_aux or max(sae.d_in // 2, 1), auxk_coeff=auxk_coeff,
                             l1_coeff=l1_coeff, l0_coeff=l0_coeff, bandwidth=bandwidth)
         opt.zero_grad(set_to_none=True)
@@ -227,9 +237,10 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_step
         out = dp.end_step(sae, out)  # global fired mask and metrics
         last_fired[i][out.fired.cpu()] = tokens
         if (step + 1) % log_every == 0 or step + 1 == steps or step == 0:
-            dead_frac = float(((tokens - last_fired[i]) >= dead_tokens).float().mean())
+            dead_frac = dp.dead_fraction(i, last_fired[i], tokens, dead_tokens)
             loop["history"].append({
-                "step": step + 1, "sae": i, "kind": sae.kind, "d_sae": sae.d_sae, "k": sae.k,
+                "step": step + 1, "sae": i, "kind": sae.kind, "d_sae": dp.d_sae(i, sae),
+                "k": dp.k(i, sae),
                 "loss": float(out.loss.detach()), "fvu": out.fvu, "l0": out.l0, "auxk": out.aux,
                 "dead_fraction": dead_frac, "lr": lr, "tokens": tokens,
                 "skipped_nonfinite": loop["skipped_nonfinite"]})

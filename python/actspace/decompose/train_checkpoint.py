@@ -18,12 +18,19 @@ CHECKPOINT = "checkpoint.safetensors"
 VERSION = 1
 
 
+def _same_layout(found: str, mine: str) -> bool:
+    """checkpoint.rank{r}-of-{W}: every rank of the same W shares the layout."""
+    if found == mine:
+        return True
+    return found.split("-of-")[-1] == mine.split("-of-")[-1] and "-of-" in mine
+
+
 def sae_config(sae):
     return {"kind": sae.kind, "d_in": sae.d_in, "d_sae": sae.d_sae, "d_out": sae.d_out,
             "k": sae.k}
 
 
-def save_checkpoint(out_dir, saes, opts, last_fired, loop: dict):
+def save_checkpoint(out_dir, saes, opts, last_fired, loop: dict, name: str = CHECKPOINT):
     """loop: JSON-able dict (step, epoch, batch, tokens, skipped, history ...)."""
     tensors = {"rng": torch.get_rng_state()}
     groups = []
@@ -38,14 +45,22 @@ def save_checkpoint(out_dir, saes, opts, last_fired, loop: dict):
         tensors[f"fired{s}"] = fired
     meta = dict(loop, version=VERSION, configs=[sae_config(s) for s in saes],
                 param_groups=groups)
-    _write_safetensors(Path(out_dir) / CHECKPOINT, tensors, {"state": json.dumps(meta)})
+    _write_safetensors(Path(out_dir) / name, tensors, {"state": json.dumps(meta)})
 
 
-def load_checkpoint(out_dir, saes, opts, last_fired) -> dict | None:
-    """Restore into saes / opts / last_fired in place; -> loop dict, or None if no checkpoint."""
+def load_checkpoint(out_dir, saes, opts, last_fired, name: str = CHECKPOINT) -> dict | None:
+    """Restore into saes / opts / last_fired in place; -> loop dict, or None if no checkpoint.
+    A checkpoint of another layout there (whole vs latent-sharded, or another number of
+    processes) is refused rather than silently restarted."""
     from safetensors import safe_open
 
-    f = Path(out_dir) / CHECKPOINT
+    f = Path(out_dir) / name
+    others = sorted(p.name for p in Path(out_dir).glob("checkpoint*.safetensors")
+                    if not _same_layout(p.name, name))
+    if others:
+        raise ValueError(f"{str(out_dir)!r} holds checkpoints {others} of another layout "
+                         f"than this run's {name!r} (latent sharding or number of processes "
+                         "changed): resume with the same layout, or use another out_dir")
     if not f.exists():
         return None
     with safe_open(str(f), framework="pt") as fh:

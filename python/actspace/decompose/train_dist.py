@@ -132,6 +132,29 @@ class DataParallel:
     def finish(self) -> None:
         D.barrier()
 
+    # the same interface as train_shard.LatentParallel: whole SAEs on every rank
+    shards_latents = False
+    checkpoint_name = "checkpoint.safetensors"
+
+    @property
+    def writes_checkpoint(self) -> bool:
+        return self.is_main
+
+    def shard_saes(self, saes):
+        return saes
+
+    def gather_saes(self, saes):
+        return saes
+
+    def d_sae(self, i: int, sae) -> int:
+        return sae.d_sae
+
+    def k(self, i: int, sae):
+        return sae.k
+
+    def dead_fraction(self, i: int, last_fired, tokens: int, dead_tokens: int) -> float:
+        return float(((tokens - last_fired) >= dead_tokens).float().mean())
+
     # ------------------------------------------------------------------ per batch
     def all_ok(self, ok: bool, device) -> bool:
         """True only when every rank's batch is usable (all skip a batch together)."""
