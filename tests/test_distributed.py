@@ -227,7 +227,9 @@ def test_cli_under_torchrun(tiny_gpt2, tmp_path):
            "--master-addr", "127.0.0.1", "--master-port", str(H.free_port()),
            "-m", "actspace.cli.main"]
     for args in (cap + ["--out", str(tmp_path / "two")],
-                 ["train", str(tmp_path / "two"), "--out", str(tmp_path / "sae2")] + trn):
+                 ["train", str(tmp_path / "two"), "--out", str(tmp_path / "sae2")] + trn,
+                 ["train", str(tmp_path / "two"), "--out", str(tmp_path / "sae3"),
+                  "--shard-latents"] + trn):
         p = subprocess.run(run + args, env=env, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr[-3000:]
         assert p.stdout.count('"out"') == 1 or p.stdout.count('"stores"') == 1   # rank 0
@@ -239,9 +241,12 @@ def test_cli_under_torchrun(tiny_gpt2, tmp_path):
     torch.testing.assert_close(a2, a1, rtol=1e-5, atol=1e-5)
     # one process on the same store (same global batches) trains the same SAE
     assert cli(["train", str(tmp_path / "two"), "--out", str(tmp_path / "sae1")] + trn) == 0
-    s1, s2 = acts.SAE.load(tmp_path / "sae1" / "sae"), acts.SAE.load(tmp_path / "sae2" / "sae")
+    s1, s2, s3 = (acts.SAE.load(tmp_path / n / "sae") for n in ("sae1", "sae2", "sae3"))
     for k, v in s1.state_dict().items():
         torch.testing.assert_close(s2.state_dict()[k], v, rtol=2e-4, atol=2e-5, msg=k)
+        torch.testing.assert_close(s3.state_dict()[k], v, rtol=2e-4, atol=2e-5, msg=k)
+    assert sorted(p.name for p in (tmp_path / "sae3").glob("checkpoint*")) == [
+        "checkpoint.rank0-of-2.safetensors", "checkpoint.rank1-of-2.safetensors"]
     h1 = json.loads((tmp_path / "sae1" / "history.json").read_text())
     h2 = json.loads((tmp_path / "sae2" / "history.json").read_text())
     assert [h["tokens"] for h in h1] == [h["tokens"] for h in h2]
