@@ -35,6 +35,8 @@ _LAZY = {
     "steering_sweep": "actspace.steer.sweep",
 }
 
+__all__ = ["__version__", "build_info", *_LAZY]
+
 
 def build_info() -> dict:
     """What the compiled core was built with: version, cuda, cuda_archs, openmp, simd."""

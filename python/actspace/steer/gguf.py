@@ -14,6 +14,8 @@ import struct
 
 import numpy as np
 
+from ..capture.writer import write_atomic
+
 _MAGIC = b"GGUF"
 _ALIGN = 32
 # GGUF metadata value types
@@ -59,15 +61,9 @@ def write_control_vector(path, directions: dict[int, np.ndarray], model_hint: st
         head += struct.pack("<IQ", _GGML_F32, offset)
         offset += -(-a.nbytes // _ALIGN) * _ALIGN
     head += b"\0" * (-len(head) % _ALIGN)
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(head)
-        for a in arrays:
-            f.write(a.tobytes())
-            f.write(b"\0" * (-a.nbytes % _ALIGN))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    body = b"".join(a.tobytes() + b"\0" * (-a.nbytes % _ALIGN) for a in arrays)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, bytes(head) + body)
 
 
 class _Reader:

