@@ -19,3 +19,19 @@ def english(n_docs: int, chars: int = 2000) -> list[str]:
     from pydoc_data.topics import topics
 
     return [" ".join(topics[k].split())[:chars] for k in sorted(topics)[:n_docs]]
+
+
+def parse_args(doc: str, argv, **ints):
+    """(args, output directory) for an example: --out (default a fresh temp dir, created)
+    and one int option per keyword (name=default, e.g. docs=60 -> --docs)."""
+    import argparse
+    import tempfile
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out", default=None, help="output directory (default: a temp dir)")
+    for name, default in ints.items():
+        p.add_argument(f"--{name}", type=int, default=default)
+    args = p.parse_args(argv)
+    out = args.out or tempfile.mkdtemp(prefix="actspace-example-")
+    os.makedirs(out, exist_ok=True)
+    return args, out

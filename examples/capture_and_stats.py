@@ -8,23 +8,15 @@ and ActivationStats (moments, spectrum, power-law alpha, massive activations).
 """
 from __future__ import annotations
 
-import argparse
-import os
-import tempfile
 
 import torch
 
 import actspace as acts
-from _common import english, minilm
+from _common import english, minilm, parse_args
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None, help="output directory (default: a temp dir)")
-    p.add_argument("--docs", type=int, default=60)
-    args = p.parse_args(argv)
-    out = args.out or tempfile.mkdtemp(prefix="actspace-example-")
-    os.makedirs(out, exist_ok=True)
+    args, out = parse_args(__doc__, argv, docs=60)
     model, tok = minilm()
     docs = english(args.docs)
 

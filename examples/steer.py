@@ -9,14 +9,12 @@ download), and saving as safetensors and as a llama.cpp GGUF control vector.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 
 import torch
 
 import actspace as acts
-from _common import english, minilm
+from _common import english, minilm, parse_args
 
 SPORTS = ["The striker scored twice in the final minutes of the match.",
           "Our team won the championship after a tense penalty shootout.",
@@ -81,11 +79,7 @@ def causal_part(out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None, help="output directory (default: a temp dir)")
-    args = p.parse_args(argv)
-    out = args.out or tempfile.mkdtemp(prefix="actspace-example-")
-    os.makedirs(out, exist_ok=True)
+    _, out = parse_args(__doc__, argv)
     encoder_part(out)
     causal_part(out)
     return 0

@@ -9,25 +9,17 @@ saving in the SAELens layout.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import tempfile
 
 import torch
 
 import actspace as acts
-from _common import english, minilm
+from _common import english, minilm, parse_args
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None, help="output directory (default: a temp dir)")
-    p.add_argument("--docs", type=int, default=150)
-    p.add_argument("--steps", type=int, default=300)
-    args = p.parse_args(argv)
-    out = args.out or tempfile.mkdtemp(prefix="actspace-example-")
-    os.makedirs(out, exist_ok=True)
+    args, out = parse_args(__doc__, argv, docs=150, steps=300)
     model, tok = minilm()
     docs = english(args.docs)
     hp = "encoder.layer.3"

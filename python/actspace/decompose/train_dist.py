@@ -108,6 +108,12 @@ class DataParallel:
     def wrap_source(self, source):
         if not self.active:
             return source
+        self.check_same_data(source)
+        return RankSlices(source, D.rank(), self.world)
+
+    @staticmethod
+    def check_same_data(source) -> None:
+        """Every rank must read the same data (the same store): compare row counts."""
         try:
             n = len(source)
         except TypeError:
@@ -116,7 +122,6 @@ class DataParallel:
         if len(set(ns)) != 1:
             raise ValueError(f"data: the ranks see different data (rows per rank: {ns}); every "
                              f"rank must open the same store")
-        return RankSlices(source, D.rank(), self.world)
 
     def broadcast_params(self, saes) -> None:
         """Rank 0's parameters and buffers everywhere (seeded init or checkpoint alike)."""

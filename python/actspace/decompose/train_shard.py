@@ -34,6 +34,7 @@ import torch
 from .. import distributed as D
 from .. import ops
 from .sae import SAE
+from .train_dist import DataParallel
 from .train_losses import StepOut, _fvu
 
 __all__ = ["LatentParallel", "shard_bounds"]
@@ -72,8 +73,8 @@ class _SumAcrossRanks(torch.autograd.Function):
         return g
 
 
-class LatentParallel:
-    """The same interface as train_dist.DataParallel, for latent sharding (see module doc)."""
+class LatentParallel(DataParallel):
+    """DataParallel's synchronisation points, for latent sharding (see module doc)."""
 
     shards_latents = True
 
@@ -81,9 +82,8 @@ class LatentParallel:
         if not D.is_distributed():
             raise ValueError("shard_latents=True needs a torch.distributed process group with "
                              "more than one rank (run under torchrun)")
-        self.active = True
-        self.world, self.rank = D.world_size(), D.rank()
-        self.is_main = D.is_main()
+        super().__init__()
+        self.rank = D.rank()
         self.full: list[dict] = []         # the whole SAEs' configurations
         self.bounds: list[tuple[int, int]] = []
         self._b_dec_enc: dict[int, torch.Tensor] = {}   # id(slice) -> encoder-side b_dec
@@ -96,15 +96,8 @@ class LatentParallel:
     writes_checkpoint = True               # every rank: its slice
 
     def wrap_source(self, source):
-        """Every rank reads the whole batches; checks that they see the same data."""
-        try:
-            n = len(source)
-        except TypeError:
-            n = None
-        ns = D.all_gather_object(n)
-        if len(set(ns)) != 1:
-            raise ValueError(f"data: the ranks see different data (rows per rank: {ns}); every "
-                             f"rank must open the same store")
+        """Every rank reads the whole batches (after checking they see the same data)."""
+        self.check_same_data(source)
         return source
 
     def shard_saes(self, saes):
@@ -148,9 +141,6 @@ class LatentParallel:
     def broadcast_params(self, saes) -> None:
         """Nothing to broadcast: slices differ, and the replicated b_dec starts equal."""
 
-    def finish(self) -> None:
-        D.barrier()
-
     def d_sae(self, i: int, sae) -> int:
         return self.full[i]["d_sae"]
 
@@ -166,13 +156,6 @@ class LatentParallel:
         return float(n) / self.full[i]["d_sae"]
 
     # ------------------------------------------------------------------ per batch
-    def all_ok(self, ok: bool, device) -> bool:
-        import torch.distributed as dist
-
-        t = torch.tensor([0.0 if ok else 1.0], device=device)
-        dist.all_reduce(t)
-        return bool(t.item() == 0)
-
     def center(self, y, how, median_fn):
         return y.mean(0) if how == "mean" else median_fn(y)     # the same batch everywhere
 
