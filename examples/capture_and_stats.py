@@ -8,7 +8,6 @@ and ActivationStats (moments, spectrum, power-law alpha, massive activations).
 """
 from __future__ import annotations
 
-
 import torch
 
 import actspace as acts
