@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=192)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--covariance", action="store_true", help="also accumulate covariance")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out",
                                                   "bench_capture.json"))
