@@ -194,6 +194,9 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     bar.close()
     checkpoint()
     finished = loop["step"] >= steps or loop["epoch"] >= max_epochs
+    for opt in opts:                 # gradients and Adam state are done with: free them
+        opt.zero_grad(set_to_none=True)  # before latent sharding gathers the whole SAEs
+    opts.clear()
     saes = dp.gather_saes(saes)      # whole SAEs (latent sharding gathers the slices)
     if out_dir is not None and finished and dp.is_main:
         for i, s in enumerate(saes):

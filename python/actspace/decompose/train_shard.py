@@ -126,14 +126,23 @@ class LatentParallel(DataParallel):
         return shards
 
     def gather_saes(self, shards):
-        """This rank's slices -> the whole SAEs (on every rank)."""
+        """This rank's slices -> the whole SAEs (on every rank). Each slice is broadcast by
+        its owner straight into its rows of the whole tensor: no staging copies."""
+        import torch.distributed as dist
+
+        bounds = [shard_bounds(cfg["d_sae"], r, self.world) for cfg in self.full
+                  for r in range(self.world)]
         out = []
-        for cfg, part in zip(self.full, shards):
+        for s, (cfg, part) in enumerate(zip(self.full, shards)):
             sae = _sae_like(cfg, cfg["d_sae"], cfg["k"], part.dtype, part.device)
             with torch.no_grad():
                 for name in ("W_enc", "b_enc", "W_dec"):
-                    parts = D.all_gather_object(getattr(part, name).detach().cpu())
-                    getattr(sae, name).copy_(torch.cat(parts))
+                    whole = getattr(sae, name)
+                    for r in range(self.world):
+                        lo, hi = bounds[s * self.world + r]
+                        if r == self.rank:
+                            whole[lo:hi].copy_(getattr(part, name))
+                        dist.broadcast(whole[lo:hi], src=r)
                 sae.b_dec.copy_(part.b_dec)
             out.append(sae)
         return out
