@@ -30,3 +30,10 @@ def test_cli_train_sweep_and_resume(tmp_path, capsys):
 def test_cli_bad_data(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
     assert "neither a store directory" in capsys.readouterr().err
+
+
+def test_cli_shard_latents_needs_torchrun(tmp_path, capsys):
+    save_file({"acts": torch.randn(50, 8)}, str(tmp_path / "acts.safetensors"))
+    assert main(["train", str(tmp_path / "acts.safetensors"), "--out", str(tmp_path / "r"),
+                 "--k", "2", "--d-sae", "16", "--quiet", "--shard-latents"]) == 2
+    assert "run under torchrun" in capsys.readouterr().err
