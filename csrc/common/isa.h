@@ -2,16 +2,23 @@
 // A kernel source declares its entry points with ACTSPACE_ISA_DECLARE-style blocks in
 // its <family>.h for every namespace; bind.cpp calls ACTSPACE_CALL_ISA(fn)(args...).
 #pragma once
+#include <cstdlib>
 #include <string>
 
 namespace actspace {
 
-// "avx512", "avx2" or "generic": the best copy compiled in that this CPU supports.
+// "avx512", "avx2" or "generic": the best copy compiled in that this CPU supports, capped
+// by the environment variable ACTSPACE_ISA (same names) so that every copy can be tested
+// on one machine. Read once per entry point, at its first call.
 inline const char* best_isa() {
+  const char* cap = std::getenv("ACTSPACE_ISA");
+  const std::string want = cap ? cap : "";
+  if (want == "generic") return "generic";
 #if defined(__x86_64__) || defined(_M_X64)
 #if defined(ACTSPACE_HAVE_AVX512)
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+  if (want != "avx2" && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
     return "avx512";
 #endif
 #if defined(ACTSPACE_HAVE_AVX2)

@@ -31,6 +31,10 @@ def core():
     """The compiled module, or None when actspace was imported from a source tree without it."""
     global _core_module
     if _core_module is None:
+        isa = os.environ.get("ACTSPACE_ISA", "")
+        if isa not in ("", "generic", "avx2", "avx512"):
+            raise ValueError(f"environment variable ACTSPACE_ISA must be generic, avx2 or "
+                             f"avx512 (a cap on the CPU kernels' instruction set), got {isa!r}")
         try:
             from actspace import _core  # noqa: PLC0415
         except ImportError:
