@@ -126,3 +126,39 @@ def test_call_errors():
         sae.decode(torch.randn(3, 31))
     with pytest.raises(TypeError, match="SparseCode"):
         sae.decode("code")
+
+
+@pytest.mark.parametrize("kind", ["relu", "jumprelu"])
+def test_threshold_kinds_encode_without_a_full_width_code(kind, monkeypatch):
+    """The padded code is found at a bounded width (256, then x4 while a row fills it), not
+    with k = d_sae: a sparse wide SAE never allocates [N, d_sae]; a dense one still gets
+    every active latent."""
+    from actspace import ops
+    calls = []
+    real = ops.topk_encode
+
+    def spy(x, W, b, k, **kw):
+        calls.append(k)
+        return real(x, W, b, k, **kw)
+    monkeypatch.setattr(ops, "topk_encode", spy)
+    g = torch.Generator().manual_seed(0)
+    d, M = 16, 3000
+    sae = acts.SAE(d, M, kind)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(M, d, generator=g))
+        sae.b_dec.zero_()
+        if kind == "jumprelu":
+            sae.threshold.fill_(0.0)
+    x = torch.randn(5, d, generator=g)
+    sae.b_enc.data.fill_(-10.0)                          # sparse: ~0.6% fire per row
+    code = sae.encode(x)
+    assert calls == [256] and 0 < code.values.shape[1] < 256
+    ref = torch.relu(x.double() @ sae.W_enc.double().T + sae.b_enc.double())
+    torch.testing.assert_close(code.to_dense().double(), ref, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    sae.b_enc.data.fill_(0.0)                            # dense: about half of 3000 fire
+    code = sae.encode(x)
+    assert calls == [256, 1024, 3000]
+    dense = torch.relu(x.double() @ sae.W_enc.double().T)
+    assert code.values.shape[1] == int((dense > 0).sum(1).max())
+    torch.testing.assert_close(code.to_dense().double(), dense, rtol=1e-5, atol=1e-5)

@@ -28,6 +28,7 @@ from .base import Decomposition
 __all__ = ["SAE", "SparseCode", "KINDS"]
 
 KINDS = ("topk", "batchtopk", "jumprelu", "relu")
+_FIRST_WIDTH = 256   # first code width tried by the threshold kinds' encode
 
 
 @dataclass
@@ -38,7 +39,9 @@ class SparseCode:
     (value 0). Rows are sorted by value, descending, filled slots first. For ``topk`` k is
     the SAE's k (a slot may hold a valid index with value 0 when fewer than k latents are
     positive). For the other kinds the code is padded: k is the largest number of active
-    latents of any row in the batch (at least 1) and shorter rows end in -1 slots.
+    latents of any row in the batch (at least 1) and shorter rows end in -1 slots; they are
+    found with the top-k kernel at width 256, widened x4 while a row fills it, so memory
+    follows the code's width, not d_sae.
     """
 
     values: torch.Tensor
@@ -194,10 +197,18 @@ class SAE(nn.Module, Decomposition):
             thr = self.threshold
         else:  # relu: only strictly positive latents are active
             thr = torch.zeros(self.d_sae, dtype=self.dtype, device=self.device)
-        # k = d_sae keeps every active latent; then trim to the widest row of the batch
-        v, i = ops.topk_encode(x, self.W_enc, self.b_enc, self.d_sae, b_dec=self._enc_bias_in(),
-                               activation="relu", threshold=thr.detach())
-        width = max(int((i >= 0).sum(1).max()), 1)
+        # every active latent, in a code only as wide as needed: start at k = 256 and widen
+        # (x4) only while some row fills every slot; never a [N, d_sae] buffer for a sparse
+        # SAE (a JumpReLU SAE of 1M latents fires ~100 per token)
+        k = min(self.d_sae, _FIRST_WIDTH)
+        while True:
+            v, i = ops.topk_encode(x, self.W_enc, self.b_enc, k, b_dec=self._enc_bias_in(),
+                                   activation="relu", threshold=thr.detach())
+            width = int((i >= 0).sum(1).max()) if i.shape[0] else 0
+            if width < k or k == self.d_sae:
+                break
+            k = min(self.d_sae, 4 * k)
+        width = max(width, 1)
         return SparseCode(v[:, :width], i[:, :width], self.d_sae)
 
     def decode(self, code) -> torch.Tensor:
