@@ -62,6 +62,29 @@ class SparseCode:
         return ((self.indices >= 0) & (self.values != 0)).sum(1)
 
 
+_INIT_BLOCK = 4096    # rows per independently seeded block of the initial dictionary
+
+
+def init_rows(seed: int, lo: int, hi: int, d_in: int, d_out: int):
+    """Rows lo..hi of the initial (W_enc [., d_in], W_dec [., d_out]) of an SAE seeded with
+    seed: random unit decoder rows, the encoder tied to them when d_in == d_out (else its
+    own random unit rows). Row block b (of _INIT_BLOCK rows) is drawn from its own
+    generator seeded (seed, b), so any slice is drawn without the rest of the dictionary."""
+    enc, dec = [], []
+    for b in range(lo // _INIT_BLOCK, (hi - 1) // _INIT_BLOCK + 1 if hi > lo else 0):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + b) % 2 ** 63)
+        a = b * _INIT_BLOCK
+        n = _INIT_BLOCK
+        W = torch.randn(n, d_out, generator=g, dtype=torch.float32)
+        E = W if d_in == d_out else torch.randn(n, d_in, generator=g, dtype=torch.float32)
+        s, e = max(lo - a, 0), min(hi - a, n)
+        dec.append(W[s:e] / W[s:e].norm(dim=1, keepdim=True))
+        enc.append(dec[-1] if d_in == d_out else E[s:e] / E[s:e].norm(dim=1, keepdim=True))
+    empty = torch.zeros(0, dtype=torch.float32)
+    return (torch.cat(enc) if enc else empty.view(0, d_in),
+            torch.cat(dec) if dec else empty.view(0, d_out))
+
+
 def _check_int(value, name, lo=1):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -146,17 +169,22 @@ class SAE(nn.Module, Decomposition):
                 f"k={self.k}, hookpoint={self.hookpoint!r}")
 
     @torch.no_grad()
-    def init_weights(self, generator: torch.Generator | None = None):
+    def init_weights(self, generator: torch.Generator | None = None, *, seed: int | None = None,
+                     rows: tuple[int, int] | None = None):
         """Decoder rows random unit vectors; encoder tied to the decoder (transpose in the
-        SAELens layout) when d_in == d_out, as in Gao et al.; biases zero."""
-        W = torch.randn(self.d_sae, self.d_out, generator=generator, dtype=torch.float32)
-        W /= W.norm(dim=1, keepdim=True)
-        self.W_dec.copy_(W)
-        if self.d_in == self.d_out:
-            self.W_enc.copy_(W)
-        else:
-            E = torch.randn(self.d_sae, self.d_in, generator=generator, dtype=torch.float32)
-            self.W_enc.copy_(E / E.norm(dim=1, keepdim=True))
+        SAELens layout) when d_in == d_out, as in Gao et al.; biases zero.
+
+        The rows come from init_rows(seed): seed is drawn from generator (or torch's global
+        RNG) unless given. rows=(lo, hi): this SAE is rows lo..hi of a wider one with that
+        seed (latent sharding draws only its slice, yet equals the whole SAE's rows)."""
+        if seed is None:
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        lo, hi = rows if rows is not None else (0, self.d_sae)
+        if hi - lo != self.d_sae:
+            raise ValueError(f"rows {rows} must span d_sae={self.d_sae} rows")
+        W_enc, W_dec = init_rows(seed, lo, hi, self.d_in, self.d_out)
+        self.W_enc.copy_(W_enc)
+        self.W_dec.copy_(W_dec)
         self.b_enc.zero_()
         self.b_dec.zero_()
 

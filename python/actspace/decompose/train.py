@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from .interop import _write_json
-from .sae import SAE
 from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_data import as_source, batches_per_epoch, split_batch
 from .train_dist import DataParallel
@@ -57,21 +56,21 @@ def _as_list(v):
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def _make_saes(d_in, d_out, kind, d_sae, expansion_factor, k, hookpoint, hookpoint_out,
-               device, dtype, seed):
+def _sae_specs(d_in, d_out, kind, d_sae, expansion_factor, k, hookpoint, hookpoint_out,
+               seed):
+    """One SAE configuration per (width, k) of the sweep, each with its init seed (drawn
+    from `seed`): the parallel strategy builds whole SAEs or slices from them."""
     if d_sae is None:
         if expansion_factor is None:
             raise ValueError("give d_sae or expansion_factor (or saes=[...])")
         d_sae = [d_in * e for e in _as_list(expansion_factor)]
     ks = _as_list(k) if kind in ("topk", "batchtopk") else [None]
-    saes = []
     gen = torch.Generator().manual_seed(seed)
-    for m, kk in itertools.product(_as_list(d_sae), ks):
-        sae = SAE(d_in, m, kind, kk, d_out=None if d_out == d_in else d_out,
-                  hookpoint=hookpoint, hookpoint_out=hookpoint_out, dtype=dtype, device=device)
-        sae.init_weights(generator=gen)
-        saes.append(sae)
-    return saes
+    return [{"d_in": d_in, "d_sae": m, "kind": kind, "k": kk,
+             "d_out": None if d_out == d_in else d_out, "hookpoint": hookpoint,
+             "hookpoint_out": hookpoint_out,
+             "seed": int(torch.randint(0, 2 ** 62, (1,), generator=gen))}
+            for m, kk in itertools.product(_as_list(d_sae), ks)]
 
 
 def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None, k=32,
@@ -128,9 +127,11 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
             d_in, d_out = x0.shape[1], y0.shape[1]
         else:
             d_out = getattr(source, "d_out", d_in)
-        saes = _make_saes(d_in, d_out, kind, d_sae, expansion_factor, k, hookpoint,
-                          hookpoint_out, device, dtype, seed)
-    saes = dp.shard_saes(list(saes))
+        specs = _sae_specs(d_in, d_out, kind, d_sae, expansion_factor, k, hookpoint,
+                           hookpoint_out, seed)
+        saes = dp.build_saes(specs, device, dtype)
+    else:
+        saes = dp.shard_saes(list(saes))
     dev = saes[0].device
     opts = [make_optimizer(s) for s in saes]
     base_lrs = [lr if lr is not None else 2e-4 / math.sqrt(s.d_sae / 2 ** 14) for s in saes]

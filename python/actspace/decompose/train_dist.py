@@ -148,6 +148,19 @@ class DataParallel:
     def shard_saes(self, saes):
         return saes
 
+    def build_saes(self, specs, device, dtype):
+        """Whole SAEs from train._sae_specs (seeded: the same on every rank)."""
+        from .sae import SAE
+
+        out = []
+        for s in specs:
+            sae = SAE(s["d_in"], s["d_sae"], s["kind"], s["k"], d_out=s["d_out"],
+                      hookpoint=s["hookpoint"], hookpoint_out=s["hookpoint_out"], dtype=dtype,
+                      device=device)
+            sae.init_weights(seed=s["seed"])
+            out.append(sae)
+        return out
+
     def gather_saes(self, saes):
         return saes
 

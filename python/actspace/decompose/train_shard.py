@@ -23,9 +23,10 @@ batches (the data is not split). One step:
 
 Each rank checkpoints its own slice (``checkpoint.rank{r}-of-{W}.safetensors``; resuming
 needs the same number of processes); the final SAE is gathered whole on every rank and
-written once by rank 0. Initialisation is the single-process one (every rank draws the
-full, seeded SAE once and keeps its slice), so a sharded run trains the same SAE as one
-process on the same batches, up to float rounding (tested).
+written once by rank 0. Initialisation is the single-process one: the dictionary is drawn
+in independently seeded row blocks (sae.init_rows), so each rank draws only the blocks of
+its slice and never allocates the whole dictionary; a sharded run trains the same SAE as
+one process on the same batches, up to float rounding (tested).
 """
 from __future__ import annotations
 
@@ -100,16 +101,36 @@ class LatentParallel(DataParallel):
         self.check_same_data(source)
         return source
 
+    def _bounds_of(self, kind: str, d_sae: int) -> tuple[int, int]:
+        if kind != "topk":
+            raise ValueError(f"shard_latents supports kind='topk' SAEs, got {kind!r}")
+        if d_sae < self.world:
+            raise ValueError(f"shard_latents: d_sae={d_sae} is smaller than the number of "
+                             f"processes ({self.world})")
+        return shard_bounds(d_sae, self.rank, self.world)
+
+    def build_saes(self, specs, device, dtype):
+        """This rank's slices, drawn directly (init_rows): the whole dictionary is never
+        allocated, yet each slice equals those rows of the single-process SAE."""
+        shards = []
+        for s in specs:
+            lo, hi = self._bounds_of(s["kind"], s["d_sae"])
+            cfg = {"d_in": s["d_in"], "d_sae": s["d_sae"], "k": s["k"], "d_out": s["d_out"],
+                   "hookpoint": s["hookpoint"], "hookpoint_out": s["hookpoint_out"],
+                   "apply_b_dec_to_input": None, "extra_cfg": {}}    # None: SAE's default
+            part = _sae_like(cfg, hi - lo, min(s["k"], hi - lo), dtype, device)
+            cfg["apply_b_dec_to_input"] = part.apply_b_dec_to_input
+            part.init_weights(seed=s["seed"], rows=(lo, hi))
+            self.full.append(cfg)
+            self.bounds.append((lo, hi))
+            shards.append(part)
+        return shards
+
     def shard_saes(self, saes):
-        """Whole SAEs (seeded, identical on every rank) -> this rank's slices."""
+        """Whole SAEs given by the caller (identical on every rank) -> this rank's slices."""
         shards = []
         for sae in saes:
-            if sae.kind != "topk":
-                raise ValueError(f"shard_latents supports kind='topk' SAEs, got {sae.kind!r}")
-            if sae.d_sae < self.world:
-                raise ValueError(f"shard_latents: d_sae={sae.d_sae} is smaller than the number "
-                                 f"of processes ({self.world})")
-            lo, hi = shard_bounds(sae.d_sae, self.rank, self.world)
+            lo, hi = self._bounds_of(sae.kind, sae.d_sae)
             cfg = {"d_in": sae.d_in, "d_sae": sae.d_sae, "k": sae.k,
                    "d_out": sae.d_out if sae.is_transcoder else None,
                    "hookpoint": sae.hookpoint, "hookpoint_out": sae.hookpoint_out,
