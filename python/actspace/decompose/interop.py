@@ -99,7 +99,7 @@ def _build(d_in, d_sae, kind, k, d_out, hook, hook_out, apply_b_dec, W_enc, b_en
     from .sae import SAE
     dtype = dtype or W_enc.dtype
     sae = SAE(d_in, d_sae, kind, k, d_out=d_out, hookpoint=hook, hookpoint_out=hook_out,
-              apply_b_dec_to_input=apply_b_dec, dtype=dtype, device="meta")
+              apply_b_dec_to_input=apply_b_dec, dtype=dtype, device="meta", init=False)
     state = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if threshold is not None:
         state["threshold"] = threshold

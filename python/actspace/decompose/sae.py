@@ -65,24 +65,35 @@ class SparseCode:
 _INIT_BLOCK = 4096    # rows per independently seeded block of the initial dictionary
 
 
-def init_rows(seed: int, lo: int, hi: int, d_in: int, d_out: int):
-    """Rows lo..hi of the initial (W_enc [., d_in], W_dec [., d_out]) of an SAE seeded with
-    seed: random unit decoder rows, the encoder tied to them when d_in == d_out (else its
-    own random unit rows). Row block b (of _INIT_BLOCK rows) is drawn from its own
-    generator seeded (seed, b), so any slice is drawn without the rest of the dictionary."""
-    enc, dec = [], []
-    for b in range(lo // _INIT_BLOCK, (hi - 1) // _INIT_BLOCK + 1 if hi > lo else 0):
+def _init_blocks(seed: int, lo: int, hi: int, d_in: int, d_out: int):
+    """Yield (offset from lo, W_enc rows [n, d_in], W_dec rows [n, d_out]) covering rows
+    lo..hi of the initial dictionary of an SAE seeded with seed: random unit decoder rows,
+    the encoder tied to them when d_in == d_out (else its own random unit rows). Row block
+    b (of _INIT_BLOCK rows) comes from its own generator seeded (seed, b), so any slice is
+    drawn without the rest of the dictionary, one block in memory at a time."""
+    if hi <= lo:
+        return
+    for b in range(lo // _INIT_BLOCK, (hi - 1) // _INIT_BLOCK + 1):
         g = torch.Generator().manual_seed((seed * 1_000_003 + b) % 2 ** 63)
         a = b * _INIT_BLOCK
-        n = _INIT_BLOCK
-        W = torch.randn(n, d_out, generator=g, dtype=torch.float32)
-        E = W if d_in == d_out else torch.randn(n, d_in, generator=g, dtype=torch.float32)
-        s, e = max(lo - a, 0), min(hi - a, n)
-        dec.append(W[s:e] / W[s:e].norm(dim=1, keepdim=True))
-        enc.append(dec[-1] if d_in == d_out else E[s:e] / E[s:e].norm(dim=1, keepdim=True))
-    empty = torch.zeros(0, dtype=torch.float32)
-    return (torch.cat(enc) if enc else empty.view(0, d_in),
-            torch.cat(dec) if dec else empty.view(0, d_out))
+        W = torch.randn(_INIT_BLOCK, d_out, generator=g, dtype=torch.float32)
+        E = W if d_in == d_out else torch.randn(_INIT_BLOCK, d_in, generator=g,
+                                                dtype=torch.float32)
+        s, e = max(lo - a, 0), min(hi - a, _INIT_BLOCK)
+        dec = W[s:e] / W[s:e].norm(dim=1, keepdim=True)
+        enc = dec if d_in == d_out else E[s:e] / E[s:e].norm(dim=1, keepdim=True)
+        yield a + s - lo, enc, dec
+
+
+def init_rows(seed: int, lo: int, hi: int, d_in: int, d_out: int):
+    """Rows lo..hi of the initial (W_enc [hi-lo, d_in], W_dec [hi-lo, d_out]) of an SAE
+    seeded with seed (see _init_blocks)."""
+    W_enc = torch.empty(max(hi - lo, 0), d_in)
+    W_dec = torch.empty(max(hi - lo, 0), d_out)
+    for at, enc, dec in _init_blocks(seed, lo, hi, d_in, d_out):
+        W_enc[at:at + enc.shape[0]] = enc
+        W_dec[at:at + dec.shape[0]] = dec
+    return W_enc, W_dec
 
 
 def _check_int(value, name, lo=1):
@@ -97,7 +108,7 @@ class SAE(nn.Module, Decomposition):
     """A sparse autoencoder or transcoder.
 
     SAE(d_in, d_sae, kind="topk", k=32, *, d_out=None, hookpoint=None, hookpoint_out=None,
-        apply_b_dec_to_input=None, dtype=torch.float32, device=None)
+        apply_b_dec_to_input=None, dtype=torch.float32, device=None, init=True)
 
     Attributes: d_in, d_out, d_sae, k (None for relu / jumprelu), kind, hookpoint
     (= hookpoint_in), hookpoint_out, dtype, device, apply_b_dec_to_input.
@@ -107,7 +118,7 @@ class SAE(nn.Module, Decomposition):
 
     def __init__(self, d_in, d_sae, kind="topk", k=None, *, d_out=None, hookpoint=None,
                  hookpoint_out=None, apply_b_dec_to_input=None, dtype=torch.float32,
-                 device=None):
+                 device=None, init: bool = True):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -145,7 +156,8 @@ class SAE(nn.Module, Decomposition):
         else:
             self.threshold = None
         self.extra_cfg: dict = {}  # fields read from a foreign cfg.json, written back on save
-        self.init_weights()
+        if init:    # init=False: the caller writes every weight (loading, sharding)
+            self.init_weights()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -182,9 +194,9 @@ class SAE(nn.Module, Decomposition):
         lo, hi = rows if rows is not None else (0, self.d_sae)
         if hi - lo != self.d_sae:
             raise ValueError(f"rows {rows} must span d_sae={self.d_sae} rows")
-        W_enc, W_dec = init_rows(seed, lo, hi, self.d_in, self.d_out)
-        self.W_enc.copy_(W_enc)
-        self.W_dec.copy_(W_dec)
+        for at, enc, dec in _init_blocks(seed, lo, hi, self.d_in, self.d_out):
+            self.W_enc[at:at + enc.shape[0]].copy_(enc)
+            self.W_dec[at:at + dec.shape[0]].copy_(dec)
         self.b_enc.zero_()
         self.b_dec.zero_()
 

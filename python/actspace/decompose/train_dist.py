@@ -156,7 +156,7 @@ class DataParallel:
         for s in specs:
             sae = SAE(s["d_in"], s["d_sae"], s["kind"], s["k"], d_out=s["d_out"],
                       hookpoint=s["hookpoint"], hookpoint_out=s["hookpoint_out"], dtype=dtype,
-                      device=device)
+                      device=device, init=False)
             sae.init_weights(seed=s["seed"])
             out.append(sae)
         return out

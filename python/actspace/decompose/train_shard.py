@@ -52,7 +52,8 @@ def _sae_like(cfg: dict, d_sae: int, k: int, dtype, device) -> SAE:
     """A topk SAE of width d_sae with the other fields of cfg (see shard_saes)."""
     sae = SAE(cfg["d_in"], d_sae, "topk", k, d_out=cfg["d_out"], hookpoint=cfg["hookpoint"],
               hookpoint_out=cfg["hookpoint_out"],
-              apply_b_dec_to_input=cfg["apply_b_dec_to_input"], dtype=dtype, device=device)
+              apply_b_dec_to_input=cfg["apply_b_dec_to_input"], dtype=dtype, device=device,
+              init=False)    # every weight is written by the caller
     sae.extra_cfg = dict(cfg["extra_cfg"])
     return sae
 
