@@ -62,6 +62,14 @@ def _generate(model, ids, am, new):
     return out, torch.cat([pos, pos[:, -1:] + 1], 1)
 
 
+def _cache_kwarg(model, out) -> dict:
+    """The previous forward's KV cache under the name this transformers uses (`cache` from
+    5.2x on, `past_key_values` before)."""
+    import inspect
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: out.get("cache", out.get("past_key_values"))}
+
+
 def _manual_logits(model, hookpoint, vec, seqs, am, steer_mask, position_ids):
     """Full forward (no cache) adding vec at every token where steer_mask [B, S] is set."""
     (hp,) = resolve(model, hookpoint)
@@ -165,7 +173,7 @@ def test_cached_forward_without_attention_mask(lm):
     for positions in ("prompt", "generated", slice(5, 6), slice(1, 3)):
         with torch.no_grad(), v.apply(lm, 1.0, positions=positions):
             pre = lm(input_ids=ids[:, :5], use_cache=True)
-            step = lm(input_ids=ids[:, 5:], past_key_values=pre.past_key_values, use_cache=True).logits
+            step = lm(input_ids=ids[:, 5:], use_cache=True, **_cache_kwarg(lm, pre)).logits
         steer = torch.zeros(1, 7, dtype=torch.bool)
         if isinstance(positions, slice):
             steer[:, positions] = True

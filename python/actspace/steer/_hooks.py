@@ -47,6 +47,9 @@ def _positions_ok(positions) -> None:
                          f"got {positions!r}")
 
 
+_CACHE_NAMES = ("cache", "past_key_values", "cache_params")
+
+
 class _CallState:
     """attention mask / cache position of the top-level forward now running."""
 
@@ -58,15 +61,18 @@ class _CallState:
         self.stack: list[dict] = []   # nested top-level calls (rare) keep their own state
 
     def push(self, args, kwargs) -> None:
-        bound = {}
+        bound = dict(kwargs)
         if self._sig is not None:
             try:
-                bound = self._sig.bind_partial(*args, **kwargs).arguments
+                bound.update(self._sig.bind_partial(*args, **kwargs).arguments)
             except TypeError:
-                bound = dict(kwargs)
+                pass
+        # the KV cache is `cache` in transformers >= 5.2x, `past_key_values` before (and
+        # still accepted through **kwargs), `cache_params` for state-space models
+        cache = next((bound[n] for n in _CACHE_NAMES if bound.get(n) is not None), None)
         st = {"attention_mask": bound.get("attention_mask"),
               "cache_position": bound.get("cache_position"),
-              "past_key_values": bound.get("past_key_values")}
+              "past_key_values": cache}
         # read the cache length now: layers append to the cache during the forward
         st["past_len"] = _past_len(st)
         self.stack.append(st)
