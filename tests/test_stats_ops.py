@@ -87,6 +87,11 @@ def test_moments_row_strided_and_transposed():
     S.moments_update(got, xt, backend="kernel")
     R.moments_update(want, xt)
     _assert_moments_close(got, want)
+    one = _data(70, 1, torch.float32, seed=7).t()     # [1, 70] with strides (1, 1): torch
+    got, want = S.moments_init(70), R.moments_init(70)  # calls it contiguous, row stride < d
+    S.moments_update(got, one, backend="kernel")
+    R.moments_update(want, one)
+    _assert_moments_close(got, want)
 
 
 def test_moments_all_nonfinite_channel_huge_values_and_numpy():

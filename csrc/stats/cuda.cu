@@ -85,7 +85,9 @@ __global__ void moments_partial(const typename L::T* __restrict__ x, int64_t N, 
       nf += !fin;
     }
   }
-  const double sh = cnt > 0 ? sum / cnt : 0.0;
+  // a float64 sum may overflow: the midrange is then a finite shift as good as any (as on CPU)
+  const double m0 = cnt > 0 ? sum / cnt : 0.0;
+  const double sh = isfinite(m0) ? m0 : 0.5 * mn + 0.5 * mx;
   double s1 = 0, s2 = 0, s3 = 0, s4 = 0;
   if (c < d) {
     for (int64_t r = r0 + ty; r < r1; r += TY) {

@@ -45,9 +45,11 @@ def _check_field(state: dict, key: str, dtype: torch.dtype, shape: tuple, device
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x with contiguous channels; rows may keep any stride (the kernels take it)."""
+    """x with contiguous channels; rows may keep any stride (the kernels take it).
+    A tensor torch calls contiguous can still have stride(0) < d when it has one row
+    ([1, d] views of a column), so those are copied too."""
     if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
-        x = x.contiguous()
+        x = x.clone(memory_format=torch.contiguous_format) if x.is_contiguous() else x.contiguous()
     return x
 
 

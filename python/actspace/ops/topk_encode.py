@@ -11,6 +11,7 @@ only (never a dense N×M gradient), so it works under autograd and torch.compile
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -133,24 +134,26 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
     else:
         merge = c.topk_encode_merge
     esz = run_vals.element_size()
-    for m0 in range(0, M, cols):
-        m1 = min(M, m0 + cols)
-        Wt = W[m0:m1]
-        off = [0 if p is None else p.data_ptr() + m0 * esz for p in (b_p, s_p, t_p)]
-        for r0 in range(0, N, rows):
-            r1 = min(N, r0 + rows)
-            tile = tile_buf[: (r1 - r0) * (m1 - m0)].view(r1 - r0, m1 - m0)
-            _tile_mm(xc[r0:r1], Wt, tile, cuda_fp32)
-            merge(tile.data_ptr(), tcode, r1 - r0, m1 - m0, m1 - m0, r0, m0, off[0], off[1],
-                  off[2], acode, relu, k, run_vals.data_ptr(), run_idx.data_ptr())
-    values = torch.empty((N, k), dtype=x.dtype, device=dev)
-    indices = torch.empty((N, k), dtype=torch.int32, device=dev)
-    args = (run_vals.data_ptr(), run_idx.data_ptr(), acode, N, k, values.data_ptr(),
-            DTYPE_CODES[x.dtype], indices.data_ptr())
-    if on_cuda:
-        c.topk_encode_finish_cuda(*args, stream_handle(dev))
-    else:
-        c.topk_encode_finish(*args)
+    # kernels launch on the current device: make it x's (a model split over several GPUs)
+    with torch.cuda.device(dev) if on_cuda else contextlib.nullcontext():
+        for m0 in range(0, M, cols):
+            m1 = min(M, m0 + cols)
+            Wt = W[m0:m1]
+            off = [0 if p is None else p.data_ptr() + m0 * esz for p in (b_p, s_p, t_p)]
+            for r0 in range(0, N, rows):
+                r1 = min(N, r0 + rows)
+                tile = tile_buf[: (r1 - r0) * (m1 - m0)].view(r1 - r0, m1 - m0)
+                _tile_mm(xc[r0:r1], Wt, tile, cuda_fp32)
+                merge(tile.data_ptr(), tcode, r1 - r0, m1 - m0, m1 - m0, r0, m0, off[0],
+                      off[1], off[2], acode, relu, k, run_vals.data_ptr(), run_idx.data_ptr())
+        values = torch.empty((N, k), dtype=x.dtype, device=dev)
+        indices = torch.empty((N, k), dtype=torch.int32, device=dev)
+        args = (run_vals.data_ptr(), run_idx.data_ptr(), acode, N, k, values.data_ptr(),
+                DTYPE_CODES[x.dtype], indices.data_ptr())
+        if on_cuda:
+            c.topk_encode_finish_cuda(*args, stream_handle(dev))
+        else:
+            c.topk_encode_finish(*args)
     return values, indices
 
 
@@ -214,7 +217,8 @@ def _backward(ctx, grad_values, grad_indices):
         grad_x = gx.to(x.dtype) if need[0] else None
         grad_bd = (-gx.sum(0)).to(b_dec.dtype) if need[4] else None
     if need[1]:
-        grad_W = decode_backward(xc, g, indices, W_enc.to(acc), need_values=False)[1]
+        grad_W = decode_backward(xc, g, indices, W_enc.to(acc), need_values=False,
+                                 deterministic=torch.are_deterministic_algorithms_enabled())[1]
         grad_W = grad_W.to(W_enc.dtype)
     if need[2]:
         grad_b = torch.zeros(W_enc.shape[0], dtype=acc, device=x.device)
