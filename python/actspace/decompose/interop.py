@@ -1,13 +1,21 @@
 """Read and write SAEs in the layouts of SAELens, sparsify and Gemma Scope.
 
-- SAELens: ``cfg.json`` + ``sae_weights.safetensors`` with W_enc [d_in, d_sae],
-  W_dec [d_sae, d_in(out)], b_enc [d_sae], b_dec [d_in(out)], threshold [d_sae] (jumprelu);
-  architecture "standard" | "topk" | "jumprelu", k in activation_fn_kwargs (or top-level).
-- sparsify: ``cfg.json`` (k, num_latents / expansion_factor, d_in) + ``sae.safetensors``
-  with encoder.weight [d_sae, d_in], encoder.bias [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+- SAELens: ``cfg.json`` + ``sae_weights.safetensors`` (W_enc [d_in, d_sae], W_dec
+  [d_sae, d_out], b_enc, b_dec, threshold): read from 5.x and 6.x files, written so both
+  load it; see interop_saelens.py.
+- sparsify (EleutherAI, ``sparsify/config.py`` SparseCoderConfig and
+  ``sparse_coder.py`` load_from_disk): ``cfg.json`` (d_in, k, num_latents or d_in ·
+  expansion_factor, activation "topk" | "groupmax", skip_connection, transcode) +
+  ``sae.safetensors`` with encoder.weight [d_sae, d_in], encoder.bias [d_sae],
+  W_dec [d_sae, d_in], b_dec [d_in] (+ W_skip [d_in, d_in] with a skip connection). A
+  transcoder (transcode=true) reads one module's input and predicts its output at the same
+  width and never subtracts b_dec from its input; there is no d_out. Loading drops
+  unknown cfg fields and is strict about tensors.
 - Gemma Scope: ``params.npz`` with W_enc [d_in, d_sae], W_dec, b_enc, b_dec, threshold
   (JumpReLU without b_dec subtraction).
 
+Whatever actspace does not compute (groupmax, skip connections, activation normalization,
+unknown tensors...) is refused on load with the field and value named, never run wrong.
 Weights are read from safetensors / npz (allow_pickle=False) only, never unpickled. Every
 file is written to a temporary name, fsynced and renamed, so a crash never leaves a torn
 file. Tensors are stored bit-exactly in their dtype, so save → load round trips exactly.
@@ -118,7 +126,8 @@ def load_sae(path, *, device=None, dtype=None):
     if not p.is_dir():
         raise FileNotFoundError(f"path {str(p)!r} is neither an SAE directory nor a .npz file")
     if (p / "sae_weights.safetensors").exists():
-        return _load_saelens(p, device, dtype)
+        from .interop_saelens import load_saelens
+        return load_saelens(p, device, dtype)
     if (p / "sae.safetensors").exists():
         return _load_sparsify(p, device, dtype)
     if (p / "params.npz").exists():
@@ -138,63 +147,38 @@ def _read_cfg(p):
     return cfg
 
 
-def _load_saelens(p, device, dtype):
-    cfg, src = _read_cfg(p), f"SAELens {str(p)!r}"
-    t = _read_safetensors(p / "sae_weights.safetensors")
-    d_in, d_sae = _int_field(cfg, "d_in", src), _int_field(cfg, "d_sae", src)
-    d_out = cfg.get("d_out") or d_in
-    arch = cfg.get("architecture", "standard")
-    act = cfg.get("activation_fn_str", cfg.get("activation_fn", "relu"))
-    kw = cfg.get("activation_fn_kwargs") or {}
-    k = kw.get("k", cfg.get("k"))
-    kind = cfg.get("actspace_kind")
-    if kind is None:
-        if arch == "topk" or act == "topk":
-            kind = "topk"
-        elif arch == "jumprelu":
-            kind = "jumprelu"
-        elif arch == "standard" and act == "relu":
-            kind = "relu"
-        else:
-            raise ValueError(f"{src}: unsupported architecture {arch!r} / activation {act!r}")
-    if kind in ("topk", "batchtopk") and (isinstance(k, bool) or not isinstance(k, int)):
-        raise ValueError(f"{src}: field 'activation_fn_kwargs.k' must be an int for {kind}")
-    W_enc = _expect(t, "W_enc", (d_in, d_sae), src).T
-    b_enc = _expect(t, "b_enc", (d_sae,), src)
-    W_dec = _expect(t, "W_dec", (d_sae, d_out), src)
-    b_dec = _expect(t, "b_dec", (d_out,), src)
-    thr = None
-    if kind in ("jumprelu", "batchtopk"):
-        thr = _expect(t, "threshold", (d_sae,), src)
-        if kind == "batchtopk":  # saved as a JumpReLU with one threshold for every latent
-            if not bool((thr == thr[0]).all()):
-                raise ValueError(f"{src}: batchtopk 'threshold' must be one value for all latents")
-            thr = thr[0].clone()
-    apply = cfg.get("apply_b_dec_to_input", d_out == d_in)
-    sae = _build(d_in, d_sae, kind, k if kind in ("topk", "batchtopk") else None, d_out,
-                 cfg.get("hook_name"), cfg.get("hook_name_out"), bool(apply), W_enc, b_enc,
-                 W_dec, b_dec, thr, dtype, device)
-    sae.extra_cfg = cfg
-    return sae
+_SPARSIFY_TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 
 
 def _load_sparsify(p, device, dtype):
     cfg, src = _read_cfg(p), f"sparsify {str(p)!r}"
-    t = _read_safetensors(p / "sae.safetensors")
+    act = cfg.get("activation", "topk")
+    if act != "topk":
+        raise ValueError(f"{src}: activation={act!r} is not supported (only 'topk')")
+    for flag in ("skip_connection", "embed_skip", "gram_lookup"):  # terms actspace lacks
+        if cfg.get(flag):
+            raise ValueError(f"{src}: {flag}={cfg[flag]!r} is not supported (only false)")
     d_in = _int_field(cfg, "d_in", src)
     k = _int_field(cfg, "k", src)
     if cfg.get("num_latents"):
         d_sae = _int_field(cfg, "num_latents", src)
     else:
         d_sae = d_in * _int_field(cfg, "expansion_factor", src)
-    d_out = cfg.get("d_out") or d_in
+    d_out = cfg.get("d_out") or d_in   # not sparsify's: written by older actspace versions
+    transcode = cfg.get("transcode", False)
+    if not isinstance(transcode, bool):
+        raise ValueError(f"{src}: field 'transcode' must be a bool, got {transcode!r}")
+    t = _read_safetensors(p / "sae.safetensors")
+    if "W_skip" in t:
+        raise ValueError(f"{src}: skip connections (tensor 'W_skip') are not supported")
+    extra = sorted(set(t) - set(_SPARSIFY_TENSORS))
+    if extra:
+        raise ValueError(f"{src}: unexpected tensor(s) {extra} in sae.safetensors (expected "
+                         f"{list(_SPARSIFY_TENSORS)})")
     W_enc = _expect(t, "encoder.weight", (d_sae, d_in), src)
     b_enc = _expect(t, "encoder.bias", (d_sae,), src)
     W_dec = _expect(t, "W_dec", (d_sae, d_out), src)
     b_dec = _expect(t, "b_dec", (d_out,), src)
-    if "W_skip" in t:
-        raise ValueError(f"{src}: skip connections (tensor 'W_skip') are not supported")
-    transcode = bool(cfg.get("transcode", False))
     sae = _build(d_in, d_sae, "topk", k, d_out, cfg.get("hookpoint"), cfg.get("hookpoint_out"),
                  not transcode, W_enc, b_enc, W_dec, b_dec, None, dtype, device)
     sae.extra_cfg = cfg
@@ -207,6 +191,9 @@ def _load_gemmascope(f, device, dtype):
         arrays = {n: torch.from_numpy(np.array(z[n])) for n in z.files}
     if "W_enc" not in arrays or arrays["W_enc"].dim() != 2:
         raise ValueError(f"{src}: missing 2-d tensor 'W_enc' [d_in, d_sae]")
+    extra = sorted(set(arrays) - {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"})
+    if extra:
+        raise ValueError(f"{src}: unexpected array(s) {extra} in params.npz")
     d_in, d_sae = arrays["W_enc"].shape
     d_out = arrays["W_dec"].shape[1] if "W_dec" in arrays and arrays["W_dec"].dim() == 2 else d_in
     W_enc = _expect(arrays, "W_enc", (d_in, d_sae), src).T
@@ -227,61 +214,28 @@ def save_sae(sae, path, *, format="saelens"):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    {"saelens": _save_saelens, "sparsify": _save_sparsify,
-     "gemmascope": _save_gemmascope}[format](sae, p)
-
-
-def _foreign_fields(sae, marker):
-    """Fields of a cfg.json read in the same format (marker field present), hooks dropped:
-    they are kept on save so metadata such as model_name survives a round trip."""
-    if marker not in sae.extra_cfg:
-        return {}
-    return {k: v for k, v in sae.extra_cfg.items() if "hook" not in k}
-
-
-def _dtype_name(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
-def _save_saelens(sae, p):
-    arch = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",
-            "batchtopk": "jumprelu"}[sae.kind]
-    cfg = _foreign_fields(sae, "architecture")
-    cfg.update({
-        "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae,
-        "dtype": _dtype_name(sae.dtype), "device": "cpu",
-        "hook_name": sae.hookpoint, "apply_b_dec_to_input": sae.apply_b_dec_to_input,
-        "activation_fn_str": "topk" if sae.kind == "topk" else "relu",
-        "activation_fn_kwargs": {"k": sae.k} if sae.kind == "topk" else {},
-        "normalize_activations": "none", "finetuning_scaling_factor": False,
-        "actspace_kind": sae.kind,
-    })
-    if sae.k is not None:
-        cfg["k"] = sae.k
-    if sae.is_transcoder:
-        cfg.update({"d_out": sae.d_out, "hook_name_out": sae.hookpoint_out})
-    t = {"W_enc": sae.W_enc.T, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    if sae.kind == "jumprelu":
-        t["threshold"] = sae.threshold
-    elif sae.kind == "batchtopk":  # SAELens serves BatchTopK as JumpReLU at one threshold
-        t["threshold"] = sae.threshold.expand(sae.d_sae)
-    _write_safetensors(p / "sae_weights.safetensors", t)
-    _write_json(p / "cfg.json", cfg)
+    if format == "saelens":
+        from .interop_saelens import save_saelens
+        save_saelens(sae, p)
+    else:
+        {"sparsify": _save_sparsify, "gemmascope": _save_gemmascope}[format](sae, p)
 
 
 def _save_sparsify(sae, p):
     if sae.kind != "topk":
         raise ValueError(f"format='sparsify' stores TopK SAEs only, this SAE has kind={sae.kind!r}")
-    if sae.is_transcoder == sae.apply_b_dec_to_input:
-        raise ValueError("format='sparsify': a transcoder must not subtract b_dec from its "
-                         "input and an SAE must (apply_b_dec_to_input)")
-    cfg = _foreign_fields(sae, "num_latents")
-    cfg.update({"d_in": sae.d_in, "num_latents": sae.d_sae, "k": sae.k,
+    if sae.d_out != sae.d_in:
+        raise ValueError("format='sparsify' has no d_out: its transcoders predict at their "
+                         f"input width (d_in={sae.d_in}), this one has d_out={sae.d_out}")
+    # fields of a sparsify cfg read before survive; sparsify drops unknown fields on load, so
+    # the hookpoints (sparsify names them by the directory instead) may ride along
+    cfg = {k: v for k, v in sae.extra_cfg.items() if "hook" not in k and k != "d_out"} \
+        if "num_latents" in sae.extra_cfg else {}
+    cfg.update({"activation": "topk", "d_in": sae.d_in, "num_latents": sae.d_sae, "k": sae.k,
                 "expansion_factor": max(sae.d_sae // sae.d_in, 1), "normalize_decoder": True,
                 "multi_topk": False, "skip_connection": False,
-                "transcode": sae.is_transcoder, "hookpoint": sae.hookpoint})
-    if sae.d_out != sae.d_in:
-        cfg["d_out"] = sae.d_out
+                # sparsify's transcode means exactly: b_dec is not subtracted from the input
+                "transcode": not sae.apply_b_dec_to_input, "hookpoint": sae.hookpoint})
     if sae.hookpoint_out is not None:
         cfg["hookpoint_out"] = sae.hookpoint_out
     _write_safetensors(p / "sae.safetensors", {"encoder.weight": sae.W_enc,

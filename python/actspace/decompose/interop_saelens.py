@@ -1,0 +1,258 @@
+"""The SAELens layout: ``cfg.json`` + ``sae_weights.safetensors``, read from SAELens 5.x and
+6.x files and written so that both versions load it.
+
+What SAELens does with these files (5.x: ``sae_lens/sae.py`` SAEConfig and
+``toolkit/pretrained_sae_loaders.py``; 6.x: ``saes/sae.py``, ``saes/{topk_sae, jumprelu_sae,
+transcoder}.py`` and ``loading/pretrained_sae_loaders.py``):
+
+- 5.x ``SAEConfig.from_dict`` renames the legacy keys (hook_point, hook_point_layer,
+  hook_point_head_index, activation_fn), keeps only its dataclass fields and needs these with
+  no default: architecture (standard | gated | jumprelu | topk), d_in, d_sae,
+  activation_fn_str, apply_b_dec_to_input, finetuning_scaling_factor, context_size,
+  model_name, hook_name (a string: ``SAE.__init__`` calls ``hook_name.endswith``), hook_layer,
+  hook_head_index, prepend_bos, dataset_path, dataset_trust_remote_code,
+  normalize_activations, dtype (a DTYPE_MAP key), device, sae_lens_training_version. TopK's
+  k is ``activation_fn_kwargs["k"]``.
+- 6.x ``handle_config_defaulting`` takes sae_lens_version from the top level, else from
+  ``metadata``; missing or below 6.0.0-rc.0, ``handle_pre_6_0_config`` converts the 5.x
+  layout (its top-level LLM fields become the metadata). Otherwise the file is read as is:
+  the architecture's config dataclass keeps its own fields (d_in, d_sae, dtype, device,
+  apply_b_dec_to_input, normalize_activations, reshape_activations; k and
+  rescale_acts_by_decoder_norm for topk; d_out for transcoders) and ``metadata`` (hook_name,
+  hook_name_out, model_name, ...) becomes SAEMetadata. A missing field takes its class
+  default (TopKSAEConfig.k = 100, TranscoderConfig.d_out = 768), so both are always written;
+  a transcoder must say apply_b_dec_to_input = false (its default, true, is refused).
+- Both load the weights strictly: exactly W_enc [d_in, d_sae], b_enc [d_sae],
+  W_dec [d_sae, d_out], b_dec [d_out], and threshold [d_sae] for the JumpReLU kinds.
+
+So the file written here has the full 5.x field set at the top level (5.x drops the rest)
+and a ``metadata`` object with sae_lens_version 6.0.0, which 6.x reads natively (dropping
+the 5.x fields). Transcoders ("transcoder" = ReLU, "jumprelu_transcoder") exist from 6.x
+on; SAELens has no TopK transcoder, so a TopK transcoder is written under actspace's own
+architecture name "topk_transcoder", which SAELens refuses by name instead of misreading.
+Configs whose maths actspace does not implement are refused on load rather than run wrong.
+"""
+from __future__ import annotations
+
+import re
+
+from .interop import _build, _expect, _int_field, _read_cfg, _read_safetensors, \
+    _write_json, _write_safetensors
+
+__all__ = ["load_saelens", "save_saelens", "LAYOUT_VERSION"]
+
+LAYOUT_VERSION = "6.0.0"   # the sae_lens_version written into metadata (6.x layout)
+WEIGHTS = "sae_weights.safetensors"
+
+# SAELens architecture -> the actspace kind it computes
+_ARCH_KIND = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu",
+              "transcoder": "relu", "jumprelu_transcoder": "jumprelu",
+              "topk_transcoder": "topk"}          # the last one: actspace's own, see above
+_TRANSCODER_ARCHS = ("transcoder", "jumprelu_transcoder", "topk_transcoder")
+# legacy 5.x key -> current name (SAEConfig.from_dict's rename table)
+_LEGACY_KEYS = {"hook_point": "hook_name", "hook_point_layer": "hook_layer",
+                "hook_point_head_index": "hook_head_index", "activation_fn": "activation_fn_str"}
+# what SAELens records about the model and data (5.x top level, 6.x metadata); the
+# defaults are SAELens's own where it has one, "" where the value is simply unknown
+_PROVENANCE = {"model_name": "", "hook_head_index": None, "context_size": 128,
+               "prepend_bos": True, "dataset_path": "", "dataset_trust_remote_code": True,
+               "sae_lens_training_version": None, "neuronpedia_id": None,
+               "model_from_pretrained_kwargs": {}}
+# the keys of those that 6.x keeps in metadata (a subset of its LLM_METADATA_KEYS)
+_META_KEYS = ("model_name", "hook_name", "hook_head_index", "hook_name_out",
+              "hook_head_index_out", "context_size", "prepend_bos", "dataset_path",
+              "sae_lens_training_version", "neuronpedia_id", "model_from_pretrained_kwargs")
+
+
+# ------------------------------------------------------------------ load
+def _declares_v6(cfg, meta):
+    """SAELens 6.x reads the cfg natively (else converts it as a 5.x file): by the major
+    version of sae_lens_version, top level first, then metadata."""
+    version = cfg.get("sae_lens_version") or meta.get("sae_lens_version")
+    m = re.match(r"\s*(\d+)", str(version)) if version else None
+    return m is not None and int(m.group(1)) >= 6
+
+
+def _hook(cfg, meta, name, src, legacy=None):
+    """A hook name from the top level (or its legacy alias), else from metadata; "" -> None."""
+    v = cfg.get(name)
+    if v is None and legacy is not None:
+        v = cfg.get(legacy)
+    if v is None:
+        v = meta.get(name)
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"{src}: field {name!r} must be a string, got {v!r}")
+    return v or None
+
+
+def _refuse_unimplemented(cfg, src):
+    """Fields whose maths actspace does not implement: refuse rather than compute wrongly."""
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None, False):   # SAELens reads None / False as "none"
+        raise ValueError(
+            f"{src}: normalize_activations={norm!r} is not supported (only 'none'): the SAE "
+            "expects normalized inputs that actspace would not produce")
+    for flag in ("finetuning_scaling_factor", "rescale_acts_by_decoder_norm"):
+        if cfg.get(flag):
+            raise ValueError(f"{src}: {flag}={cfg[flag]!r} is not supported (only false)")
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape not in ("none", "hook_z", None):   # hook_z only flattens the heads: same maths
+        raise ValueError(f"{src}: reshape_activations={reshape!r} is not supported")
+
+
+def _kind(cfg, native6, src):
+    arch = cfg.get("architecture", "standard")
+    base = _ARCH_KIND.get(arch) if isinstance(arch, str) else None
+    if base is None:
+        raise ValueError(f"{src}: unsupported architecture {arch!r} (supported: "
+                         f"{', '.join(_ARCH_KIND)})")
+    # 6.x ignores activation_fn*; 5.x computes with it (TopK under "standard" too, and a
+    # ReLU under "topk"), so a 5.x file must pair them as SAELens itself writes them
+    act = None if native6 else cfg.get("activation_fn_str", cfg.get("activation_fn"))
+    if act == "topk" and (arch == "standard" or base == "topk"):
+        base = "topk"
+    elif act not in (None, "relu") or (act == "relu" and base == "topk"):
+        raise ValueError(f"{src}: unsupported activation {act!r} for architecture {arch!r}")
+    kind = cfg.get("actspace_kind", base)
+    if kind != base and not (kind == "batchtopk" and base == "jumprelu"):
+        raise ValueError(f"{src}: actspace_kind={kind!r} does not match architecture {arch!r}")
+    return arch, kind
+
+
+def load_saelens(p, device, dtype):
+    cfg, src = _read_cfg(p), f"SAELens {str(p)!r}"
+    meta = cfg.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{src}: field 'metadata' must be an object, got {meta!r}")
+    native6 = _declares_v6(cfg, meta)
+    _refuse_unimplemented(cfg, src)
+    arch, kind = _kind(cfg, native6, src)
+    transcoder = arch in _TRANSCODER_ARCHS
+    d_in, d_sae = _int_field(cfg, "d_in", src), _int_field(cfg, "d_sae", src)
+    d_out = _int_field(cfg, "d_out", src) if transcoder else (cfg.get("d_out") or d_in)
+    k = None
+    if kind in ("topk", "batchtopk"):
+        kw = cfg.get("activation_fn_kwargs") or {}
+        # 6.x reads the top-level k; a 5.x file (and 6.x converting one) activation_fn_kwargs
+        k = cfg.get("k", kw.get("k")) if native6 else kw.get("k", cfg.get("k"))
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValueError(f"{src}: field 'activation_fn_kwargs.k' (or 'k') must be an int "
+                             f"for {kind}, got {k!r}")
+    apply = cfg.get("apply_b_dec_to_input", not transcoder and d_out == d_in)
+    if not isinstance(apply, bool):
+        raise ValueError(f"{src}: field 'apply_b_dec_to_input' must be a bool, got {apply!r}")
+    if transcoder and apply:
+        raise ValueError(f"{src}: apply_b_dec_to_input=True is not valid for architecture "
+                         f"{arch!r} (a transcoder never subtracts b_dec from its input)")
+
+    t = _read_safetensors(p / WEIGHTS)
+    sf = t.get("scaling_factor")   # SAELens drops an all-ones scaling_factor; so do we
+    if sf is not None and bool((sf == 1).all()):
+        del t["scaling_factor"]
+    names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if kind in (
+        "jumprelu", "batchtopk") else set())
+    extra = sorted(set(t) - names)
+    if extra:
+        raise ValueError(f"{src}: unexpected tensor(s) {extra} in {WEIGHTS} for architecture "
+                         f"{arch!r} (expected {sorted(names)})")
+    W_enc = _expect(t, "W_enc", (d_in, d_sae), src).T
+    b_enc = _expect(t, "b_enc", (d_sae,), src)
+    W_dec = _expect(t, "W_dec", (d_sae, d_out), src)
+    b_dec = _expect(t, "b_dec", (d_out,), src)
+    thr = None
+    if kind in ("jumprelu", "batchtopk"):
+        thr = _expect(t, "threshold", (d_sae,), src)
+        if kind == "batchtopk":  # saved as a JumpReLU with one threshold for every latent
+            if not bool((thr == thr[0]).all()):
+                raise ValueError(f"{src}: batchtopk 'threshold' must be one value for all latents")
+            thr = thr[0].clone()
+    sae = _build(d_in, d_sae, kind, k, d_out, _hook(cfg, meta, "hook_name", src, "hook_point"),
+                 _hook(cfg, meta, "hook_name_out", src), apply, W_enc, b_enc, W_dec, b_dec,
+                 thr, dtype, device)
+    sae.extra_cfg = cfg
+    return sae
+
+
+# ------------------------------------------------------------------ save
+def architecture(sae) -> str:
+    """The SAELens architecture name sae is written under (ValueError if it has none)."""
+    if not sae.is_transcoder:
+        return {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",
+                "batchtopk": "jumprelu"}[sae.kind]   # BatchTopK infers as a JumpReLU
+    if sae.apply_b_dec_to_input:
+        raise ValueError("format='saelens': a transcoder there never subtracts b_dec from its "
+                         "input, but this one has apply_b_dec_to_input=True")
+    return {"relu": "transcoder", "jumprelu": "jumprelu_transcoder",
+            "batchtopk": "jumprelu_transcoder", "topk": "topk_transcoder"}[sae.kind]
+
+
+def _layer_of(hook_name):
+    """5.x's hook_layer when no file says it: the first number in the hook name, else 0."""
+    m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", hook_name or "")
+    return int(m.group(1)) if m else 0
+
+
+def _foreign(sae):
+    """(top-level fields, metadata) to keep from sae.extra_cfg: all of a SAELens cfg read
+    before (legacy names mapped to current ones, the fields this writer owns dropped), or
+    only the provenance fields a caller set by hand (e.g. extra_cfg["model_name"])."""
+    extra = dict(sae.extra_cfg or {})
+    if "architecture" not in extra:
+        keep = set(_PROVENANCE) | {"hook_layer", "hook_head_index_out"}
+        return {k: v for k, v in extra.items() if k in keep}, {}
+    meta = dict(extra.pop("metadata", None) or {})
+    for old, new in _LEGACY_KEYS.items():
+        if old in extra:
+            v = extra.pop(old)
+            extra.setdefault(new, v)
+    for key in ("hook_name", "hook_name_out", "activation_fn_str", "activation_fn_kwargs",
+                "k", "d_out", "rescale_acts_by_decoder_norm", "sae_lens_version"):
+        extra.pop(key, None)
+        meta.pop(key, None)
+    return extra, meta
+
+
+def config(sae) -> dict:
+    """The cfg.json written for sae: SAELens 5.x fields at the top level, 6.x metadata."""
+    arch = architecture(sae)
+    cfg, meta = _foreign(sae)
+    for key, default in _PROVENANCE.items():
+        cfg[key] = cfg.get(key, meta.get(key, default))
+    cfg.setdefault("hook_layer", meta.get("hook_layer", _layer_of(sae.hookpoint)))
+    topk = sae.kind == "topk"
+    cfg.update({
+        "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae,
+        "dtype": str(sae.dtype).removeprefix("torch."), "device": "cpu",
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "normalize_activations": "none", "finetuning_scaling_factor": False,
+        "reshape_activations": cfg.get("reshape_activations") or "none",
+        "activation_fn_str": "topk" if topk else "relu",
+        "activation_fn_kwargs": {"k": sae.k} if topk else {},
+        "hook_name": sae.hookpoint or "",   # 5.x needs a string even when it is unknown
+        "actspace_kind": sae.kind,
+    })
+    if sae.k is not None:
+        cfg["k"] = sae.k
+    if topk:
+        cfg["rescale_acts_by_decoder_norm"] = False
+    if sae.is_transcoder:
+        cfg["d_out"] = sae.d_out
+        cfg["hook_name_out"] = sae.hookpoint_out or ""
+        cfg["hook_head_index_out"] = cfg.get("hook_head_index_out",
+                                             meta.get("hook_head_index_out"))
+    meta.update({k: cfg[k] for k in _META_KEYS if k in cfg})
+    meta["sae_lens_version"] = LAYOUT_VERSION
+    cfg["metadata"] = meta
+    return cfg
+
+
+def save_saelens(sae, p):
+    cfg = config(sae)   # first: an SAE SAELens cannot hold fails before any file is written
+    t = {"W_enc": sae.W_enc.T, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    if sae.kind == "jumprelu":
+        t["threshold"] = sae.threshold
+    elif sae.kind == "batchtopk":  # SAELens serves BatchTopK as JumpReLU at one threshold
+        t["threshold"] = sae.threshold.expand(sae.d_sae)
+    _write_safetensors(p / WEIGHTS, t)
+    _write_json(p / "cfg.json", cfg)
+
