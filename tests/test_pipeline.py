@@ -115,6 +115,12 @@ def test_demo_outputs(demo_out):
     s = json.load(open(os.path.join(out, "stats", "encoder.layer.3.json")))
     assert s["rows"] == 3000 and s["d"] == 384 and len(s["spectrum"]) == 384
     assert 0.1 < s["alpha"] < 10                         # a real fit on a real spectrum
+    # the largest tokens are listed (named) whether or not any passes the threshold
+    top = s["top_tokens"]
+    assert len(top) == 10 and all(isinstance(t["token"], str) for t in top)
+    assert [t["value"] for t in top] == sorted((t["value"] for t in top), reverse=True)
+    page = open(os.path.join(out, "report.html"), encoding="utf-8").read()
+    assert page.count("<th>top token</th>") == 3 and "× the median channel RMS" in page
     ev = json.load(open(os.path.join(out, "eval", "encoder.layer.3.json")))
     assert 0 < ev["reconstruction"]["fvu"] < 1 and ev["reconstruction"]["l0"] <= 8
     cards = json.load(open(os.path.join(out, "cards", "encoder.layer.3.json")))

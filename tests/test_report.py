@@ -21,7 +21,10 @@ from actspace.report import render, write_report
 EVIL = "<script>alert(1)</script>"
 QUOTES = "\"quoted\" & 'single'"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
+# locally a missing chromium skips the browser tests; in CI (.ci/run installs it) it fails
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not IN_CI,
+                                    reason="chromium not installed")
 
 # injected before the page's own content: records errors, alert() calls and broken images,
 # then writes the result into the DOM, where --dump-dom shows it
@@ -43,6 +46,8 @@ def check_in_chromium(report_path, tmp_path, shot_name="report.png") -> dict:
     """Load the report in headless Chromium: returns the harness result (images, broken,
     errors, alerts, scripts, text) plus "screenshot" (path) and "console" (stderr lines
     of console messages)."""
+    if CHROMIUM is None:
+        pytest.fail("CI is set but chromium is not installed (.ci/run installs it)")
     with open(report_path, encoding="utf-8") as f:
         page = f.read()
     probe = os.path.join(tmp_path, "probe.html")
@@ -66,22 +71,32 @@ def check_in_chromium(report_path, tmp_path, shot_name="report.png") -> dict:
     return res
 
 
-def make_outdir(root) -> str:
-    """A pipeline output directory with hostile strings everywhere data reaches the page."""
-    out = os.path.join(root, "out")
-    hp = f"layer{EVIL}{QUOTES}"
-    d = 16
+def layer_stats(hp: str, d: int = 16) -> dict:
+    """A stats/<hookpoint>.json summary: one massive channel (15) at 40x the median RMS,
+    top tokens one above the threshold (5x) and one below."""
     lam = [10.0 * (i + 1) ** -1.2 for i in range(d)]
-    write_json_atomic(os.path.join(out, "config.json"),
-                      {"model": {"path": f"model{EVIL}"}, "texts": {"source": QUOTES}})
-    write_json_atomic(os.path.join(out, "stats", "hp.json"), {
+    return {
         "hookpoint": hp, "rows": 100, "d": d, "nonfinite": 0, "massive_ratio": 5.0,
         "norm": {"count": 100, "mean": 3.0, "std": 0.5, "min": 1.0, "max": 9.0},
         "channel_rms": [1.0] * (d - 1) + [0.0], "channel_absmax": [2.0] * (d - 1) + [40.0],
         "massive": {"reference": 1.0, "channels": [{"channel": 15, "absmax": 40.0, "ratio": 40.0}],
                     "tokens": []},
+        "top_tokens": [{"row": 7, "token_id": 3, "token": EVIL, "channel": 15, "value": 40.0,
+                        "ratio": 40.0},
+                       {"row": 9, "token_id": 4, "token": " and", "channel": 2, "value": 2.0,
+                        "ratio": 2.0}],
         "spectrum": lam, "effective_rank": 5.0, "participation_ratio": 3.0, "alpha": 1.2,
-        "fit": {"rank_lo": 1, "rank_hi": 8, "log_intercept": math.log(10.0)}})
+        "fit": {"rank_lo": 1, "rank_hi": 8, "log_intercept": math.log(10.0)}}
+
+
+def make_outdir(root) -> str:
+    """A pipeline output directory with hostile strings everywhere data reaches the page."""
+    out = os.path.join(root, "out")
+    hp = f"layer{EVIL}{QUOTES}"
+    d = 16
+    write_json_atomic(os.path.join(out, "config.json"),
+                      {"model": {"path": f"model{EVIL}"}, "texts": {"source": QUOTES}})
+    write_json_atomic(os.path.join(out, "stats", "hp.json"), layer_stats(hp, d))
     write_json_atomic(os.path.join(out, "sae", "hp", "history.json"), [
         {"step": s, "kind": "topk", "d_sae": 32, "k": 4, "fvu": 1.0 / s, "l0": 4.0,
          "dead_fraction": 0.1} for s in range(1, 6)])
@@ -108,6 +123,47 @@ def test_escaping_no_script_from_data(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "</div><b>x" not in page and "&lt;/div&gt;&lt;b&gt;x" in page
     assert "&quot;quoted&quot; &amp; &#x27;single&#x27;" in page
+
+
+def test_escaped_exactly_once(tmp_path):
+    """The stage table's results cell is built from several values: escaped once, so a
+    `<script>` in a stage's info reads as `<script>` in the browser, not `&lt;script&gt;`."""
+    page = render(make_outdir(str(tmp_path)))
+    assert "note=&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&amp;lt;" not in page and "&amp;quot;" not in page and "&amp;#x27;" not in page
+
+
+def test_massive_top_tokens_table(tmp_path):
+    page = render(make_outdir(str(tmp_path)))
+    # the threshold stated, the tokens listed (escaped, quoted), the massive one marked
+    assert "above 5 × the median channel RMS (1), i.e. above 5; 1 channel(s)" in page
+    rows = re.findall(r"<tr><td>(&quot;.*?&quot;)</td>(.*?)</tr>", page)
+    assert [r[0] for r in rows] == ["&quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot;",
+                                    "&quot; and&quot;"]
+    assert rows[0][1].endswith("<td>massive</td>") and rows[1][1].endswith("<td></td>")
+
+
+def test_hookpoints_in_run_order(tmp_path):
+    """Stats and SAE sections follow the run's hookpoint order (the capture marker), else
+    a natural sort: model.layers.2 before model.layers.10, never by string order."""
+    out = str(tmp_path / "out")
+    for hp in ("model.layers.10", "model.layers.2"):
+        write_json_atomic(os.path.join(out, "stats", f"{hp}.json"), layer_stats(hp))
+        write_json_atomic(os.path.join(out, "sae", hp, "history.json"), [
+            {"step": 1, "kind": "topk", "d_sae": 32, "k": 4, "fvu": 0.5, "l0": 4.0,
+             "dead_fraction": 0.0}])
+
+    def order():
+        page = render(out)
+        return ([page.index(f"<h3>{hp}</h3>") for hp in ("model.layers.2", "model.layers.10")],
+                [page.index(f"SAE at {hp}") for hp in ("model.layers.2", "model.layers.10")])
+    for a, b in order():
+        assert a < b                                    # natural order without a marker
+    write_json_atomic(os.path.join(out, "stages", "capture.json"), {
+        "stage": "capture", "seconds": 1.0,
+        "info": {"hookpoints": ["model.layers.10", "model.layers.2"]}})
+    for a, b in order():
+        assert a > b                                    # the run's own order
 
 
 def test_self_contained(tmp_path):

@@ -5,8 +5,10 @@ HELP = "run the whole pipeline (capture, stats, SAE, latents, steering, report) 
 
 
 def add_arguments(p) -> None:
-    p.add_argument("config", help="YAML or JSON config file (see docs/pipeline.md)")
-    p.add_argument("--out", required=True, help="output directory (a rerun resumes it)")
+    p.add_argument("config", help="YAML or JSON config file (every key is described in the "
+                   "README, section \"One job from one config file: actspace run\")")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (required; a rerun with the same DIR resumes it)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+import re
 
 # every key the pipeline knows, with its default; None = off / automatic
 DEFAULTS: dict = {
@@ -23,7 +25,8 @@ DEFAULTS: dict = {
     "stats": {"covariance": True, "massive_ratio": 100.0, "fit_range": [0.05, 0.5]},
     "sae": {"hookpoints": None, "kind": "topk", "expansion_factor": 8, "d_sae": None, "k": 32,
             "batch_size": 1024, "epochs": 1, "lr": None, "log_every": 5, "seed": 0,
-            "dead_tokens": 10_000_000},   # not fired in this many tokens = dead
+            "dead_tokens": 10_000_000,    # not fired in this many tokens = dead
+            "checkpoint_every": 100},     # steps between checkpoints (what a rerun resumes)
     "pca": None,                  # {"n_components": int}
     "snmf": None,                 # {"n_components": int, "max_rows": int, "n_iter": int}
     "latents": {"top_t": 8, "context": 6, "n_cards": 12, "batch_size": 4096},
@@ -37,6 +40,7 @@ _SECTIONS_OPTIONAL = {"pca": {"n_components": 32},
                       "snmf": {"n_components": 16, "max_rows": 4096, "n_iter": 50},
                       "steering": STEERING_DEFAULTS}
 _DTYPES = ("float32", "float16", "bfloat16")
+_DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -62,14 +66,87 @@ def _positive_int(cfg: dict, key: str, where: str, allow_none: bool = False) -> 
         raise ValueError(f"config: {where}.{key} must be a positive int, got {v!r}")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_number(v, name: str, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if not _is_number(v) or v <= 0:
+        raise ValueError(f"config: {name} must be a positive number, got {v!r}")
+
+
+def _choice(v, choices, name: str) -> None:
+    if v not in choices:
+        raise ValueError(f"config: {name} must be one of {tuple(choices)}, got {v!r}")
+
+
+def _bool(v, name: str) -> None:
+    if not isinstance(v, bool):
+        raise TypeError(f"config: {name} must be true or false, got {v!r}")
+
+
 def _str_list(v, name: str) -> list[str]:
     if not isinstance(v, list) or not v or not all(isinstance(t, str) and t for t in v):
         raise ValueError(f"config: {name} must be a non-empty list of strings, got {v!r}")
     return v
 
 
+def _check_model(m: dict) -> None:
+    if not isinstance(m["path"], str) or not m["path"]:
+        raise ValueError("config: model.path must be a local path or a Hugging Face name "
+                         "(or 'package:NAME' for a model folder shipped in a Python package)")
+    _choice(m["dtype"], _DTYPES, "model.dtype")
+    if not isinstance(m["device"], str) or not _DEVICE.fullmatch(m["device"]):
+        raise ValueError(f"config: model.device must be cpu, cuda, cuda:N or mps, "
+                         f"got {m['device']!r}")
+
+
+def _check_sae(s: dict) -> None:
+    from ..decompose.sae import KINDS
+
+    _choice(s["kind"], KINDS, "sae.kind")
+    if s["hookpoints"] is not None:
+        _str_list(s["hookpoints"], "sae.hookpoints")
+    for key in ("k", "batch_size", "epochs", "log_every", "dead_tokens", "checkpoint_every"):
+        _positive_int(s, key, "sae")
+    for key in ("d_sae", "expansion_factor"):
+        _positive_int(s, key, "sae", allow_none=True)
+    if s["d_sae"] is None and s["expansion_factor"] is None:
+        raise ValueError("config: sae needs d_sae or expansion_factor")
+    _positive_number(s["lr"], "sae.lr", allow_none=True)
+    if not _is_int(s["seed"]):
+        raise ValueError(f"config: sae.seed must be an int, got {s['seed']!r}")
+
+
+def _check_steering(st: dict) -> None:
+    from ..steer.vector import _METHODS
+
+    for key in ("positive", "negative", "neutral"):
+        _str_list(st[key], f"steering.{key}")
+    if not isinstance(st["alphas"], list) or not st["alphas"] or not all(
+            _is_number(a) for a in st["alphas"]):
+        raise ValueError(f"config: steering.alphas must be a list of numbers, "
+                         f"got {st['alphas']!r}")
+    _choice(st["alpha_units"], ("norm", "raw"), "steering.alpha_units")
+    _choice(st["method"], _METHODS, "steering.method")
+    if st["layer"] is not None and st["hookpoint"] is not None:
+        raise ValueError("config: give steering.layer or steering.hookpoint, not both")
+    if st["layer"] is not None and not _is_int(st["layer"]):
+        raise ValueError(f"config: steering.layer must be an int, got {st['layer']!r}")
+    if st["hookpoint"] is not None and (not isinstance(st["hookpoint"], str)
+                                        or not st["hookpoint"]):
+        raise ValueError(f"config: steering.hookpoint must be a name, got {st['hookpoint']!r}")
+
+
 def resolve_config(raw: dict) -> dict:
-    """Defaults merged into raw, validated. raw: the parsed config file (a mapping)."""
+    """Defaults merged into raw, validated. raw: the parsed config file (a mapping), or an
+    already resolved config (resolving is idempotent)."""
     if not isinstance(raw, dict):
         raise TypeError(f"config must be a mapping, got {type(raw).__name__}")
     base = dict(DEFAULTS)
@@ -77,56 +154,50 @@ def resolve_config(raw: dict) -> dict:
         if raw.get(sec) is not None:
             base[sec] = dflt
     cfg = _merge(base, raw, "")
-    m = cfg["model"]
-    if not isinstance(m["path"], str) or not m["path"]:
-        raise ValueError("config: model.path must be a local path or a Hugging Face name "
-                         "(or 'package:NAME' for a model folder shipped in a Python package)")
-    if m["dtype"] not in _DTYPES:
-        raise ValueError(f"config: model.dtype must be one of {_DTYPES}, got {m['dtype']!r}")
+    _check_model(cfg["model"])
     src = cfg["texts"]["source"]
     if isinstance(src, list):
         _str_list(src, "texts.source")
     elif not isinstance(src, str):
         raise TypeError("config: texts.source must be 'pydoc', a .txt/.jsonl path or a list "
                         f"of strings, got {type(src).__name__}")
+    if not isinstance(cfg["texts"]["field"], str):
+        raise ValueError(f"config: texts.field must be a string, got {cfg['texts']['field']!r}")
     _positive_int(cfg["texts"], "max_docs", "texts", allow_none=True)
     if (cfg["hookpoints"] is None) == (cfg["layers"] is None):
         raise ValueError("config: give exactly one of hookpoints (names) or layers (ints)")
     if cfg["hookpoints"] is not None:
         _str_list(cfg["hookpoints"], "hookpoints")
     elif not isinstance(cfg["layers"], list) or not cfg["layers"] or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in cfg["layers"]):
+            _is_int(i) for i in cfg["layers"]):
         raise ValueError(f"config: layers must be a non-empty list of ints, got {cfg['layers']!r}")
     for key in ("max_tokens", "max_length", "batch_size", "shard_rows"):
         _positive_int(cfg["capture"], key, "capture")
-    lo, hi = cfg["stats"]["fit_range"]
-    if not 0 <= lo < hi <= 1:
-        raise ValueError("config: stats.fit_range must be [lo, hi] with 0 <= lo < hi <= 1")
-    s = cfg["sae"]
-    if s is not None:
-        if s["kind"] not in ("topk", "batchtopk", "relu", "jumprelu"):
-            raise ValueError(f"config: sae.kind must be topk, batchtopk, relu or jumprelu, "
-                             f"got {s['kind']!r}")
-        for key in ("k", "batch_size", "epochs", "log_every", "dead_tokens"):
-            _positive_int(s, key, "sae")
-        if s["d_sae"] is None and s["expansion_factor"] is None:
-            raise ValueError("config: sae needs d_sae or expansion_factor")
+    _bool(cfg["capture"]["windows"], "capture.windows")
+    stats = cfg["stats"]
+    _bool(stats["covariance"], "stats.covariance")
+    _positive_number(stats["massive_ratio"], "stats.massive_ratio")
+    fr = stats["fit_range"]
+    if not (isinstance(fr, list) and len(fr) == 2 and all(_is_number(v) for v in fr)
+            and 0 <= fr[0] < fr[1] <= 1):
+        raise ValueError(f"config: stats.fit_range must be [lo, hi] with 0 <= lo < hi <= 1, "
+                         f"got {fr!r}")
+    if cfg["sae"] is not None:
+        _check_sae(cfg["sae"])
     for key in ("top_t", "context", "n_cards", "batch_size"):
         _positive_int(cfg["latents"], key, "latents")
     if cfg["pca"] is not None:
         _positive_int(cfg["pca"], "n_components", "pca")
+        if not stats["covariance"]:
+            raise ValueError("config: pca needs stats.covariance: true (PCA is fitted from "
+                             "the covariance the capture accumulates)")
     if cfg["snmf"] is not None:
         for key in ("n_components", "max_rows", "n_iter"):
             _positive_int(cfg["snmf"], key, "snmf")
-    st = cfg["steering"]
-    if st is not None:
-        _str_list(st["positive"], "steering.positive")
-        _str_list(st["negative"], "steering.negative")
-        _str_list(st["neutral"], "steering.neutral")
-        if not isinstance(st["alphas"], list) or not st["alphas"] or not all(
-                isinstance(a, (int, float)) and not isinstance(a, bool) for a in st["alphas"]):
-            raise ValueError(f"config: steering.alphas must be a list of numbers, "
-                             f"got {st['alphas']!r}")
+    if cfg["steering"] is not None:
+        _check_steering(cfg["steering"])
+    if not _is_int(cfg["seed"]):
+        raise ValueError(f"config: seed must be an int, got {cfg['seed']!r}")
     return cfg
 
 
@@ -187,8 +258,9 @@ def resolve_model_path(path: str) -> str:
     name = path.split(":", 1)[1]
     try:
         mod = importlib.import_module(name)
-    except ImportError:
-        raise ValueError(f"model.path {path!r}: Python package {name!r} is not installed") from None
+    except ImportError as e:   # the cause tells the CLI which extra installs it
+        raise ValueError(f"model.path {path!r}: Python package {name!r} is not "
+                         "installed") from e
     folder = os.path.join(os.path.dirname(mod.__file__), "model")
     if not os.path.isdir(folder):
         raise ValueError(f"model.path {path!r}: package {name!r} has no model folder")

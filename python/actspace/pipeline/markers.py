@@ -45,6 +45,19 @@ def read_marker(out_dir, name: str) -> dict | None:
         return json.load(f)
 
 
+def done_stages(out_dir) -> list[dict]:
+    """The markers of every finished stage of out_dir (empty for a new directory)."""
+    folder = os.path.join(os.fspath(out_dir), "stages")
+    if not os.path.isdir(folder):
+        return []
+    recs = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                recs.append(json.load(f))
+    return recs
+
+
 def run_stage(out_dir, name: str, fn, log=None) -> dict:
     """Run fn() -> info (a JSON-able dict) unless stage `name` is already marked done.
 

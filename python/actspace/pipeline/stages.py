@@ -14,11 +14,13 @@ report.html.
 """
 from __future__ import annotations
 
+import glob
+import itertools
 import json
 import os
 
-from .config import resolve_model_path
-from .markers import read_marker, run_stage, write_json_atomic
+from .config import resolve_config, resolve_model_path
+from .markers import done_stages, read_marker, run_stage, write_json_atomic
 from .summaries import feature_cards, layer_summary
 
 
@@ -48,9 +50,6 @@ class _Context:
         dtype = getattr(torch, m["dtype"])
         model = cls.from_pretrained(path, dtype=dtype)
         self._model = model.to(device=m["device"], dtype=dtype).eval()   # also for old HF
-        self._tok = transformers.AutoTokenizer.from_pretrained(path)
-        if self._tok.pad_token_id is None and self._tok.eos_token is not None:
-            self._tok.pad_token = self._tok.eos_token
 
     @property
     def model(self):
@@ -60,22 +59,32 @@ class _Context:
 
     @property
     def tokenizer(self):
+        """Loaded on its own (cheap): the stats stage names tokens without the model."""
         if self._tok is None:
-            self._load()
+            import transformers
+
+            tok = transformers.AutoTokenizer.from_pretrained(
+                resolve_model_path(self.cfg["model"]["path"]))
+            if tok.pad_token_id is None and tok.eos_token is not None:
+                tok.pad_token = tok.eos_token
+            self._tok = tok
         return self._tok
 
-    def texts(self):
+    def texts(self, limit: int | None = None):
+        """The documents as a lazy iterator (at most texts.max_docs, and at most limit), so
+        memory does not grow with the corpus; the order is stable, for resume."""
         t = self.cfg["texts"]
         src = t["source"]
         if src == "pydoc":
             from pydoc_data.topics import topics
-            docs = [topics[k] for k in sorted(topics)]   # sorted: a stable order for resume
+            docs = (topics[k] for k in sorted(topics))
         elif isinstance(src, list):
-            docs = src
+            docs = iter(src)
         else:
             from ..capture.texts import iter_texts
-            docs = list(iter_texts(src, field_name=t["field"]))
-        return docs[:t["max_docs"]] if t["max_docs"] else docs
+            docs = iter_texts(src, field_name=t["field"])
+        caps = [n for n in (t["max_docs"], limit) if n is not None]
+        return itertools.islice(docs, min(caps)) if caps else docs
 
     def store(self, hp: str):
         from ..capture.store import ActivationStore
@@ -85,21 +94,71 @@ class _Context:
     def sae(self, hp: str):
         from ..decompose.sae import SAE
 
-        return SAE.load(os.path.join(self.out, "sae", _dirname(hp), "sae"))
+        # on the model's device: eval, encode and cards run where the model runs
+        return SAE.load(os.path.join(self.out, "sae", _dirname(hp), "sae"),
+                        device=self.cfg["model"]["device"])
 
 
-def _check_config(out: str, cfg: dict) -> None:
-    """A directory holds one run: refuse to mix outputs of two different configs."""
+# the config keys (sections or "section.key") whose values each kind of stage's outputs
+# depend on; model.device is in none: it says where stages run, not what they compute
+_MODEL = ("model.path", "model.dtype")
+_STAGE_INPUTS = {
+    "capture": (*_MODEL, "texts", "hookpoints", "layers", "capture", "stats.covariance"),
+    "stats": ("stats",),
+    "pca": ("pca",),
+    "snmf": ("snmf", "seed"),
+    "train": ("sae",),
+    "eval": ("sae", "texts", "capture.max_length"),
+    "encode": ("sae", "latents"),
+    "cards": ("latents",),
+    "steer": (*_MODEL, "steering"),
+    "report": (),
+}
+
+
+def _get(cfg: dict, key: str):
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def _capture_started(out: str) -> bool:
+    """Whether an unfinished capture already stored rows (a store manifest with shards)."""
+    for p in glob.glob(os.path.join(out, "stores", "*", "manifest.json")):
+        with open(p, encoding="utf-8") as f:
+            if json.load(f).get("shards"):
+                return True
+    return False
+
+
+def check_config(out: str, cfg: dict) -> None:
+    """A directory holds one run: refuse a config that differs from OUT/config.json in a key
+    a finished stage read (its outputs would no longer match the config), or a capture that
+    already stored rows reads (it resumes by appending). Keys read only by unfinished
+    stages may change (a typo in `steering` fixed after capture and training finished):
+    config.json is then rewritten and the rerun continues with them."""
     p = os.path.join(out, "config.json")
+    new = json.loads(json.dumps(cfg))
+    old = None
     if os.path.isfile(p):
         with open(p, encoding="utf-8") as f:
             old = json.load(f)
-        if old != json.loads(json.dumps(cfg)):
-            raise ValueError(f"out_dir {out} holds a run of a different config "
-                             f"(see {p}): use a new directory or the same config")
-    else:
-        os.makedirs(out, exist_ok=True)
-        write_json_atomic(p, cfg)
+    if old == new:
+        return
+    if old is not None:
+        done = {r["stage"].split("/")[0] for r in done_stages(out)}
+        if _capture_started(out):    # a resumed capture appends to what it wrote
+            done.add("capture")
+        done = sorted(done)
+        keys = sorted({k for st in done for k in _STAGE_INPUTS.get(st, tuple(new))})
+        changed = [k for k in keys if _get(old, k) != _get(new, k)]
+        if changed:
+            raise ValueError(
+                f"out_dir {out} holds a run of a different config: {', '.join(changed)} "
+                f"differ from {p}, and the finished stages ({', '.join(done)}) used them; "
+                "use a new directory or restore those values")
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(p, new)
 
 
 def _capture(ctx: _Context) -> dict:
@@ -120,7 +179,7 @@ def _capture(ctx: _Context) -> dict:
 
 
 def _stats(ctx: _Context, hp: str) -> dict:
-    s = layer_summary(ctx.store(hp), ctx.cfg["stats"])
+    s = layer_summary(ctx.store(hp), ctx.cfg["stats"], tokenizer=ctx.tokenizer)
     write_json_atomic(os.path.join(ctx.out, "stats", _dirname(hp) + ".json"), s)
     return {"alpha": s.get("alpha"), "massive_channels": len(s["massive"]["channels"]),
             "norm_mean": s["norm"]["mean"]}
@@ -160,7 +219,8 @@ def _train(ctx: _Context, hp: str) -> dict:
                         epochs=s["epochs"], lr=s["lr"], seed=s["seed"],
                         out_dir=os.path.join(ctx.out, "sae", _dirname(hp)),
                         log_every=s["log_every"], dead_tokens=s["dead_tokens"],
-                        progress=ctx.progress)
+                        checkpoint_every=s["checkpoint_every"],
+                        device=ctx.cfg["model"]["device"], progress=ctx.progress)
     last = hist[-1] if hist else {}
     return {"steps": last.get("step"), "fvu": last.get("fvu"), "l0": last.get("l0")}
 
@@ -168,7 +228,7 @@ def _train(ctx: _Context, hp: str) -> dict:
 def _evaluate(ctx: _Context, hp: str) -> dict:
     from ..decompose.evaluate import evaluate_sae, save_json
 
-    texts = ctx.texts()[:16]
+    texts = list(ctx.texts(limit=16))
     res = evaluate_sae(ctx.sae(hp), ctx.store(hp), model=ctx.model, tokenizer=ctx.tokenizer,
                        texts=texts, hookpoint=hp,
                        max_length=ctx.cfg["capture"]["max_length"])
@@ -234,7 +294,8 @@ def run_pipeline(cfg: dict, out_dir, *, progress: bool = True, log=print) -> lis
     """Run every stage of the resolved config cfg (see config.resolve_config) into out_dir,
     skipping stages already marked done. Returns one record per stage (see run_stage)."""
     out = os.fspath(out_dir)
-    _check_config(out, cfg)
+    cfg = resolve_config(cfg)          # every key checked before anything is written
+    check_config(out, cfg)
     ctx = _Context(cfg, out, progress)
     recs = [run_stage(out, "capture", lambda: _capture(ctx), log)]
     hps = recs[0]["info"]["hookpoints"]

@@ -10,10 +10,26 @@ import json
 import math
 import os
 
+TOP_TOKENS = 10   # tokens of largest |activation| listed per hookpoint
 
-def layer_summary(store, stats_cfg: dict) -> dict:
-    """Norm statistics, per-channel RMS and |max|, massive activations and (with a
-    covariance) the eigen-spectrum with its power-law fit, for one activation store."""
+
+def top_tokens(st, tokenizer=None, n: int = TOP_TOKENS) -> list[dict]:
+    """The n tracked tokens of largest |activation| (whether massive or not), each
+    {"row", "token_id", "channel", "value", "ratio"} (ratio to the median channel RMS) and,
+    given a tokenizer, "token" (its string). Shown in the report beside the threshold, so
+    a layer without massive activations still says how far its largest values are from it."""
+    toks = st.massive_activations(0.0)["tokens"][:n]     # ratio 0: every tracked token
+    if tokenizer is not None:
+        for t in toks:
+            if t["token_id"] >= 0:       # -1: captured without token ids
+                t["token"] = tokenizer.decode([t["token_id"]])
+    return toks
+
+
+def layer_summary(store, stats_cfg: dict, tokenizer=None) -> dict:
+    """Norm statistics, per-channel RMS and |max|, massive activations, the top tokens by
+    magnitude (named by tokenizer when given) and (with a covariance) the eigen-spectrum
+    with its power-law fit, for one activation store."""
     import torch
 
     st = store.stats
@@ -25,7 +41,8 @@ def layer_summary(store, stats_cfg: dict) -> dict:
            "channel_absmax": st.absmax.tolist(),
            "nonfinite": int(st.nonfinite.sum()),
            "massive_ratio": stats_cfg["massive_ratio"],
-           "massive": st.massive_activations(stats_cfg["massive_ratio"])}
+           "massive": st.massive_activations(stats_cfg["massive_ratio"]),
+           "top_tokens": top_tokens(st, tokenizer)}
     if st.has_covariance and st.cov_count >= 2:
         lam = st.spectrum()                                                     # [d] desc
         lo, hi = stats_cfg["fit_range"]

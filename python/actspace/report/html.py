@@ -11,6 +11,7 @@ import glob
 import json
 import math
 import os
+import re
 from html import escape
 
 from . import figures
@@ -32,12 +33,16 @@ white-space:pre-wrap;word-break:break-word}
 """
 
 
-def _fmt(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return escape(str(v))
+def _text(v) -> str:
+    """A value as display text (floats to 4 significant digits), not yet escaped."""
     if isinstance(v, float):
         return "nan" if not math.isfinite(v) else f"{v:.4g}"
-    return escape(str(v))
+    return str(v)
+
+
+def _fmt(v) -> str:
+    """A value as HTML: _text escaped, exactly once (build composite cells from _text)."""
+    return escape(_text(v))
 
 
 def _img(uri: str, alt: str) -> str:
@@ -71,9 +76,31 @@ def _load(path):
 
 
 def _by_hookpoint(out: str, sub: str) -> dict:
-    """{file stem: parsed JSON} of OUT/sub/*.json, in name order."""
+    """{file stem: parsed JSON} of OUT/sub/*.json (ordered later, by _ordered)."""
     return {os.path.basename(p)[:-5]: _load(p)
-            for p in sorted(glob.glob(os.path.join(out, sub, "*.json")))}
+            for p in glob.glob(os.path.join(out, sub, "*.json"))}
+
+
+def _natural_key(name: str) -> list:
+    """Sort key comparing runs of digits as numbers: model.layers.2 before model.layers.10."""
+    return [int(p) if i % 2 else p for i, p in enumerate(re.split(r"([0-9]+)", name))]
+
+
+def _run_order(out: str, cfg: dict) -> list[str]:
+    """Directory names of the run's hookpoints in the run's own order: the capture
+    marker's list (names resolved from layers or globs), else config.json's hookpoints."""
+    from ..capture.store import hookpoint_dirname
+
+    p = os.path.join(out, "stages", "capture.json")
+    hps = _load(p).get("info", {}).get("hookpoints") if os.path.isfile(p) else None
+    hps = hps or cfg.get("hookpoints") or []
+    return [hookpoint_dirname(h) for h in hps if isinstance(h, str)]
+
+
+def _ordered(names, order: list[str]) -> list[str]:
+    """names (hookpoint directory names) in run order; others after, naturally sorted."""
+    rank = {n: i for i, n in enumerate(order)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), _natural_key(n)))
 
 
 def _highlight(ex: dict) -> str:
@@ -105,10 +132,30 @@ def _layers_section(stats: dict) -> str:
         if "spectrum" in s:
             parts.append(_img(figures.spectrum(s), f"spectrum {s['hookpoint']}"))
         parts.append("</div>")
-        mc = s["massive"]["channels"][:10]
-        if mc:
-            parts.append(_table([(c["channel"], c["absmax"], c["ratio"]) for c in mc],
-                                ("massive channel", "|max|", "× median RMS")))
+        parts.append(_massive(s))
+    return "".join(parts)
+
+
+def _massive(s: dict) -> str:
+    """The massive-activation threshold, the channels above it and the tokens of largest
+    |activation|: the tokens are listed whether or not any is massive, so a layer without
+    massive activations still shows how far its largest values are from the threshold
+    (older summaries without top_tokens: the massive tokens only)."""
+    ratio, ref = float(s["massive_ratio"]), float(s["massive"]["reference"])
+    mc = s["massive"]["channels"]
+    parts = [f"<p class='muted'>Massive: |activation| above {_fmt(ratio)} × the median "
+             f"channel RMS ({_fmt(ref)}), i.e. above {_fmt(ratio * ref)}; "
+             f"{len(mc)} channel(s) exceed it.</p>"]
+    if mc:
+        parts.append(_table([(c["channel"], c["absmax"], c["ratio"]) for c in mc[:10]],
+                            ("massive channel", "|max|", "× median RMS")))
+    # quoted (JSON string syntax): a space or newline token stays visible
+    rows = [(json.dumps(t["token"], ensure_ascii=False) if "token" in t else f"#{t['token_id']}",
+             t["channel"], t["value"], t["ratio"], "massive" if t["ratio"] > ratio else "")
+            for t in s.get("top_tokens", s["massive"]["tokens"])]
+    if rows:
+        parts.append(_table(rows, ("top token", "channel", "|value|", "× median RMS",
+                                   "above threshold")))
     return "".join(parts)
 
 
@@ -157,9 +204,9 @@ def _steer_section(out: str) -> str:
 def _stages_table(out: str) -> str:
     recs = sorted((_load(p) for p in glob.glob(os.path.join(out, "stages", "*.json"))),
                   key=lambda r: r.get("finished_at", ""))   # run order
-    rows = [(r["stage"], r["seconds"], ", ".join(f"{k}={_fmt(v)}" for k, v in r["info"].items()
+    rows = [(r["stage"], r["seconds"], ", ".join(f"{k}={_text(v)}" for k, v in r["info"].items()
                                                  if not isinstance(v, (list, dict))))
-            for r in recs]
+            for r in recs]   # plain text: _table escapes each cell once
     return "<h2>Stages</h2>" + _table(rows, ("stage", "seconds", "results")) if rows else ""
 
 
@@ -171,8 +218,11 @@ def render(out_dir) -> str:
     cfg = _load(os.path.join(out, "config.json")) if os.path.isfile(
         os.path.join(out, "config.json")) else {}
     stats, evals, cards = (_by_hookpoint(out, s) for s in ("stats", "eval", "cards"))
-    names = sorted({os.path.basename(os.path.dirname(p))
-                    for p in glob.glob(os.path.join(out, "sae", "*", "history.json"))} | set(cards))
+    order = _run_order(out, cfg)
+    stats = {n: stats[n] for n in _ordered(stats, order)}
+    names = _ordered({os.path.basename(os.path.dirname(p))
+                      for p in glob.glob(os.path.join(out, "sae", "*", "history.json"))}
+                     | set(cards), order)
     model = cfg.get("model", {}).get("path", "?")
     src = cfg.get("texts", {}).get("source", "?")
     body = [f"<h1>actspace report</h1><p>model <code>{escape(str(model))}</code>, texts "
