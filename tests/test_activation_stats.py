@@ -202,3 +202,53 @@ def test_all_reduce_two_processes_equals_whole(tmp_path):
         for k in ("mean", "var", "kurtosis", "max"):
             torch.testing.assert_close(getattr(st, k), getattr(whole, k), rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(st.covariance(), whole.covariance(), rtol=1e-10, atol=1e-10)
+
+
+def test_summary_is_strict_json_when_empty_or_degenerate():
+    """No rows (min/max of nothing, 0/0 means) and a constant channel (undefined kurtosis)
+    give None, never NaN/Infinity, which json.dumps would write and JSON readers reject."""
+    import json
+
+    empty = acts.ActivationStats(4, covariance=True)
+    s = empty.summary()
+    json.dumps(s, allow_nan=False)
+    assert s["rows"] == 0 and s["max_abs"] is None and s["norm"]["min"] is None
+    x = torch.randn(50, 4)
+    x[:, 1] = 3.0
+    st = acts.ActivationStats(4)
+    st.update(x)
+    s = st.summary(ratio=2.0)
+    json.dumps(s, allow_nan=False)
+    assert s["rows"] == 50 and math.isfinite(s["mean_kurtosis"])
+
+
+def test_stats_cli_on_a_store_it_cannot_write(tmp_path, monkeypatch, capsys):
+    """The table is printed; the default JSON next to a read-only store is skipped with a
+    note (exit 0); an explicit --json path is written."""
+    import builtins
+    import json
+    import os
+
+    from actspace.capture.writer import StoreWriter
+    from actspace.cli import stats_cmd
+    from actspace.cli.main import main as cli
+
+    store = tmp_path / "s"
+    w = StoreWriter(store, d=4, dtype=torch.float32, meta={"model": "m", "hookpoint": "h"})
+    w.track_stats()
+    w.append(torch.randn(20, 4), torch.zeros(20), torch.zeros(20), torch.arange(20), 1)
+    w.close(complete=True)
+    real_open = builtins.open
+
+    def read_only(path, mode="r", *a, **k):
+        if "w" in mode and os.path.dirname(str(path)) == str(store):
+            raise PermissionError(13, "Read-only file system", str(path))
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(stats_cmd, "open", read_only, raising=False)
+    assert cli(["stats", str(store)]) == 0
+    out = capsys.readouterr()
+    assert "rows (tokens)" in out.out and "pass --json PATH" in out.err
+    assert not (store / "stats_summary.json").exists()
+    assert cli(["stats", str(store), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["rows"] == 20

@@ -174,3 +174,35 @@ def test_bert_sites_are_sublayer_outputs_before_the_residual(minilm):
     h1 = layer.attention.output.LayerNorm(cap[names["attn"]] + cap[names["resid_pre"]])
     out = layer.output.LayerNorm(cap[names["mlp"]] + h1)
     torch.testing.assert_close(out, cap[names["resid"]], rtol=1e-5, atol=1e-5)
+
+
+def _tiny_gemma(family: str):
+    common = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    if family == "gemma2":
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        return Gemma2ForCausalLM(Gemma2Config(**common)).eval()
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    return Gemma3ForCausalLM(Gemma3TextConfig(**common)).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text"])
+def test_sites_add_up_to_the_residual_stream(family):
+    """resid == resid_pre + attn + mlp exactly (the order the layer adds them in): the
+    'attn'/'mlp' sites are what is added to the residual stream, which for Gemma 2/3 are
+    the outputs of the post-sublayer norms, not of self_attn / mlp."""
+    model = tiny_decoder("llama") if family == "llama" else _tiny_gemma(family)
+    assert model.config.model_type == family
+    names = {s: hp.layer_hookpoint(model, 1, s) for s in ("resid_pre", "attn", "mlp", "resid")}
+    if family != "llama":
+        assert names["attn"] == "model.layers.1.post_attention_layernorm"
+        assert names["mlp"] == "model.layers.1.post_feedforward_layernorm"
+    ids = torch.randint(0, 97, (2, 7))
+    with torch.no_grad(), acts.capture(model, list(names.values())) as cap:
+        model(ids)
+    total = cap[names["resid_pre"]] + cap[names["attn"]] + cap[names["mlp"]]
+    assert torch.equal(total, cap[names["resid"]])

@@ -216,6 +216,36 @@ def test_iter_texts_sources_and_errors(tmp_path):
         list(iter_texts(42))
 
 
+def test_txt_modes_and_jsonl_errors(tmp_path):
+    """.txt: explicit lines / paragraphs modes; auto = paragraphs when a blank line (also a
+    whitespace-only one, also with CRLF line ends) separates text, else lines; .jsonl:
+    a non-string field, a non-object line or broken JSON name path:line."""
+    from actspace.capture.texts import iter_texts
+
+    (tmp_path / "crlf.txt").write_bytes(b"para one line a\r\nline b\r\n\r\npara two\r\n")
+    (tmp_path / "ws.txt").write_text("para one a\nline b\n  \t\npara two\n")
+    (tmp_path / "lines.txt").write_text("\n  \nfirst doc\n second doc \n")
+    paras = ["para one line a line b", "para two"]
+    assert list(iter_texts(tmp_path / "crlf.txt")) == paras
+    assert list(iter_texts(tmp_path / "ws.txt")) == ["para one a line b", "para two"]
+    assert list(iter_texts(tmp_path / "lines.txt")) == ["first doc", "second doc"]
+    assert list(iter_texts(tmp_path / "crlf.txt", txt_mode="lines")) == [
+        "para one line a", "line b", "para two"]
+    assert list(iter_texts(tmp_path / "lines.txt", txt_mode="paragraphs")) == [
+        "first doc  second doc"]
+    with pytest.raises(ValueError, match="txt_mode"):
+        list(iter_texts(tmp_path / "ws.txt", txt_mode="words"))
+
+    bad = tmp_path / "bad.jsonl"
+    ok = '{"text": "ok"}\n'
+    for body, err, what in ((ok + '\n{"text": 3}\n', TypeError, ":3: field 'text' is int"),
+                            (ok + '["text"]\n', TypeError, ":2: expected a JSON object"),
+                            (ok + '{"text": \n', ValueError, ":2: not valid JSON")):
+        bad.write_text(body)
+        with pytest.raises(err, match=f"bad.jsonl{what}"):
+            list(iter_texts(bad))
+
+
 def test_texts_from_hugging_face_datasets(tiny, tmp_path):
     """A real datasets.Dataset (its column, read lazily), its streaming form and a clear
     error for a DatasetDict or a missing column; capture from a Dataset equals capture

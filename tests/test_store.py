@@ -121,16 +121,59 @@ def test_verify_names_corrupt_shard(tmp_path):
     assert s.verify() == [victim, s.shards[2]["file"]]
 
 
-def test_lock_keeps_two_writers_apart(tmp_path):
-    w = StoreWriter(tmp_path / "s", d=D, dtype=torch.float32, meta={"model": "m"})
+def _writer(path, **kw):
+    return StoreWriter(path, d=D, dtype=torch.float32, meta={"model": "m"}, **kw)
+
+
+def test_lock_keeps_two_writers_of_one_process_apart(tmp_path):
+    """flock: a second writer in the same process is refused; a lock file nobody holds
+    (left by a killed writer, empty or not) is free; a writer that has created the lock
+    file but not yet written its pid still holds it."""
+    import fcntl
+
+    w = _writer(tmp_path / "s")
     lock = tmp_path / "s" / ".lock"
-    lock.write_text("1")                                  # pid 1 is always alive
-    with pytest.raises(RuntimeError, match="locked by running process 1"):
-        StoreWriter(tmp_path / "s", d=D, dtype=torch.float32, meta={"model": "m"})
-    lock.write_text("999999999")                          # a dead writer: stale lock
-    w2 = StoreWriter(tmp_path / "s", d=D, dtype=torch.float32, meta={"model": "m"})
-    w2.close()
+    assert lock.read_text() == str(os.getpid())
+    with pytest.raises(RuntimeError, match="another StoreWriter of this process"):
+        _writer(tmp_path / "s")
     w.abort()
+    assert not lock.exists()
+    lock.write_text("1")                                  # a killed writer's leftover
+    _writer(tmp_path / "s").close()
+    lock.write_text("")
+    fd = os.open(lock, os.O_RDWR)                         # a live writer before its pid
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(RuntimeError, match="just starting"):
+            _writer(tmp_path / "s")
+    finally:
+        os.close(fd)
+    _writer(tmp_path / "s").close()
+
+
+def test_lock_held_by_another_process_until_it_dies(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time, torch\n"
+            "from actspace.capture.writer import StoreWriter\n"
+            "w = StoreWriter(sys.argv[1], d=12, dtype=torch.float32, meta={'model': 'm'})\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=f"running process {p.pid}"):
+            _writer(tmp_path / "s")
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert (tmp_path / "s" / ".lock").exists()        # the kill released the flock
+        _writer(tmp_path / "s").close()
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_resume_appends_only_new_documents(tmp_path):
@@ -196,3 +239,66 @@ def test_open_errors(tmp_path):
     make_store(tmp_path / "b")
     with pytest.raises(ValueError, match="several stores"):
         acts.ActivationStore.open(tmp_path)
+
+
+def test_shuffled_iteration_keeps_a_bounded_cache(tmp_path, monkeypatch):
+    """The shard cache of a shuffled pass holds at most buffer_size + one shard of rows
+    (a tiny last shard must not lift the bound to the whole store) and is gone when the
+    iterator finishes."""
+    import gc
+    import weakref
+
+    from actspace.capture import store as store_mod
+
+    w = StoreWriter(tmp_path / "s", d=4, dtype=torch.float32, shard_rows=100,
+                    meta={"model": "m"})
+    for doc in range(60):                                 # 60 shards of 100 rows ...
+        w.append(torch.randn(100, 4), torch.zeros(100), torch.full((100,), doc),
+                 torch.arange(100), docs_end=doc + 1)
+    w.append(torch.randn(1, 4), torch.zeros(1), torch.full((1,), 60), torch.arange(1),
+             docs_end=61)                                 # ... and one of 1 row
+    w.close(complete=True)
+    s = acts.ActivationStore.open(tmp_path / "s")
+    assert len(s.shards) == 61
+    caches, peak = [], [0]
+
+    class Counting(store_mod._ShardCache):
+        def __init__(self, *a):
+            super().__init__(*a)
+            caches.append(weakref.ref(self))
+
+        def get(self, i):
+            x = super().get(i)
+            peak[0] = max(peak[0], self.rows)
+            return x
+
+    monkeypatch.setattr(store_mod, "_ShardCache", Counting)
+    n = sum(b.shape[0] for b in s.iter_batches(50, shuffle=True, buffer_size=1000))
+    assert n == len(s) == 6001
+    assert 0 < peak[0] <= 1000 + 100
+    gc.collect()
+    assert len(caches) == 1 and caches[0]() is None      # dropped with the iterator
+
+
+def test_pickle_after_reads(tmp_path):
+    """A store that has read (open safetensors handles) pickles, e.g. into DataLoader
+    workers started by spawn, and reads the same afterwards."""
+    import pickle
+
+    x, _, _ = make_store(tmp_path / "s")
+    s = acts.ActivationStore.open(tmp_path / "s")
+    assert torch.equal(s[:], x)
+    list(s.iter_batches(8, shuffle=True, buffer_size=16))
+    t = pickle.loads(pickle.dumps(s))
+    assert torch.equal(t[:], x) and len(t) == len(s)
+    assert torch.equal(t.read(0, len(t), "doc_ids"), s.read(0, len(s), "doc_ids"))
+
+
+def test_read_dtypes_same_when_empty(tmp_path):
+    make_store(tmp_path / "s")
+    s = acts.ActivationStore.open(tmp_path / "s")
+    for field in ("acts", "token_ids", "doc_ids", "positions"):
+        full, empty = s.read(0, 3, field), s.read(3, 3, field)
+        assert empty.dtype == full.dtype and empty.shape[0] == 0, field
+    with pytest.raises(ValueError, match="field must be"):
+        s.read(0, 1, "nope")

@@ -105,7 +105,10 @@ def replace_first_tensor(value, new: torch.Tensor):
 
 
 # ------------------------------------------------------------------ per-family layer names
-# (layer-list path, attention submodule, mlp submodule) by the model's config.model_type
+# (layer-list path, attention site, mlp site) by the model's config.model_type; the sites
+# are the modules whose outputs are added to the residual stream, so that for the pre-norm
+# families resid == resid_pre + attn + mlp
+_POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
 _FAMILIES = {
     # BERT adds the residual inside attention.output / output (dense -> LayerNorm(x + .)):
     # its attention and MLP outputs before the residual are those .dense modules
@@ -117,7 +120,12 @@ _FAMILIES = {
     "qwen2": ("model.layers", "self_attn", "mlp"),
     "qwen3": ("model.layers", "self_attn", "mlp"),
     "gemma": ("model.layers", "self_attn", "mlp"),
-    "gemma2": ("model.layers", "self_attn", "mlp"),
+    # Gemma 2/3 normalise each sublayer's output (post_attention_layernorm,
+    # post_feedforward_layernorm) before the residual add: those norms' outputs are the
+    # sites (in Llama, post_attention_layernorm is the MLP's input norm instead)
+    "gemma2": ("model.layers",) + _POST_NORMS,
+    "gemma3_text": ("model.layers",) + _POST_NORMS,
+    "gemma3": ("model.language_model.layers",) + _POST_NORMS,   # multimodal: text tower
 }
 
 
@@ -142,7 +150,9 @@ def num_layers(model: torch.nn.Module) -> int:
 def layer_hookpoint(model: torch.nn.Module, layer: int, site: str = "resid") -> str:
     """Hookpoint of a layer's residual stream output ('resid'), its input ('resid_pre'),
     attention output ('attn') or MLP output ('mlp') for the common HF families. 'attn' and
-    'mlp' are the sublayer outputs before they are added to the residual stream."""
+    'mlp' are the sublayer outputs exactly as they are added to the residual stream
+    (after Gemma 2/3's post-sublayer norms), so resid == resid_pre + attn + mlp in the
+    pre-norm families."""
     mtype = model.config.model_type
     layers = _layer_list(model)
     n = num_layers(model)

@@ -6,13 +6,15 @@ counted, the forward run under inference_mode in the model's dtype with early st
 the last hookpoint, device-to-host copies and disk writes overlapped with the next forward
 (a writer thread; pinned buffers on CUDA), statistics accumulated on the rows as they are
 written, and crash-safe resume: rerunning the same call continues after the last document
-the stores recorded (documents are never split across a shard boundary).
+the stores recorded (documents are never split across a shard boundary), with the
+statistics restored from their last checkpoint rather than from a pass over the store.
 """
 from __future__ import annotations
 
 import os
 import queue
 import threading
+from contextlib import contextmanager
 
 import torch
 
@@ -20,7 +22,7 @@ from .. import distributed as _dist
 from .hookpoints import resolve
 from .hooks import Capture
 from .ranks import finalize, make_writer
-from .store import ActivationStore, hookpoint_dirname
+from .store import hookpoint_dirname
 from .texts import TokenCounts, add_counts, collate, cut_pieces, iter_texts, tokenized
 from .writer import StoreWriter
 
@@ -32,30 +34,45 @@ def _model_meta(model, tokenizer) -> dict:
             "tokenizer": getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__}
 
 
-def _resume_stats(path: str, writer: StoreWriter, d: int, covariance: bool):
-    """Statistics covering exactly the recorded documents: the saved ones when they match
-    the manifest, else recomputed from the stored shards (after a kill)."""
-    from ..stats.activation import ActivationStats
+def _check_max_length(model, tokenizer, max_length: int) -> None:
+    """Refuse a max_length beyond the model's position table or the tokenizer's limit up
+    front: past it, learned position embeddings fail deep inside the forward and rotary
+    ones silently extrapolate. The tokenizer's limit counts only when it is a real one
+    (tokenizers without one report a huge placeholder)."""
+    cfg = getattr(model, "config", None)
+    if hasattr(cfg, "get_text_config"):     # multimodal configs keep it in the text config
+        cfg = cfg.get_text_config()
+    limits = {"model.config.max_position_embeddings":
+              getattr(cfg, "max_position_embeddings", None),
+              "tokenizer.model_max_length": getattr(tokenizer, "model_max_length", None)}
+    limits = {k: v for k, v in limits.items()
+              if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 10**7}
+    if limits and max_length > min(limits.values()):
+        raise ValueError(f"max_length={max_length} exceeds "
+                         f"{', '.join(f'{k}={v}' for k, v in limits.items())}; "
+                         f"pass max_length <= {min(limits.values())}")
 
-    p = os.path.join(path, writer.stats_name)
-    if os.path.exists(p + ".json"):
-        st = ActivationStats.load(p)
-        if st.meta.get("docs_done") == writer.docs_done and st.has_covariance == covariance:
-            return st
-    st = ActivationStats(d, covariance=covariance)
-    if writer.manifest["total_rows"]:
-        store = ActivationStore(path, writer.manifest)
-        for i in range(len(store.shards)):
-            st.update(store.shard(i), store.shard(i, "token_ids"))
-    return st
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """The model in eval mode for the job, every module's own training flag restored after
+    (the caller's model may be mid-training, with some modules in eval on purpose)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class _WriterThread:
-    """Appends batches to the writers and updates statistics off the forward's thread;
-    the queue is short so a slow disk throttles the job instead of filling memory."""
+    """Appends batches to the writers (which fold statistics as shards are recorded) off
+    the forward's thread; the queue is short so a slow disk throttles the job instead of
+    filling memory."""
 
-    def __init__(self, writers, stats):
-        self.writers, self.stats = writers, stats
+    def __init__(self, writers):
+        self.writers = writers
         self.q: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="actspace-writer", daemon=True)
@@ -72,10 +89,8 @@ class _WriterThread:
                 per_hp, docs_end, event = item
                 if event is not None:
                     event.synchronize()
-                for w, st, (acts, tok, doc, pos) in zip(self.writers, self.stats, per_hp):
-                    kept, kept_tok = w.append(acts, tok, doc, pos, docs_end)
-                    if st is not None and kept.shape[0]:
-                        st.update(kept, kept_tok)
+                for w, (acts, tok, doc, pos) in zip(self.writers, per_hp):
+                    w.append(acts, tok, doc, pos, docs_end)   # statistics fold at flush
             except BaseException as e:   # re-raised in the main thread
                 self.error = e
 
@@ -98,24 +113,31 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                      windows: bool = False, keep_special_tokens: bool = False,
                      stats: bool = True, covariance: bool = False, device=None,
                      dtype: torch.dtype | None = None, progress: bool = True,
-                     shard_rows: int = 65536, field: str = "text",
+                     shard_rows: int = 65536, field: str = "text", txt_mode: str = "auto",
                      early_stop: bool = True, count_dropped_tokens: bool = False) -> dict:
     """Run model over texts and write one activation store per hookpoint under out_dir.
 
-    texts: iterable of str, .txt/.jsonl path, or datasets.Dataset (see capture.texts).
-    max_length: tokens per sequence; longer documents are truncated, or split into windows
-    (windows=True). max_tokens: stop after this many stored tokens (the last document may
-    be cut; the store is then complete). count_dropped_tokens: also count the tokens that
-    truncation drops (tokenizes every long document whole; by default only a prefix long
-    enough for max_length is tokenized and "dropped_tokens" is None). device/dtype: move/cast the model first (default:
-    where and as it is). shard_rows: rows per shard (cut at the next document boundary).
+    texts: iterable of str, .txt/.jsonl path, or datasets.Dataset (see capture.texts;
+    txt_mode: how a .txt splits into documents, "lines", "paragraphs" or "auto").
+    max_length: tokens per sequence, at most the model's max_position_embeddings and the
+    tokenizer's model_max_length (ValueError otherwise); longer documents are truncated, or
+    split into windows (windows=True). max_tokens: stop after this many stored tokens (the
+    last document may be cut; the store is then complete). count_dropped_tokens: also count
+    the tokens that truncation drops (tokenizes every long document whole; by default only
+    a prefix long enough for max_length is tokenized and "dropped_tokens" is None).
+    device/dtype: move/cast the model first (default: where and as it is); the model runs
+    in eval mode and gets its modules' training flags back afterwards. shard_rows: rows per
+    shard (cut at the next document boundary).
     Returns {"stores": {hookpoint: path}, "tokens", "documents", "truncated", "windowed",
     "dropped_tokens", "resumed_from_doc"}; the counts cover this run (the manifests keep
     the totals of finished runs under "counts").
 
     Resume: rerun with the same model, texts and hookpoints after a kill; documents the
-    stores already recorded are skipped. A store marked complete (source exhausted or
-    max_tokens reached) is left as it is: write a larger capture to a new out_dir.
+    stores already recorded are skipped. The stores may be out of step (a kill between two
+    writers' flushes, a full disk on one): the job resumes from the one furthest behind, the
+    others drop the rows they hold, and all end with the rows of an uninterrupted run. A
+    store marked complete (source exhausted or max_tokens reached) is left as it is: write
+    a larger capture to a new out_dir.
 
     Under torchrun (an initialised process group with several ranks) rank r captures the
     documents i with i % world == r into rank-specific shards of the same stores, max_tokens
@@ -130,70 +152,100 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
         raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    _check_max_length(model, tokenizer, max_length)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    model.eval()
     hps = [h.name for h in resolve(model, hookpoints)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    # width of each hookpoint from a one-token dry run, so the stores (and their locks)
-    # exist before any document is read
-    with torch.inference_mode(), Capture(model, hps, early_stop=early_stop, to=None) as cap:
-        ids = torch.tensor([tokenizer("a")["input_ids"][:max_length]], device=device)
-        cap.forward(input_ids=ids, attention_mask=torch.ones_like(ids))
-        dims = [cap[h].shape[-1] for h in hps]
-
-    meta = _model_meta(model, tokenizer)
     config = {"max_length": max_length, "windows": windows, "max_tokens": max_tokens,
               "keep_special_tokens": keep_special_tokens, "batch_size": batch_size}
     paths = {h: os.path.join(os.fspath(out_dir), hookpoint_dirname(h)) for h in hps}
+    with _eval_mode(model):
+        writers = _open_writers(model, tokenizer, hps, paths, config, shard_rows, early_stop,
+                                dtype)
+        result = {"stores": paths, "tokens": 0, "documents": 0, "truncated": 0,
+                  "windowed": 0, "dropped_tokens": 0,
+                  "resumed_from_doc": min(w.docs_done for w in writers)}
+        if all(w.complete for w in writers):
+            sts = []
+            try:
+                if _dist.is_distributed():   # other ranks may still run: join the reduction
+                    sts = [w.track_stats(covariance) if stats else None for w in writers]
+            finally:
+                for w in writers:
+                    w.abort()
+            if sts:
+                finalize(list(paths.values()), sts, result)
+            return result
+        try:
+            sts = [w.track_stats(covariance) if stats else None for w in writers]
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+        if max_tokens is not None and _dist.is_distributed():
+            max_tokens = _dist.rank_share(max_tokens)   # this rank's part (0: stores nothing)
+        _run(model, tokenizer, texts, hps, writers, result, batch_size=batch_size,
+             max_length=max_length, max_tokens=max_tokens, windows=windows,
+             keep_special_tokens=keep_special_tokens, device=device, progress=progress,
+             field=field, txt_mode=txt_mode, early_stop=early_stop,
+             count_dropped_tokens=count_dropped_tokens)
+    finalize(list(paths.values()), sts, result)
+    return result
+
+
+def _open_writers(model, tokenizer, hps, paths, config, shard_rows, early_stop, dtype):
+    """One locked writer per hookpoint (width from a one-token dry run, so the stores and
+    their locks exist before any document is read); refuses to resume a store captured
+    with other tokenization settings (it would mix two datasets)."""
+    device = next(model.parameters()).device
+    with torch.inference_mode(), Capture(model, hps, early_stop=early_stop, to=None) as cap:
+        ids = torch.tensor([tokenizer("a")["input_ids"][:config["max_length"]]], device=device)
+        cap.forward(input_ids=ids, attention_mask=torch.ones_like(ids))
+        dims = [cap[h].shape[-1] for h in hps]
+    meta = _model_meta(model, tokenizer)
     writers: list[StoreWriter] = []
     try:
         for h, d in zip(hps, dims):
             writers.append(make_writer(paths[h], d=d, dtype=dtype, shard_rows=shard_rows,
                                        meta=dict(meta, hookpoint=h, config=config)))
+        for w in writers:
+            old = w.manifest.get("config", {})
+            for key in ("max_length", "windows", "keep_special_tokens"):
+                if key in old and old[key] != config[key]:
+                    raise ValueError(f"store {w.path!r} was captured with {key}={old[key]!r}, "
+                                     f"this call has {key}={config[key]!r}; use another out_dir")
     except BaseException:
         for w in writers:
             w.abort()
         raise
-    for w in writers:   # resuming with other tokenization would mix two datasets
-        old = w.manifest.get("config", {})
-        for key in ("max_length", "windows", "keep_special_tokens"):
-            if key in old and old[key] != config[key]:
-                for w2 in writers:
-                    w2.abort()
-                raise ValueError(f"store {w.path!r} was captured with {key}={old[key]!r}, "
-                                 f"this call has {key}={config[key]!r}; use another out_dir")
-    start_doc = min(w.docs_done for w in writers)
-    result = {"stores": paths, "tokens": 0, "documents": 0, "truncated": 0, "windowed": 0,
-              "dropped_tokens": 0, "resumed_from_doc": start_doc}
-    if all(w.complete for w in writers):
-        for w in writers:
-            w.abort()
-        if _dist.is_distributed():   # other ranks may still be running: join the reduction
-            finalize(list(paths.values()),
-                     [(_resume_stats(paths[h], w, d, covariance) if stats else None)
-                      for h, d, w in zip(hps, dims, writers)], result)
-        return result
-    if max_tokens is not None and _dist.is_distributed():
-        max_tokens = _dist.rank_share(max_tokens)   # this rank's part (0: it stores nothing)
+    return writers
 
-    sts = [(_resume_stats(paths[h], w, d, covariance) if stats else None)
-           for h, d, w in zip(hps, dims, writers)]
+
+def _run(model, tokenizer, texts, hps, writers, result, *, batch_size, max_length,
+         max_tokens, windows, keep_special_tokens, device, progress, field, txt_mode,
+         early_stop, count_dropped_tokens) -> None:
+    """The capture loop: tokenize ahead, forward in batches, queue rows to the writers,
+    close them (complete) at the end; on failure close or abort them and re-raise."""
+    # Resume from the store furthest behind: stores of one capture hold the same rows per
+    # document, so its rows are exactly the tokens of the documents before start_doc, the
+    # part of max_tokens already spent; writers ahead of it drop the rows they hold.
+    behind = min(writers, key=lambda w: w.docs_done)
+    start_doc, stored = behind.docs_done, int(behind.manifest["total_rows"])
+    already = [w.complete for w in writers]   # ahead and finished: receives no new rows
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     counts = TokenCounts()
-    stored = sum(w.manifest["total_rows"] for w in writers[:1])
     from tqdm.auto import tqdm
 
     bar = tqdm(total=max_tokens, initial=stored, unit="tok", unit_scale=True,
                disable=not progress or not _dist.is_main(), desc="capture")
-    wt = _WriterThread(writers, sts)
+    wt = _WriterThread(writers)
     done = False
     try:
         with torch.inference_mode(), Capture(model, hps, early_stop=early_stop, to=None) as cap:
             pending: list = []
-            source = iter_texts(texts, field_name=field)
+            source = iter_texts(texts, field_name=field, txt_mode=txt_mode)
 
             def run_batch(pieces, docs_end):
                 nonlocal stored, done
@@ -246,14 +298,16 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                     if i >= start_doc and _dist.owns(i):
                         yield i, t
             prefix = None if windows or count_dropped_tokens else max_length
-            for doc_id, ids, sp, cut in tokenized(tokenizer, mine(), chunk=batch_size,
-                                                  prefix_tokens=prefix):
-                pending.extend(cut_pieces(ids, sp, doc_id, max_length, windows, counts, cut))
-                if len(pending) >= batch_size:
-                    run_batch(pending, doc_id + 1)
-                    pending = []
-                    if done:
-                        break
+            if max_tokens is None or stored < max_tokens:
+                for doc_id, ids, sp, cut in tokenized(tokenizer, mine(), chunk=batch_size,
+                                                      prefix_tokens=prefix):
+                    pending.extend(cut_pieces(ids, sp, doc_id, max_length, windows, counts,
+                                              cut))
+                    if len(pending) >= batch_size:
+                        run_batch(pending, doc_id + 1)
+                        pending = []
+                        if done:
+                            break
             if pending and not done:   # the source is exhausted: all it held is done
                 run_batch(pending, max(doc_id + 1, seen[0]))
         wt.finish()
@@ -269,13 +323,14 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     bar.close()
     result.update(documents=counts.docs, truncated=counts.truncated,
                   windowed=counts.windowed, dropped_tokens=counts.dropped_tokens)
-    for w, st in zip(writers, sts):
+    for w, was_complete in zip(writers, already):
+        if was_complete:      # its counts already cover the finished run
+            w.abort()
+            continue
         prev = w.manifest.get("counts", {})
         total = {k: add_counts(prev.get(k, 0), result[k]) for k in
                  ("documents", "truncated", "windowed", "dropped_tokens")}
-        w.close(complete=True, stats=st, extra={"counts": total})   # source or max_tokens done
-    finalize(list(paths.values()), sts, result)
-    return result
+        w.close(complete=True, extra={"counts": total})   # source or max_tokens done
 
 
 def _close_quietly(w: StoreWriter) -> None:

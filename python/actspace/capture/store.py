@@ -14,8 +14,10 @@ Format (version 1) -- one directory per hookpoint:
         shard-000001.safetensors          doc_ids [rows] int64 (index of the document in the
         ...                               source), positions [rows] int32 (position in the
                                           model's input sequence)
-        stats.safetensors, stats.json     ActivationStats of the stored rows (optional)
-        .lock                             present while a writer runs (holds its pid)
+        stats.safetensors, stats.json     ActivationStats of the stored rows (optional;
+                                          while a job runs, a checkpoint of the first
+                                          "shards" shards, "last_sha256" naming the last)
+        .lock                             present while a writer runs (flock held, its pid)
 
 Rows are tokens in source order; padding is never stored, special tokens only on request.
 A store captured by N ranks under torchrun (actspace.capture.ranks) names its shards
@@ -35,6 +37,7 @@ import bisect
 import hashlib
 import json
 import os
+from collections import OrderedDict
 
 import torch
 
@@ -42,6 +45,8 @@ FORMAT = "actspace.activation_store"
 VERSION = 1
 MANIFEST = "manifest.json"
 STATS = "stats"
+# on-disk dtype of each per-row field next to acts (whose dtype the manifest names)
+FIELD_DTYPES = {"token_ids": torch.int32, "doc_ids": torch.int64, "positions": torch.int32}
 
 
 def hookpoint_dirname(name: str) -> str:
@@ -60,6 +65,14 @@ class ActivationStore:
         for s in self.shards:
             self._starts.append(self._starts[-1] + int(s["rows"]))
         self._handles: dict[int, object] = {}
+
+    def __getstate__(self) -> dict:
+        """Pickle without the open shard handles (safe_open objects cannot be pickled) and
+        cached shards: a DataLoader worker started by spawn reopens what it reads."""
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        state.pop("_cache", None)
+        return state
 
     @classmethod
     def open(cls, path) -> "ActivationStore":
@@ -124,6 +137,9 @@ class ActivationStore:
 
     def read(self, start: int, stop: int, field: str = "acts") -> torch.Tensor:
         """Rows [start, stop) of one field: acts [n, d], token_ids, doc_ids or positions [n]."""
+        if field != "acts" and field not in FIELD_DTYPES:
+            raise ValueError(f"field must be 'acts' or one of {list(FIELD_DTYPES)}, "
+                             f"got {field!r}")
         n = len(self)
         if not (0 <= start <= stop <= n):
             raise IndexError(f"row range [{start}, {stop}) outside the store's {n} rows")
@@ -136,7 +152,7 @@ class ActivationStore:
             start, s = end, s + 1
         if not parts:
             shape = (0, self.d) if field == "acts" else (0,)
-            return torch.empty(shape, dtype=self.dtype if field == "acts" else torch.int64)
+            return torch.empty(shape, dtype=self.dtype if field == "acts" else FIELD_DTYPES[field])
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def __getitem__(self, key) -> torch.Tensor:
@@ -193,23 +209,24 @@ class ActivationStore:
         if buf.numel() and not drop_last:
             yield ("rows", buf)
 
-    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
-        # rows: global ids; group by shard, read each shard's needed rows from the mmap
+    def _gather(self, rows: torch.Tensor, cache: "_ShardCache | None" = None) -> torch.Tensor:
+        """acts [n, d] of the global row ids rows [n], grouped by shard and taken from cache
+        (iter_batches passes its own). None: a store-level cache bounded as for the default
+        buffer_size, for callers that walk batch_indices themselves (decompose.train_dist);
+        it lives as long as the store (never pickled)."""
+        if cache is None:
+            cache = self.__dict__.get("_cache")
+            if cache is None:
+                cache = self._cache = _ShardCache(self, (1 << 16) + self._largest_shard())
         sidx = torch.bucketize(rows, torch.tensor(self._starts[1:]), right=True)
         out = torch.empty(rows.numel(), self.d, dtype=self.dtype)
         for s in torch.unique(sidx).tolist():
             m = sidx == s
-            out[m] = self._cached_shard(s)[rows[m] - self._starts[s]]
+            out[m] = cache.get(s)[rows[m] - self._starts[s]]
         return out
 
-    def _cached_shard(self, s: int) -> torch.Tensor:
-        # the shards the shuffle buffer spans stay resident (about buffer_size rows)
-        cache = self.__dict__.setdefault("_shard_cache", {})
-        if s not in cache:
-            if len(cache) >= getattr(self, "_cache_cap", 8):
-                cache.pop(next(iter(cache)))
-            cache[s] = self.shard(s)
-        return cache[s]
+    def _largest_shard(self) -> int:
+        return max((int(s["rows"]) for s in self.shards), default=0)
 
     def iter_batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                      buffer_size: int = 1 << 16, start_batch: int = 0, drop_last: bool = False,
@@ -221,15 +238,17 @@ class ActivationStore:
         if not isinstance(start_batch, int) or start_batch < 0:
             raise ValueError(f"start_batch must be an int >= 0, got {start_batch!r}")
         device = None if device is None else torch.device(device)
-        smallest = min((int(s["rows"]) for s in self.shards), default=1)
-        self._cache_cap = max(8, buffer_size // max(smallest, 1) + 2)
+        # the shards a shuffled batch gathers from: local to this iterator, so it is freed
+        # when the iterator finishes or is dropped, and sized by rows, not by shard count
+        cache = _ShardCache(self, buffer_size + self._largest_shard()) if shuffle else None
         pin = device is not None and device.type == "cuda"
         for i, item in enumerate(self.batch_indices(batch_size, shuffle=shuffle, seed=seed,
                                                     buffer_size=buffer_size,
                                                     drop_last=drop_last)):
             if i < start_batch:
                 continue
-            x = self.read(item[1], item[2]) if item[0] == "range" else self._gather(item[1])
+            x = (self.read(item[1], item[2]) if item[0] == "range"
+                 else self._gather(item[1], cache))
             if dtype is not None:
                 x = x.to(dtype)
             if device is not None:
@@ -257,3 +276,32 @@ class ActivationStore:
             if h.hexdigest() != s["sha256"]:
                 bad.append(s["file"])
         return bad
+
+
+class _ShardCache:
+    """Whole acts shards a shuffled iteration reads rows from, at most max_rows rows
+    resident, least recently used evicted first.
+
+    Why whole shards: a shuffled batch takes scattered rows of the few shards the shuffle
+    buffer spans, and reading a shard once beats a read per batch. Why bounded by rows:
+    the buffer holds about buffer_size rows, so buffer_size plus one shard (the largest)
+    keeps every shard it spans at once resident without ever holding the store (a bound
+    by shard count would, with a small last shard). A shard evicted and needed again is
+    read again: more reads, never more memory."""
+
+    def __init__(self, store: ActivationStore, max_rows: int):
+        self.store, self.max_rows = store, max_rows
+        self.shards: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.rows = 0                                   # rows resident now
+
+    def get(self, s: int) -> torch.Tensor:
+        x = self.shards.get(s)
+        if x is not None:
+            self.shards.move_to_end(s)
+            return x
+        x = self.store.shard(s)
+        while self.shards and self.rows + x.shape[0] > self.max_rows:
+            self.rows -= self.shards.popitem(last=False)[1].shape[0]
+        self.shards[s] = x
+        self.rows += x.shape[0]
+        return x

@@ -14,10 +14,21 @@ from dataclasses import dataclass
 import torch
 
 
-def iter_texts(source, *, field_name: str = "text"):
-    """Documents of source, in a stable order: an iterable of str; a path to a .txt (one
-    document per line, or blank-line separated paragraphs when the file has blank lines),
-    a .jsonl (field_name of each object); or a datasets.Dataset (its field_name column)."""
+TXT_MODES = ("auto", "lines", "paragraphs")
+
+
+def iter_texts(source, *, field_name: str = "text", txt_mode: str = "auto"):
+    """Documents of source, in a stable order: an iterable of str; a path to a .txt (see
+    txt_mode) or a .jsonl (the str field_name of each object); or a datasets.Dataset (its
+    field_name column). Files are streamed line by line, never read whole.
+
+    txt_mode: "lines" (one document per non-blank line), "paragraphs" (documents separated
+    by blank lines, a paragraph's lines joined by a space) or "auto" (the default, as
+    before): paragraphs when a blank line separates two non-blank ones, else lines; it
+    decides with a streaming scan that stops at the first such blank line, so a file
+    without one is read twice. Whitespace-only lines count as blank in every mode."""
+    if txt_mode not in TXT_MODES:
+        raise ValueError(f"txt_mode must be one of {TXT_MODES}, got {txt_mode!r}")
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
@@ -25,7 +36,7 @@ def iter_texts(source, *, field_name: str = "text"):
         if path.endswith(".jsonl"):
             yield from _jsonl(path, field_name)
         elif path.endswith(".txt"):
-            yield from _txt(path)
+            yield from _txt(path, txt_mode)
         else:
             raise ValueError(f"texts: expected a .txt or .jsonl file, got {path!r}")
         return
@@ -58,16 +69,40 @@ def _dataset_column(ds, field_name: str):
     return ds[field_name]
 
 
-def _txt(path: str):
+def _has_paragraphs(path: str) -> bool:
+    """Whether a blank line separates two non-blank lines of the file (streamed; stops at
+    the first one): the "auto" test, the same as looking for an empty line in the stripped
+    text, with whitespace-only lines counted as blank."""
+    state = 0                 # 0: no text yet, 1: in text, 2: blank line after text
     with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if "\n\n" in text.strip():
-        docs = (" ".join(p.split("\n")) for p in text.split("\n\n"))
-    else:
-        docs = text.split("\n")
-    for d in docs:
-        if d.strip():
-            yield d.strip()
+        for line in f:
+            if line.strip():
+                if state == 2:
+                    return True
+                state = 1
+            elif state == 1:
+                state = 2
+    return False
+
+
+def _txt(path: str, mode: str):
+    if mode == "auto":
+        mode = "paragraphs" if _has_paragraphs(path) else "lines"
+    with open(path, encoding="utf-8") as f:      # universal newlines: \r\n reads as \n
+        if mode == "lines":
+            for line in f:
+                if line.strip():
+                    yield line.strip()
+            return
+        para: list[str] = []
+        for line in f:
+            if line.strip():
+                para.append(line.rstrip("\n"))
+            elif para:
+                yield " ".join(para).strip()
+                para = []
+        if para:
+            yield " ".join(para).strip()
 
 
 def _jsonl(path: str, field_name: str):
@@ -75,9 +110,18 @@ def _jsonl(path: str, field_name: str):
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            obj = json.loads(line)
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise TypeError(f"{path}:{n}: expected a JSON object, got "
+                                f"{type(obj).__name__}")
             if field_name not in obj:
                 raise ValueError(f"{path}:{n}: no field {field_name!r} (use --field)")
+            if not isinstance(obj[field_name], str):
+                raise TypeError(f"{path}:{n}: field {field_name!r} is "
+                                f"{type(obj[field_name]).__name__}, expected str")
             yield obj[field_name]
 
 

@@ -5,7 +5,9 @@ valid at every instant and resumable without losing or duplicating a token. Each
 serialised in memory, hashed, written under a temporary name, flushed, fsynced and renamed;
 only then the manifest (itself written to a temporary file, fsynced and os.replace'd)
 records it. Shards always end at document boundaries, so the manifest's `docs_done` says
-exactly where to resume. A lock file keeps two writers apart.
+exactly where to resume. A lock file keeps two writers apart. Statistics of the rows can be
+tracked per recorded shard and checkpointed next to the manifest, so a resumed job re-reads
+only the shards recorded after the last checkpoint instead of the whole store.
 """
 from __future__ import annotations
 
@@ -16,9 +18,15 @@ import os
 
 import torch
 
-from .store import FORMAT, MANIFEST, VERSION, STATS
+from .store import FORMAT, MANIFEST, STATS, VERSION, ActivationStore
+
+try:
+    import fcntl
+except ImportError:      # Windows: byte-range locks via msvcrt instead (see _try_lock)
+    fcntl = None
 
 LOCK = ".lock"
+STATS_CHUNK = 8192       # rows per ActivationStats.update: bounds its float64 temporaries
 
 
 def _fsync_dir(path: str) -> None:
@@ -72,14 +80,48 @@ def write_safetensors_atomic(path, tensors: dict, metadata: dict | None = None) 
     return hashlib.sha256(data).hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive lock on the open file fd without waiting; False when another open
+    file description (another writer, in this process or any other) holds it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:                                   # pragma: no cover (Windows)
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except (BlockingIOError, PermissionError):
         return False
-    except PermissionError:
-        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+            return False
+        raise
     return True
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from the pid its holder wrote into the file (for the error)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid = int(os.read(fd, 32).decode().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid == os.getpid():
+        return "another StoreWriter of this process"
+    return f"running process {pid}" if pid else "a writer that is just starting"
+
+
+def _fold(stats, acts: torch.Tensor, token_ids: torch.Tensor) -> None:
+    """Fold one shard's rows (acts [n, d], token_ids [n]) into stats in fixed chunks: the
+    same calls whether the shard was just written or is re-read on resume."""
+    for a in range(0, acts.shape[0], STATS_CHUNK):
+        stats.update(acts[a:a + STATS_CHUNK], token_ids[a:a + STATS_CHUNK])
+
+
+def fold_shards(stats, store: ActivationStore, start: int = 0) -> None:
+    """Fold the rows of store's shards start.. into stats (ActivationStats), in order."""
+    for i in range(start, len(store.shards)):
+        _fold(stats, store.shard(i), store.shard(i, "token_ids"))
 
 
 class StoreWriter:
@@ -92,6 +134,13 @@ class StoreWriter:
 
     # file names; a rank of a distributed capture writes its own (capture.ranks)
     manifest_name, shard_prefix, lock_name, stats_name = MANIFEST, "shard-", LOCK, STATS
+    _lock_fd: int | None = None
+    stats = None                 # ActivationStats of the recorded rows (track_stats)
+    _stats_saved = _stats_pending = 0   # shards in the last checkpoint; bytes written since
+    #: checkpoint the statistics once the shards written since the last checkpoint hold
+    #: this many times the statistics' own bytes: every flush unless a large covariance
+    #: makes the state comparable to a shard, and then at most a 1/4 overhead
+    stats_checkpoint_ratio = 4
 
     def __init__(self, path, *, d: int, dtype: torch.dtype, meta: dict, shard_rows: int = 65536):
         if not isinstance(shard_rows, int) or shard_rows <= 0:
@@ -117,31 +166,52 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ lock
     def _lock(self) -> None:
+        """Hold an exclusive flock on the lock file for the writer's lifetime.
+
+        Why flock and not "create the file, write the pid, check the pid on conflict": the
+        kernel drops the lock when its holder dies, so a killed writer never leaves a lock
+        that must be guessed stale (a pid check cannot tell a writer that has not yet
+        written its pid from a dead one, and may see a reused pid); and flock belongs to an
+        open file description, so a second writer in the same process is refused too. The
+        pid in the file only names the holder in the error. The file is unlinked on release
+        while still locked, so a writer that locked a file just unlinked by the previous
+        holder sees another inode at the path and retries on the new file.
+        (On NFS, Linux emulates flock with byte-range locks, which are per process.)"""
         lock = os.path.join(self.path, self.lock_name)
-        for _ in range(2):
+        for _ in range(100):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                holder = _holder(fd)
+                os.close(fd)
+                raise RuntimeError(f"store {self.path!r} is locked by {holder} (lock file "
+                                   f"{lock}); two writers cannot share a store")
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(open(lock).read().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _pid_alive(pid):
-                    raise RuntimeError(f"store {self.path!r} is locked by running process "
-                                       f"{pid} (lock file {lock}); two writers cannot share "
-                                       f"a store") from None
-                os.unlink(lock)       # stale lock of a killed writer
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self._lockfile = lock
-            return
+                st, cur = os.fstat(fd), os.stat(lock)
+                same = (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+                self._lock_fd, self._lockfile = fd, lock
+                return
+            os.close(fd)       # locked a file the previous holder had just unlinked
         raise RuntimeError(f"cannot take the lock {lock}")
 
     def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
         try:
-            os.unlink(self._lockfile)
+            os.unlink(self._lockfile)   # still locked: nobody else can hold this inode
         except OSError:
+            pass
+        os.close(fd)                    # releases the lock
+
+    def __del__(self):                  # a writer dropped without close/abort
+        try:
+            self._unlock()
+        except Exception:
             pass
 
     # ------------------------------------------------------------------ manifest
@@ -218,16 +288,20 @@ class StoreWriter:
         self._write_manifest(man)   # on failure the old manifest stays: shard unrecorded
         self.manifest = man
         self._buf, self._buf_rows = [], 0
+        if self.stats is not None:  # statistics follow the recorded shards, never the buffer
+            _fold(self.stats, cols[0], cols[1])
+            self._stats_pending += sum(c.nbytes for c in cols)
+            if self._stats_pending >= self.stats_checkpoint_ratio * self.stats.nbytes:
+                self.save_stats()
 
     def close(self, *, complete: bool = False, stats=None, extra: dict | None = None) -> None:
-        """Flush, save statistics (covering exactly the recorded documents), mark complete
-        when the source is exhausted or max_tokens reached, and release the lock."""
+        """Flush, save statistics (the tracked ones, else stats: covering exactly the
+        recorded rows), mark complete when the source is exhausted or max_tokens reached,
+        and release the lock."""
         try:
             self.flush()
-            if stats is not None:
-                stats.save(os.path.join(self.path, self.stats_name),
-                           extra={"docs_done": self.docs_done,
-                                  "total_rows": self.manifest["total_rows"]})
+            if stats is not None or self.stats is not None:
+                self.save_stats(stats)
             if complete or extra:
                 self.manifest = dict(self.manifest, complete=complete or self.complete,
                                      **(extra or {}))
@@ -236,9 +310,73 @@ class StoreWriter:
             self._unlock()
 
     def abort(self) -> None:
-        """Drop unflushed rows and release the lock (the store stays as last recorded)."""
+        """Drop unflushed rows, checkpoint the tracked statistics when behind the recorded
+        shards (best effort: an older checkpoint stays valid), and release the lock; the
+        store stays as last recorded."""
         self._buf, self._buf_rows = [], 0
-        self._unlock()
+        try:
+            if self.stats is not None and self._stats_saved < len(self.manifest["shards"]):
+                self.save_stats()
+        except Exception:
+            pass
+        finally:
+            self._unlock()
+
+    # ------------------------------------------------------------------ statistics
+    def track_stats(self, covariance: bool = False):
+        """Keep ActivationStats of the recorded rows from now on and return them: loaded
+        from the last checkpoint, with the shards recorded after it re-read and folded in,
+        so a resume costs a read of the shards the checkpoint misses, not of the store.
+        Each flushed shard is folded in and checkpointed (see stats_checkpoint_ratio)."""
+        from ..stats.activation import ActivationStats
+
+        st, n = self._stats_checkpoint(covariance)
+        if st is None:
+            st, n = ActivationStats(self.d, covariance=covariance), 0
+        shards = self.manifest["shards"]
+        fold_shards(st, ActivationStore(self.path, self.manifest), n)
+        self.stats, self._stats_saved, self._stats_pending = st, n, 0
+        if n < len(shards):
+            self.save_stats()         # a second interruption does not repeat the re-read
+        return st
+
+    def _stats_checkpoint(self, covariance: bool):
+        """(stats, shards it covers) from the saved statistics, or (None, 0) when absent,
+        unreadable or not a prefix of the recorded shards (then rebuilt from all shards).
+        The prefix is the one whose rows add up to the saved row count; checkpoints name
+        the sha256 of their last shard, which must match the manifest's."""
+        from ..stats.activation import ActivationStats
+
+        p = os.path.join(self.path, self.stats_name)
+        if not os.path.exists(p + ".json"):
+            return None, 0
+        try:
+            st = ActivationStats.load(p)
+        except Exception:
+            return None, 0
+        ends, total = [0], 0
+        for sh in self.manifest["shards"]:
+            total += int(sh["rows"])
+            ends.append(total)
+        if st.d != self.d or st.has_covariance != covariance or st.rows not in ends:
+            return None, 0
+        n = ends.index(st.rows)
+        sha = st.meta.get("last_sha256")
+        if sha is not None and (n == 0 or self.manifest["shards"][n - 1]["sha256"] != sha):
+            return None, 0
+        return st, n
+
+    def save_stats(self, stats=None) -> None:
+        """Write stats (default: the tracked ones) crash-safe, tagged with what they
+        cover: docs_done, total_rows, the number of shards and the last shard's sha256."""
+        st = stats if stats is not None else self.stats
+        shards = self.manifest["shards"]
+        st.save(os.path.join(self.path, self.stats_name),
+                extra={"docs_done": self.docs_done, "total_rows": self.manifest["total_rows"],
+                       "shards": len(shards),
+                       "last_sha256": shards[-1]["sha256"] if shards else None})
+        if st is self.stats:
+            self._stats_saved, self._stats_pending = len(shards), 0
 
 
 # ------------------------------------------------------------------ tensors + json pairs

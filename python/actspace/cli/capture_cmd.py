@@ -14,8 +14,8 @@ HELP = "capture activations of a local Hugging Face model over texts into activa
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="local model directory (AutoModel / AutoTokenizer)")
-    p.add_argument("texts", help=".txt (a document per line or blank-line separated), .jsonl, "
-                                 "or a directory saved by datasets.save_to_disk")
+    p.add_argument("texts", help=".txt (see --txt-mode), .jsonl, or a directory saved by "
+                                 "datasets.save_to_disk")
     p.add_argument("--out", required=True, help="output directory (one store per hookpoint)")
     p.add_argument("--hookpoint", action="append", default=[],
                    help="module path[:input|:output] or glob; repeatable")
@@ -23,8 +23,12 @@ def add_arguments(p) -> None:
                    help="layer index (with --site) instead of a module path; repeatable")
     p.add_argument("--site", default="resid", choices=("resid", "resid_pre", "attn", "mlp"))
     p.add_argument("--field", default="text", help="jsonl / dataset field holding the text")
+    p.add_argument("--txt-mode", default="auto", choices=("auto", "lines", "paragraphs"),
+                   help=".txt documents: one per line, blank-line separated paragraphs, or "
+                        "auto (paragraphs when the file has a blank line between text)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--max-length", type=int, default=512,
+                   help="tokens per sequence (at most the model's and tokenizer's limit)")
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--windows", action="store_true",
                    help="split long documents into windows instead of truncating them")
@@ -80,7 +84,8 @@ def _run(args) -> int:
         stats=not args.no_stats, covariance=args.covariance,
         device=args.device or default_device(),
         dtype=getattr(torch, args.dtype) if args.dtype else None,
-        progress=not args.no_progress, shard_rows=args.shard_rows, field=args.field)
+        progress=not args.no_progress, shard_rows=args.shard_rows, field=args.field,
+        txt_mode=args.txt_mode)
     if is_main():
         print(json.dumps(result, indent=1))
     return 0

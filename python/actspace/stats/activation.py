@@ -294,6 +294,12 @@ class ActivationStats:
         st.rows, st.cov_count = int(meta["rows"]), float(meta["cov_count"])
         return st
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the saved state (what save writes, about): lets a writer decide how
+        often a checkpoint is worth it."""
+        return sum(t.nbytes for t in self._state()["tensors"].values())
+
     def save(self, path, extra: dict | None = None) -> None:
         """Write path(.safetensors) and path(.json), each crash-safe (temp name, fsync,
         rename). extra: more json metadata (e.g. how many documents the statistics cover)."""
@@ -311,8 +317,11 @@ class ActivationStats:
         st.meta = meta
         return st
 
-    def summary(self) -> dict:
-        """JSON-friendly summary: totals, channel aggregates, norms, spectrum views."""
+    def summary(self, ratio: float = 100.0) -> dict:
+        """JSON-friendly summary: totals, channel aggregates, norms, spectrum views and the
+        massive activations at ratio (see massive_activations).
+        Undefined values (no rows yet, a constant channel's kurtosis) are None, so the
+        summary is valid JSON (json.dumps would write NaN/Infinity, which is not)."""
         out = {"d": self.d, "rows": self.rows,
                "nonfinite": int(self.nonfinite.sum()),
                "mean_abs_mean": float(self.mean.abs().mean()),
@@ -321,7 +330,10 @@ class ActivationStats:
                "mean_kurtosis": float(self.kurtosis.nanmean()),
                "zero_fraction": float(self.zero_fraction.mean()),
                "norm": self.norm_stats,
-               "massive": self.massive_activations()}
+               "massive": self.massive_activations(ratio)}
+        if self.rows == 0:      # no data: aggregates of the empty state mean nothing
+            out.update(mean_abs_mean=None, mean_std=None, max_abs=None, zero_fraction=None,
+                       norm=dict(out["norm"], mean=None, std=None))
         if self.has_covariance and self.cov_count >= 2:
             out.update(effective_rank=self.effective_rank(),
                        participation_ratio=self.participation_ratio())
@@ -329,4 +341,15 @@ class ActivationStats:
                 out["power_law_alpha"] = self.power_law_alpha()
             except ValueError:
                 out["power_law_alpha"] = None
-        return out
+        return _finite_or_none(out)
+
+
+def _finite_or_none(obj):
+    """obj with every non-finite float (at any depth of dicts and lists) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
