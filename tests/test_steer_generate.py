@@ -46,20 +46,41 @@ def _positions(am):
     return pos.masked_fill(am == 0, 1)
 
 
-def _generate(model, ids, am, new):
-    """Greedy generate; also returns the position_ids generate passed (concatenated over steps),
-    so a full forward can reproduce even HF's right-padding positions exactly."""
-    pos = []
-    h = model.register_forward_pre_hook(lambda m, a, kw: pos.append(kw["position_ids"]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=am, max_new_tokens=new, do_sample=False,
-                                 output_logits=True, return_dict_in_generate=True, pad_token_id=0)
-    finally:
-        h.remove()
-    pos = torch.cat(pos, 1)
-    # the last generated token is never fed back; its position only pads the full forward
-    return out, torch.cat([pos, pos[:, -1:] + 1], 1)
+class _Positions:
+    """Records the position_ids of every forward of the model while active, placed at the
+    absolute columns they cover (from the cache length), so a full forward can reproduce
+    exactly what generate did - even HF's right-padding positions - in every cache mode."""
+
+    def __init__(self, model):
+        self.model, self.cols = model, {}
+
+    def _hook(self, mod, args, kw):
+        cache = kw.get("cache", kw.get("past_key_values"))
+        past = int(cache.get_seq_length()) if cache is not None else 0
+        pos = kw["position_ids"]
+        for j in range(pos.shape[1]):
+            self.cols[past + j] = pos[:, j]
+
+    def __enter__(self):
+        self.h = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.h.remove()
+
+    def full(self, S):
+        """[B, S]: recorded columns; the last generated token is never fed back, its
+        position only pads the full forward."""
+        out = torch.stack([self.cols[c] for c in range(S - 1)], 1)
+        return torch.cat([out, out[:, -1:] + 1], 1)
+
+
+def _generate(model, ids, am, new, **kwargs):
+    """Greedy generate; also returns the position_ids generate passed for every column."""
+    with _Positions(model) as rec, torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=am, max_new_tokens=new, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=0, **kwargs)
+    return out, rec.full(out.sequences.shape[1])
 
 
 def _cache_kwarg(model, out) -> dict:
@@ -70,13 +91,15 @@ def _cache_kwarg(model, out) -> dict:
     return {name: out.get("cache", out.get("past_key_values"))}
 
 
-def _manual_logits(model, hookpoint, vec, seqs, am, steer_mask, position_ids):
-    """Full forward (no cache) adding vec at every token where steer_mask [B, S] is set."""
+def _manual_logits(model, hookpoint, edit, seqs, am, steer_mask, position_ids):
+    """Full forward (no cache) editing the hookpoint's activation at every token where
+    steer_mask [B, S] is set: edit(x [B, S, d]) -> new x, or a vector [d] to add."""
     (hp,) = resolve(model, hookpoint)
+    fn = edit if callable(edit) else (lambda x: x + edit.to(x.dtype))
 
     def hook(mod, args, out):
         x = first_tensor(out)
-        return replace_first_tensor(out, x + vec * steer_mask.unsqueeze(-1).to(x.dtype))
+        return replace_first_tensor(out, torch.where(steer_mask.unsqueeze(-1), fn(x), x))
 
     h = hp.module.register_forward_hook(hook)
     try:
@@ -86,9 +109,40 @@ def _manual_logits(model, hookpoint, vec, seqs, am, steer_mask, position_ids):
         h.remove()
 
 
+def _steer_mask(full_am, T, positions):
+    """[B, S] bool: real tokens, restricted to the prompt (< T) or the generated (>= T) columns."""
+    steer = full_am.bool().clone()
+    if positions == "prompt":
+        steer[:, T:] = False
+    elif positions == "generated":
+        steer[:, :T] = False
+    return steer
+
+
+def _check_generate(model, hookpoint, edit, out, pos, am, steer, new, atol=2e-5):
+    """generate's logits and tokens equal the manual full forward's; the edit mattered."""
+    seqs, T = out.sequences, am.shape[1]
+    full_am = torch.cat([am, torch.ones(am.shape[0], new, dtype=am.dtype)], 1)
+    ref = _manual_logits(model, hookpoint, edit, seqs, full_am, steer, pos)[:, T - 1:T - 1 + new]
+    torch.testing.assert_close(torch.stack(out.logits, 1), ref, atol=atol, rtol=1e-4)
+    assert torch.equal(seqs[:, T:], ref.argmax(-1))
+    # steering changed something (the test can fail)
+    with torch.no_grad():
+        plain = model(input_ids=seqs, attention_mask=full_am, position_ids=pos).logits
+    assert (plain[:, T - 1:T - 1 + new] - ref).abs().max() > 1e-3
+
+
+# generate's cache modes: each must steer every token once, prompt and generated told apart
+# by position (use_cache=False recomputes everything; chunked prefill and a static cache
+# with its 4D mask took the cache-is-empty rule or the mask to be the truth before)
+MODES = {"cache": {}, "no_cache": {"use_cache": False}, "chunked": {"prefill_chunk_size": 2},
+         "static": {"cache_implementation": "static"}}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
-def test_generate_equals_manual_forward(lm, padding, positions):
+def test_generate_equals_manual_forward(lm, padding, positions, mode):
     hookpoint = layer_hookpoint(lm, 1)
     g = torch.Generator().manual_seed(2)
     vec = torch.randn(D, generator=g) * 3.0
@@ -96,24 +150,31 @@ def test_generate_equals_manual_forward(lm, padding, positions):
     ids, am = _batch(padding)
     new = 4
     with v.apply(lm, alpha=1.0, positions=positions):
-        out, pos = _generate(lm, ids, am, new)
-    seqs = out.sequences
-    T = ids.shape[1]
+        out, pos = _generate(lm, ids, am, new, **MODES[mode])
     full_am = torch.cat([am, torch.ones(am.shape[0], new, dtype=am.dtype)], 1)
-    steer = full_am.bool().clone()
-    if positions == "prompt":
-        steer[:, T:] = False
-    elif positions == "generated":
-        steer[:, :T] = False
-    logits = _manual_logits(lm, hookpoint, vec, seqs, full_am, steer, pos)
-    gen_logits = torch.stack(out.logits, 1)                      # [B, new, V]
-    ref = logits[:, T - 1:T - 1 + new]
-    torch.testing.assert_close(gen_logits, ref, atol=2e-5, rtol=1e-4)
-    assert torch.equal(seqs[:, T:], ref.argmax(-1))
-    # steering changed something (the test can fail)
-    with torch.no_grad():
-        plain = lm(input_ids=seqs, attention_mask=full_am, position_ids=pos).logits
-    assert (plain[:, T - 1:T - 1 + new] - ref).abs().max() > 1e-3
+    _check_generate(lm, hookpoint, vec, out, pos, am, _steer_mask(full_am, ids.shape[1], positions), new)
+
+
+@pytest.mark.parametrize("positions", ["prompt", "generated"])
+def test_generate_continuing_from_a_reused_cache(lm, positions):
+    """The cache already holds L tokens (computed unsteered); generate gets them plus a new
+    prompt: the new prompt tokens are "prompt" though the cache is not empty."""
+    hookpoint = layer_hookpoint(lm, 1)
+    vec = torch.randn(D, generator=torch.Generator().manual_seed(7)) * 3.0
+    ids, am = _batch("left")
+    L, new = 4, 3
+    with _Positions(lm) as rec, torch.no_grad():
+        pre = lm(input_ids=ids[:, :L], attention_mask=am[:, :L], position_ids=_positions(am)[:, :L],
+                 use_cache=True)
+        with SteeringVector({hookpoint: vec}).apply(lm, 1.0, positions=positions):
+            out = lm.generate(input_ids=ids, attention_mask=am, max_new_tokens=new, do_sample=False,
+                              output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+                              **_cache_kwarg(lm, pre))
+    pos = rec.full(out.sequences.shape[1])
+    full_am = torch.cat([am, torch.ones(am.shape[0], new, dtype=am.dtype)], 1)
+    steer = _steer_mask(full_am, ids.shape[1], positions)
+    steer[:, :L] = False                                          # cached before steering
+    _check_generate(lm, hookpoint, vec, out, pos, am, steer, new)
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])

@@ -114,6 +114,74 @@ def test_steer_with_sae_equals_decode_of_modified_code_plus_error(llama, batch, 
         acts.steer_with_sae(llama, sae, {1: 1.0}, mode="set")
 
 
+def _dense(code, m):
+    """[N, m] dense latents of a SparseCode (index -1 = empty slot)."""
+    ok = code.indices >= 0
+    return torch.zeros(code.indices.shape[0], m, dtype=code.values.dtype).scatter_add_(
+        1, code.indices.clamp_min(0).long(), code.values * ok)
+
+
+def _modified(dense, feats, mode):
+    mod = dense.clone()
+    for f, val in feats.items():
+        mod[:, f] = val if mode == "clamp" else mod[:, f] + val
+    return mod
+
+
+@pytest.mark.parametrize("kind", ["topk", "jumprelu"])
+@pytest.mark.parametrize("mode", ["clamp", "add"])
+def test_steer_with_library_sae_equals_decode_plus_error(llama, batch, kind, mode):
+    """The library's acts.SAE (its SparseCode, b_dec, JumpReLU's padded code): x' equals
+    sae.decode(modified code) + (x - sae.decode(code))."""
+    torch.manual_seed(4)
+    sae = acts.SAE(D, 40, kind, k=4 if kind == "topk" else None, hookpoint=HP, dtype=torch.float64)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3)
+        sae.b_enc.normal_(0, 0.3)
+        if kind == "jumprelu":
+            sae.threshold.fill_(0.05)
+    x0, _ = _read(llama, HP, batch)
+    flat = x0.reshape(-1, D)
+    with torch.no_grad():
+        code = sae.encode(flat)
+    feats = {int(code.indices[2, 0]): 3.0, 39: -1.5}
+    x1, _ = _read(llama, HP, batch, lambda: acts.steer_with_sae(llama, sae, feats, mode=mode))
+    with torch.no_grad():
+        ref = (sae.decode(_modified(_dense(code, 40), feats, mode)) + flat - sae.decode(code)).reshape(x0.shape)
+    m = batch["attention_mask"].bool()
+    torch.testing.assert_close(x1[m], ref[m], atol=1e-12, rtol=1e-12)
+    assert torch.equal(x1[~m], x0[~m]) and (x1[m] - x0[m]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("mode", ["clamp", "add"])
+def test_steer_with_transcoder_encodes_in_writes_out(llama, batch, mode):
+    """A transcoder reads the MLP input and stands for its output: encoded at hookpoint,
+    the change added at hookpoint_out = decode(modified code) + (mlp out - decode(code))."""
+    hp_in, hp_out = "model.layers.1.mlp:input", "model.layers.1.mlp"
+    torch.manual_seed(5)
+    tc = acts.SAE(D, 40, "topk", k=4, hookpoint=hp_in, hookpoint_out=hp_out, dtype=torch.float64)
+    assert tc.is_transcoder
+    x_in, _ = _read(llama, hp_in, batch)
+    y0, _ = _read(llama, hp_out, batch)
+    with torch.no_grad():
+        code = tc.encode(x_in.reshape(-1, D))
+    feats = {int(code.indices[2, 0]): 4.0, 7: 2.0}
+    y1, _ = _read(llama, hp_out, batch, lambda: acts.steer_with_sae(llama, tc, feats, mode=mode))
+    x_in1, _ = _read(llama, hp_in, batch, lambda: acts.steer_with_sae(llama, tc, feats, mode=mode))
+    with torch.no_grad():
+        err = y0.reshape(-1, D) - tc.decode(code)
+        ref = (tc.decode(_modified(_dense(code, 40), feats, mode)) + err).reshape(y0.shape)
+    m = batch["attention_mask"].bool()
+    assert torch.equal(x_in1, x_in)                                         # the input is only read
+    torch.testing.assert_close(y1[m], ref[m], atol=1e-12, rtol=1e-12)
+    assert torch.equal(y1[~m], y0[~m]) and (y1[m] - y0[m]).abs().max() > 0.1
+    # a transcoder must say where it writes, and write somewhere else than it reads
+    with pytest.raises(ValueError, match="hookpoint_out"):
+        acts.steer_with_sae(llama, acts.SAE(D, 40, "topk", k=4, d_out=8, hookpoint=hp_in), {1: 1.0})
+    with pytest.raises(ValueError, match="hookpoint_out"):
+        acts.steer_with_sae(llama, acts.SAE(D, 40, "topk", k=4, hookpoint=hp_out, hookpoint_out=hp_out), {1: 1.0})
+
+
 def test_normalize_preserves_token_norms(llama, batch):
     v = acts.SteeringVector({HP: torch.ones(D) * 2})
     x0, _ = _read(llama, HP, batch)

@@ -84,8 +84,8 @@ def test_sweep_probe_target_per_hookpoint(setup):
         acts.steering_sweep(model, tok, v, [1.0], neutral_texts="one string")
 
 
-def test_cli_steer(tmp_path, capsys):
-    from actspace.cli.main import main
+def _cli_files(tmp_path):
+    """A tiny GPT-2 saved with a tokenizer, and the three text files; -> (cfg, common args)."""
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=30522, n_embd=16, n_layer=3, n_head=2, n_positions=64)
     model_dir = tmp_path / "tiny"
@@ -94,8 +94,15 @@ def test_cli_steer(tmp_path, capsys):
     (tmp_path / "pos.txt").write_text("a happy day\njoy everywhere\nwe laughed a lot\n")
     (tmp_path / "neg.txt").write_text("a sad day\nsorrow everywhere\nwe cried a lot\n")
     (tmp_path / "neu.txt").write_text("the table is wooden\nopen the door\n")
-    rc = main(["steer", "--model", str(model_dir), "--positive", str(tmp_path / "pos.txt"),
-               "--negative", str(tmp_path / "neg.txt"), "--neutral", str(tmp_path / "neu.txt"),
+    return cfg, ["steer", "--model", str(model_dir), "--positive", str(tmp_path / "pos.txt"),
+                 "--negative", str(tmp_path / "neg.txt"), "--neutral", str(tmp_path / "neu.txt")]
+
+
+def test_cli_steer(tmp_path, capsys):
+    from actspace.cli.main import main
+    cfg, common = _cli_files(tmp_path)
+    model_dir = tmp_path / "tiny"
+    rc = main(common + [
                "--layer", "1", "--alphas", "0,2", "--out", str(tmp_path / "v.safetensors"),
                "--gguf", str(tmp_path / "v.gguf"), "--json", str(tmp_path / "rows.json")])
     assert rc == 0
@@ -109,3 +116,31 @@ def test_cli_steer(tmp_path, capsys):
     assert main(["steer", "--model", str(model_dir), "--positive", str(tmp_path / "pos.txt"),
                  "--negative", str(tmp_path / "neg.txt"), "--neutral", str(tmp_path / "neu.txt"),
                  "--layer", "1", "--method", "pca", "--alphas", "1", "--position", "9"]) == 2
+
+
+def test_cli_steer_sweeps_several_layers(tmp_path, capsys):
+    """Several --layer values: one vector per layer, each swept alone (rows keep the report's
+    keys and add the hookpoint); --positions / --normalize reach the sweep; the GGUF export
+    leaves out layer 0, which llama.cpp rejects."""
+    from actspace.cli.main import main
+    from actspace.steer.gguf import read_control_vector
+    _, common = _cli_files(tmp_path)
+    runs = {}
+    for extra in ([], ["--positions", "1:", "--normalize"]):
+        name = "norm" if extra else "plain"
+        with pytest.warns(UserWarning, match="layer 0"):
+            assert main(common + ["--layer", "0", "2", "--layer", "1", "--alphas", "0,3", "--method",
+                                  "pca_centered", "--json", str(tmp_path / f"{name}.json"),
+                                  "--gguf", str(tmp_path / f"{name}.gguf")] + extra) == 0
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        assert sorted(read_control_vector(tmp_path / f"{name}.gguf")[0]) == [1, 2]
+    plain, norm = runs["plain"], runs["norm"]
+    assert [(r["hookpoint"], r["alpha"]) for r in plain] == [
+        (f"transformer.h.{i}", a) for i in (0, 2, 1) for a in (0.0, 3.0)]
+    for rows in (plain, norm):
+        assert all({"alpha", "hookpoint", "effect", "kl", "perplexity"} <= set(r) for r in rows)
+        assert all(r["kl"] == pytest.approx(0, abs=1e-9) for r in rows if r["alpha"] == 0)
+        assert all(r["kl"] > 0 for r in rows if r["alpha"] != 0)
+    assert all(abs(a["kl"] - b["kl"]) > 1e-9 for a, b in zip(plain, norm) if a["alpha"] != 0)
+    assert main(common + ["--hookpoint", "transformer.h.1", "--positions", "2-3"]) == 2
+    assert "--positions" in capsys.readouterr().err

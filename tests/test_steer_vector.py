@@ -44,7 +44,8 @@ def _ref_pooled(model, tok, texts, layer, position):
 
 @pytest.mark.parametrize("method,position,side", [
     ("mean", "last", "left"), ("mean", "mean", "right"), ("mean", 1, "left"),
-    ("pca", -2, "right"), ("pca", "last", "left"), ("pca", "mean", "left")])
+    ("pca", -2, "right"), ("pca", "last", "left"), ("pca", "mean", "left"),
+    ("pca_centered", "last", "left"), ("pca_centered", "mean", "right")])
 def test_mean_and_pca_match_float64(gpt2, tok, side, position, method):
     hp = layer_hookpoint(gpt2, 1)
     v = SteeringVector.from_contrast(gpt2, tok[side], POS, NEG, hookpoint=hp, method=method,
@@ -52,13 +53,43 @@ def test_mean_and_pca_match_float64(gpt2, tok, side, position, method):
     xp, xn = _ref_pooled(gpt2, tok[side], POS, 1, position), _ref_pooled(gpt2, tok[side], NEG, 1, position)
     if method == "mean":
         ref = xp.mean(0) - xn.mean(0)
-    else:
+    elif method == "pca":
         d = xp - xn
         u = torch.linalg.svd(d, full_matrices=False)[2][0]
         u = u if (d @ u).mean() > 0 else -u
         ref = u * (d @ u).mean()
+    else:
+        ref = _centred_pca_reference(xp - xn)
     torch.testing.assert_close(v[hp].double(), ref, atol=1e-5, rtol=1e-4)
     assert v.provenance["layers"] == {hp: 1}
+
+
+def _centred_pca_reference(d):
+    """Top eigenvector of the covariance of the differences d [P, dim] (eigh, not the SVD
+    the library uses), oriented by the pairs' majority, times the mean |projection|."""
+    dc = d - d.mean(0)
+    u = torch.linalg.eigh(dc.T @ dc)[1][:, -1]
+    u = u if torch.sign(d @ u).sum() > 0 else -u
+    return u * (d @ u).abs().mean()
+
+
+def test_pca_and_centred_pca_differ_on_planted_data():
+    """Differences = a shared shift (5·e0) + a spread along e1 that varies from pair to pair:
+    uncentred PCA finds the shift, centred PCA (RepE) the spread."""
+    from actspace.steer.vector import _direction
+    g = torch.Generator().manual_seed(0)
+    P, dim = 40, 6
+    e0, e1 = torch.eye(dim, dtype=torch.float64)[:2]
+    s = torch.randn(P, 1, generator=g, dtype=torch.float64)
+    xn = torch.randn(P, dim, generator=g, dtype=torch.float64)
+    d = 5.0 * e0 + 3.0 * s * e1 + 0.05 * torch.randn(P, dim, generator=g, dtype=torch.float64)
+    xp = xn + d
+    plain, centred = _direction("pca", xp, xn), _direction("pca_centered", xp, xn)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(plain, e0, dim=0) > 0.99 and abs(float(cos(centred, e1, dim=0))) > 0.99
+    assert float(plain.norm()) == pytest.approx(float((d @ e0).mean()), rel=1e-2)
+    torch.testing.assert_close(centred, _centred_pca_reference(d), atol=1e-10, rtol=1e-10)
+    assert float(torch.sign(d @ centred).sum()) > 0             # more pairs project positively
 
 
 def test_probe_direction_separates_and_ignores_padding_side(gpt2, tok):
@@ -132,6 +163,27 @@ def test_gguf_round_trip_exact_and_header(tmp_path, gpt2):
         SteeringVector({"transformer.h.0.mlp": torch.ones(24)}).to_gguf(path)
 
 
+def test_gguf_layers_from_hookpoint_names_and_layer0(tmp_path):
+    """A vector built by hand has no provenance["layers"]: the layer comes from the name.
+    Layer 0 (rejected by llama.cpp) raises, or is left out with skip_layer0=True."""
+    from actspace.steer.gguf import read_control_vector
+    g = torch.Generator().manual_seed(4)
+    vecs = {f"model.layers.{i}": torch.randn(8, generator=g) for i in (0, 2, 5)}
+    with pytest.raises(ValueError, match="skip_layer0"):
+        SteeringVector(vecs).to_gguf(tmp_path / "a.gguf")
+    with pytest.warns(UserWarning, match="layer 0"):
+        SteeringVector(vecs).to_gguf(tmp_path / "a.gguf", skip_layer0=True)
+    back, _ = read_control_vector(tmp_path / "a.gguf")
+    assert sorted(back) == [2, 5] and (back[5] == vecs["model.layers.5"].numpy()).all()
+    SteeringVector({"transformer.h.3": torch.ones(8), "encoder.layer.1": torch.ones(8)}).to_gguf(tmp_path / "b.gguf")
+    assert sorted(read_control_vector(tmp_path / "b.gguf")[0]) == [1, 3]
+    with pytest.raises(ValueError, match="no vector left"), pytest.warns(UserWarning):
+        SteeringVector({"model.layers.0": torch.ones(8)}).to_gguf(tmp_path / "c.gguf", skip_layer0=True)
+    for name in ("model.layers.2:input", "model.layers.2.mlp", "model.blocks.2"):
+        with pytest.raises(ValueError, match="residual"):
+            SteeringVector({name: torch.ones(8)}).to_gguf(tmp_path / "d.gguf")
+
+
 def test_bad_input(gpt2, tok):
     hp = layer_hookpoint(gpt2, 1)
     with pytest.raises(ValueError, match="method"):
@@ -144,6 +196,8 @@ def test_bad_input(gpt2, tok):
         SteeringVector.from_contrast(gpt2, tok["left"], "text", NEG, hookpoint=hp)
     with pytest.raises(ValueError, match="pca"):
         SteeringVector.from_contrast(gpt2, tok["left"], POS, NEG[:3], hookpoint=hp, method="pca")
+    with pytest.raises(ValueError, match="pca_centered"):
+        SteeringVector.from_contrast(gpt2, tok["left"], POS[:1], NEG[:1], hookpoint=hp, method="pca_centered")
     with pytest.raises(ValueError, match="no module"):
         SteeringVector.from_contrast(gpt2, tok["left"], POS, NEG, hookpoint="transformer.hh.1")
     with pytest.raises(TypeError, match="shape"):

@@ -6,6 +6,11 @@
 One text per line. The effect column is the projection, at the last layer, on the
 positive-minus-negative direction there (or a logit difference with --target-tokens);
 the cost columns are KL / perplexity (causal LMs) or cosine change (encoders).
+
+Several --layer (or --hookpoint) values give one vector per hookpoint and sweep each
+alone (a "hookpoint" column per row), to pick the layer from evidence as well as alpha.
+The rows keep the keys the report reads from steer/sweep.json (alpha, hookpoint, effect,
+kl, perplexity, cos_change), whatever the flags.
 """
 from __future__ import annotations
 
@@ -17,14 +22,23 @@ def add_arguments(p) -> None:
     p.add_argument("--positive", required=True, help="text file, one example per line")
     p.add_argument("--negative", required=True, help="text file, one example per line")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--hookpoint", help="module path[:input|:output] (glob allowed)")
-    where.add_argument("--layer", type=int, help="residual-stream output of this layer")
-    p.add_argument("--method", default="mean", choices=["mean", "pca", "probe"])
+    where.add_argument("--hookpoint", nargs="+", action="extend",
+                       help="module path[:input|:output] (glob allowed); several values, or the "
+                            "flag repeated, sweep each hookpoint alone")
+    where.add_argument("--layer", type=int, nargs="+", action="extend",
+                       help="residual-stream output of this layer; several values sweep each")
+    p.add_argument("--method", default="mean", choices=["mean", "pca", "pca_centered", "probe"])
     p.add_argument("--position", default="last", help="'last', 'mean' or a token index")
     p.add_argument("--neutral", required=True, help="neutral text file for the sweep's cost")
     p.add_argument("--alphas", default="0,1,2,4,8", help="comma-separated alphas")
     p.add_argument("--alpha-units", default="raw", choices=["raw", "norm"],
                    help="'norm': alpha in units of the mean activation norm at the hookpoint")
+    p.add_argument("--positions", default="all",
+                   help="tokens steered in the sweep: 'all', or 'a:b' (real-token indices a..b-1 "
+                        "of each text; 'prompt'/'generated' only matter in generate: the sweep's "
+                        "plain forwards are all prompt)")
+    p.add_argument("--normalize", action="store_true",
+                   help="rescale each steered token to its original norm")
     p.add_argument("--target-tokens", help="'a b:c d' -> effect = mean logit of a,b minus c,d "
                                            "at the last token (causal LMs)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -62,6 +76,17 @@ def _token_sets(spec: str, tokenizer):
     return tuple(sets)
 
 
+def _positions(spec: str):
+    """'all' | 'prompt' | 'generated' | 'a:b' (either end may be empty) -> positions."""
+    if spec in ("all", "prompt", "generated"):
+        return spec
+    lo, sep, hi = spec.partition(":")
+    if not sep or not all(v.strip().isdigit() for v in (lo, hi) if v.strip()):
+        raise ValueError(f"--positions must be 'all', 'prompt', 'generated' or 'a:b' with "
+                         f"non-negative ints, got {spec!r}")
+    return slice(int(lo) if lo.strip() else None, int(hi) if hi.strip() else None)
+
+
 def run(args) -> int:
     from ..capture.hookpoints import layer_hookpoint
     from ..steer.sweep import steering_sweep
@@ -70,9 +95,10 @@ def run(args) -> int:
     alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     position = int(args.position) if args.position.lstrip("-").isdigit() else args.position
     pos, neg, neutral = _lines(args.positive), _lines(args.negative), _lines(args.neutral)
+    positions = _positions(args.positions)
     model, tok = _load_model(args.model)
-    hookpoint = args.hookpoint if args.hookpoint else layer_hookpoint(model, args.layer)
-    vec = SteeringVector.from_contrast(model, tok, pos, neg, hookpoint=hookpoint, method=args.method,
+    hookpoints = args.hookpoint if args.hookpoint else [layer_hookpoint(model, l) for l in args.layer]
+    vec = SteeringVector.from_contrast(model, tok, pos, neg, hookpoint=hookpoints, method=args.method,
                                        position=position, batch_size=args.batch_size)
     print(f"{vec!r}  act_norm={vec.provenance['act_norm']}")
     if args.target_tokens:
@@ -88,12 +114,15 @@ def run(args) -> int:
                                                position="mean", batch_size=args.batch_size)
             target = {"probe": ref[last], "hookpoint": last}
     rows = steering_sweep(model, tok, vec, alphas, neutral_texts=neutral, target=target,
-                          alpha_units=args.alpha_units, batch_size=args.batch_size)
+                          alpha_units=args.alpha_units, positions=positions,
+                          normalize=args.normalize, per_hookpoint=len(vec.hookpoints) > 1,
+                          batch_size=args.batch_size)
     print(rows.table())
     if args.out:
         vec.save(args.out)
     if args.gguf:
-        vec.to_gguf(args.gguf)
+        # a layer sweep may include layer 0, which llama.cpp rejects: leave it out (warned)
+        vec.to_gguf(args.gguf, skip_layer0=True)
     if args.json:
         rows.to_json(args.json)
     return 0

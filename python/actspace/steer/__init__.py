@@ -1,10 +1,12 @@
 """actspace.steer: find directions in activation space and steer models with them.
 
-vector.py         SteeringVector (from_contrast: mean / pca / probe; save, load, GGUF)
+vector.py         SteeringVector (from_contrast: mean / pca / pca_centered / probe; save,
+                  load, GGUF)
 interventions.py  ablate, steer_with_sae
 sweep.py          steering_sweep (effect vs KL / perplexity / cosine change over alphas)
 gguf.py           llama.cpp control-vector reader/writer
-_hooks.py         the padding- and KV-cache-aware hook machine all interventions share
+_hooks.py         the hook machine all interventions share (install, remove, re-enter)
+_calls.py         which tokens a forward may edit: padding, KV-cache past, prompt length
 _activations.py   pooled activations of texts and a logistic-regression probe
 
 Nothing is imported here so that `import actspace` stays light; the public names are

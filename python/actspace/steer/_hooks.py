@@ -2,120 +2,25 @@
 
 An intervention is an edit function applied to the activation at one or more hookpoints.
 This module installs it (forward hooks for output hookpoints, forward pre-hooks for input
-hookpoints) and gives the edit function what it needs to be exact in batched, padded,
-KV-cached generation:
+hookpoints) together with the hooks `_calls` needs to tell the edit which tokens it may
+touch: pre/post hooks on the model's entry modules (padding mask, KV-cache length of the
+calls now running) and a wrapper around `model.generate` (the prompt length),
+so the edit is exact in batched, padded, KV-cached, chunked or cache-free generation.
 
-* a pre-hook on the top-level model captures the call's ``attention_mask`` (and
-  ``cache_position`` / ``past_key_values``) for each forward, so padding tokens are never
-  edited and each token's absolute position is known;
-* with a KV cache, a decode step's forward sees only the new token(s), so the past length
-  is ``attention_mask.shape[1] - T``; tokens of a forward with no past are the "prompt",
-  tokens of later forwards are "generated". Every token is thus edited exactly once.
-
-Hooks are removed on ``__exit__`` (also after an exception) or by ``remove()``; several
-interventions nest and compose (hooks run in the order they were installed).
+Hooks are removed on ``__exit__`` (also after an exception) or by ``remove()``, and
+reinstalled when a removed intervention is entered again; several interventions nest and
+compose (hooks run in the order they were installed).
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..capture.hookpoints import first_tensor, replace_first_tensor, resolve
+from ._calls import EntryCalls, GenerateTracker, StepInfo, check_positions, step_info
 
-
-@dataclass
-class StepInfo:
-    """What an edit function knows about the tokens of the current forward."""
-    past_len: int                  # tokens already in the KV cache before this forward
-    mask: torch.Tensor | None      # [B, T] bool: tokens that may be edited (None: all)
-    skip: bool = False             # nothing to edit in this forward (decided without a sync)
-
-
-def _positions_ok(positions) -> None:
-    if isinstance(positions, slice):
-        if positions.step not in (None, 1):
-            raise ValueError(f"positions slice must have step 1, got {positions}")
-        for end in (positions.start, positions.stop):
-            if end is not None and (not isinstance(end, int) or end < 0):
-                raise ValueError(f"positions slice bounds must be non-negative ints, got {positions}")
-        return
-    if positions not in ("all", "prompt", "generated"):
-        raise ValueError(f"positions must be 'all', 'prompt', 'generated' or a slice, "
-                         f"got {positions!r}")
-
-
-_CACHE_NAMES = ("cache", "past_key_values", "cache_params")
-
-
-class _CallState:
-    """attention mask / cache position of the top-level forward now running."""
-
-    def __init__(self, model: torch.nn.Module):
-        try:
-            self._sig = inspect.signature(model.forward)
-        except (TypeError, ValueError):
-            self._sig = None
-        self.stack: list[dict] = []   # nested top-level calls (rare) keep their own state
-
-    def push(self, args, kwargs) -> None:
-        bound = dict(kwargs)
-        if self._sig is not None:
-            try:
-                bound.update(self._sig.bind_partial(*args, **kwargs).arguments)
-            except TypeError:
-                pass
-        # the KV cache is `cache` in transformers >= 5.2x, `past_key_values` before (and
-        # still accepted through **kwargs), `cache_params` for state-space models
-        cache = next((bound[n] for n in _CACHE_NAMES if bound.get(n) is not None), None)
-        st = {"attention_mask": bound.get("attention_mask"),
-              "cache_position": bound.get("cache_position"),
-              "past_key_values": cache}
-        # read the cache length now: layers append to the cache during the forward
-        st["past_len"] = _past_len(st)
-        self.stack.append(st)
-
-    def pop(self) -> None:
-        if self.stack:
-            self.stack.pop()
-
-    def step(self, x: torch.Tensor, positions) -> StepInfo:
-        """Editable-token mask for activation x [B, T, d] under `positions`."""
-        st = self.stack[-1] if self.stack else {}
-        if x.dim() != 3:   # not a [B, T, d] stream: no padding or position to respect
-            return StepInfo(0, None, skip=positions not in ("all", "prompt"))
-        B, T = x.shape[0], x.shape[1]
-        am = st.get("attention_mask")
-        if isinstance(am, torch.Tensor) and am.dim() == 2 and am.shape[0] == B and am.shape[1] >= T:
-            am = am.to(x.device).bool()
-            past = am.shape[1] - T
-            mask = am[:, past:]
-            # index of each token among the row's real tokens (left padding shifts it)
-            real_index = (am.long().cumsum(1) - 1)[:, past:]
-        else:
-            past = st.get("past_len", 0)
-            mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
-            real_index = torch.arange(past, past + T, device=x.device).expand(B, T)
-        if positions == "prompt" and past > 0 or positions == "generated" and past == 0:
-            return StepInfo(past, None, skip=True)
-        if isinstance(positions, slice):
-            lo = positions.start or 0
-            hi = positions.stop if positions.stop is not None else 1 << 62
-            mask = mask & (real_index >= lo) & (real_index < hi)
-        return StepInfo(past, mask)
-
-
-def _past_len(st: dict) -> int:
-    cp = st.get("cache_position")
-    if isinstance(cp, torch.Tensor) and cp.numel():
-        return int(cp.reshape(-1)[0])
-    pkv = st.get("past_key_values")
-    if pkv is not None and hasattr(pkv, "get_seq_length"):
-        return int(pkv.get_seq_length())
-    return 0
-
+__all__ = ["StepInfo", "EditFn", "Intervention", "masked_update", "work_dtype", "add_direction"]
 
 # edit(x [B,T,d] or [..., d], info, hookpoint_name) -> new x (same shape) or None (unchanged)
 EditFn = Callable[[torch.Tensor, StepInfo, str], "torch.Tensor | None"]
@@ -126,20 +31,27 @@ class Intervention:
 
         with Intervention(model, ["model.layers.3"], edit, positions="all"):
             model.generate(...)
+
+    Entering it again after it was removed reinstalls the hooks (same edit, same model).
     """
 
     def __init__(self, model: torch.nn.Module, hookpoints, edit: EditFn, positions="all"):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        _positions_ok(positions)
+        check_positions(positions)
+        self.model = model
         self.hookpoints = resolve(model, hookpoints)
         self.positions = positions
         self._edit = edit
-        self._state = _CallState(model)
         self._handles: list = []
+        self._calls = EntryCalls(model)
+        self._generate: GenerateTracker | None = None
+        self._install()
+
+    def _install(self) -> None:
         try:
-            self._handles.append(model.register_forward_pre_hook(self._top_pre, with_kwargs=True))
-            self._handles.append(model.register_forward_hook(self._top_post, always_call=True))
+            self._calls.stack.clear()   # calls left over from a forward that hooks were removed in
+            self._handles += self._calls.install()
             for hp in self.hookpoints:
                 if hp.side == "output":
                     h = hp.module.register_forward_hook(self._make_out_hook(hp.name))
@@ -147,19 +59,14 @@ class Intervention:
                     h = hp.module.register_forward_pre_hook(self._make_in_hook(hp.name),
                                                             with_kwargs=True)
                 self._handles.append(h)
+            self._generate = GenerateTracker.attach(self.model)
         except BaseException:
             self.remove()
             raise
 
-    # top-level model: remember this call's mask, forget it after the call
-    def _top_pre(self, module, args, kwargs):
-        self._state.push(args, kwargs)
-
-    def _top_post(self, module, args, output):
-        self._state.pop()
-
     def _apply(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
-        info = self._state.step(x, self.positions)
+        prompt = self._generate.current() if self._generate is not None else None
+        info = step_info(x, self._calls.current(), prompt, self.positions)
         # no `mask.any()` test: it would synchronise a GPU at every hooked layer
         return None if info.skip else self._edit(x, info, name)
 
@@ -184,12 +91,17 @@ class Intervention:
     def remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()
+        if self._generate is not None:
+            self._generate.release()
+            self._generate = None
 
     @property
     def active(self) -> bool:
         return bool(self._handles)
 
     def __enter__(self):
+        if not self.active:   # a used context entered again: install the hooks anew
+            self._install()
         return self
 
     def __exit__(self, *exc):

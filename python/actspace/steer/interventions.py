@@ -6,7 +6,8 @@ Both return the same removable, exception-safe context (steer._hooks.Interventio
 `steer_with_sae` edits in the dense latent basis without reconstructing the activation:
 x' = x + Σ_f (new_f - old_f) · W_dec[f]. That equals decode(modified code) + (x - decode(code))
 - the SAE's reconstruction error is kept - so every direction the SAE does not model, and
-every latent that was not chosen, stays exactly as it was.
+every latent that was not chosen, stays exactly as it was. A transcoder is handled the
+same way across its two sites (encoded where it reads, the change added where it writes).
 """
 from __future__ import annotations
 
@@ -67,13 +68,44 @@ def _check_sae(sae):
     return W
 
 
+def _sae_sites(model, sae) -> tuple[str, str]:
+    """(hookpoint read, hookpoint edited): the same for an SAE; hookpoint and hookpoint_out
+    for a transcoder, which reads one activation and writes (replaces) a later one."""
+    from ..capture.hookpoints import resolve
+    names = []
+    for attr in ("hookpoint", "hookpoint_out"):
+        spec = getattr(sae, attr, None)
+        if spec is None:
+            names.append(None)
+            continue
+        hps = resolve(model, spec)
+        if len(hps) != 1:
+            raise ValueError(f"sae.{attr} must name one hookpoint, {spec!r} matches "
+                             f"{[h.name for h in hps]}")
+        names.append(hps[0].name)
+    read, write = names
+    if read is None:
+        raise ValueError("sae.hookpoint is None: say where the SAE reads its input")
+    if bool(getattr(sae, "is_transcoder", False)) and write is None:
+        raise ValueError("sae is a transcoder (d_out != d_in) without hookpoint_out: "
+                         "steer_with_sae needs to know which activation it writes")
+    if write is not None and write == read:
+        raise ValueError(f"sae.hookpoint_out equals sae.hookpoint ({read!r}): a transcoder "
+                         f"reads one activation and writes a later one")
+    return read, write or read
+
+
 def steer_with_sae(model, sae, features: dict, mode: str = "clamp", *,
                    positions="all") -> Intervention:
     """Set ("clamp") or shift ("add") chosen SAE latents {latent id: value} at sae.hookpoint.
 
-    sae.encode(x [N, d]) must return a code with .values / .indices [N, k] (index -1 = empty
-    slot) or a dense [N, d_sae] tensor; W_dec is [d_sae, d]."""
+    sae.encode(x [N, d_in]) must return a code with .values / .indices [N, k] (index -1 =
+    empty slot) or a dense [N, d_sae] tensor; W_dec is [d_sae, d_out]. A transcoder
+    (sae.hookpoint_out set) is encoded at sae.hookpoint and the change of its output,
+    Σ_f (new_f - old_f) · W_dec[f], is added at sae.hookpoint_out: the result is
+    decode(modified code) + (activation at hookpoint_out - decode(code)), as for an SAE."""
     W = _check_sae(sae)
+    read, write = _sae_sites(model, sae)
     if mode not in ("clamp", "add"):
         raise ValueError(f"mode must be 'clamp' or 'add', got {mode!r}")
     if not isinstance(features, dict) or not features:
@@ -87,22 +119,35 @@ def steer_with_sae(model, sae, features: dict, mode: str = "clamp", *,
         ids.append(f)
     fid = torch.tensor(ids, dtype=torch.long)
     target = torch.tensor([float(features[f]) for f in ids], dtype=torch.float64)
+    pending: list = []   # transcoder: the latent change read at `read`, awaiting `write`
+
+    def change(flat):
+        """[N, F] float64: new minus old value of the chosen latents for flat [N, d_in]."""
+        with torch.no_grad():
+            old = _latent_values(sae.encode(flat.to(W.dtype)), fid.to(flat.device))
+        return (target.to(flat.device).expand_as(old) if mode == "clamp"
+                else old + target.to(flat.device)) - old
 
     def edit(x, info, name):
         flat = x.reshape(-1, x.shape[-1])                              # [N, d]
+        if read != write and name == read:
+            pending[:] = [change(flat)]
+            return None
         if flat.shape[1] != W.shape[1]:
             raise ValueError(f"hookpoint {name!r}: activation has d={flat.shape[1]}, sae.W_dec has d={W.shape[1]}")
-        with torch.no_grad():
-            code = sae.encode(flat.to(W.dtype))
-            old = _latent_values(code, fid.to(flat.device))            # [N, F] float64
-        new = target.to(flat.device).expand_as(old) if mode == "clamp" else old + target.to(flat.device)
+        if read == write:
+            diff = change(flat)
+        else:
+            if not pending or pending[0].shape[0] != flat.shape[0]:
+                raise RuntimeError(f"transcoder: hookpoint {read!r} did not run before "
+                                   f"hookpoint_out {write!r} on the same tokens")
+            diff = pending.pop()
         wd = torch.promote_types(work_dtype(x), W.dtype)
         rows = W[fid.to(W.device)].to(device=flat.device, dtype=wd)   # [F, d]
-        delta = (new - old).to(wd) @ rows                              # [N, d]
-        out = (flat.to(wd) + delta).to(x.dtype).reshape(x.shape)
+        out = (flat.to(wd) + diff.to(wd) @ rows).to(x.dtype).reshape(x.shape)
         return masked_update(x, out, info)
 
-    return Intervention(model, [sae.hookpoint], edit, positions)
+    return Intervention(model, list(dict.fromkeys([read, write])), edit, positions)
 
 
 def _latent_values(code, fid: torch.Tensor) -> torch.Tensor:

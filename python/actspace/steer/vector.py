@@ -1,12 +1,19 @@
 """`SteeringVector`: a direction per hookpoint, found by contrasting two sets of texts.
 
-Three estimators, all on pooled activations (one vector per text):
+Four estimators, all on pooled activations (one vector per text):
   * ``mean``  - difference of class means (contrastive activation addition, CAA);
-  * ``pca``   - first principal direction of the paired differences (RepE), oriented so
-                that positive minus negative projects positively; scaled to the mean
-                projection of the differences so its norm is comparable to ``mean``;
-  * ``probe`` - the weight vector of a logistic-regression probe (positive = 1), scaled
-                likewise to the projection of the mean difference.
+  * ``pca``   - first right singular vector of the *uncentred* paired differences
+                d_i = pos_i - neg_i: the direction of largest mean square of d, which, when
+                the pairs share one shift, is that shift (close to ``mean``);
+  * ``pca_centered`` - first principal component of the *centred* differences
+                d_i - mean(d), as representation engineering (RepE, repeng) computes it:
+                the direction along which the pairs' differences vary most, which need not
+                be the mean shift (it removes exactly that);
+  * ``probe`` - the weight vector of a logistic-regression probe (positive = 1).
+Each is a direction u, oriented so that the positive texts project above the negative
+ones, times a scale that makes its norm comparable to ``mean``: the mean projection of the
+differences for ``pca`` and ``probe``, the mean absolute projection for ``pca_centered``
+(whose mean projection may be near zero).
 
 A vector carries its provenance (model, hookpoints, method, counts, sha256 of the data and
 the mean norm of typical activations at each hookpoint, so ``alpha_units="norm"`` can scale
@@ -24,7 +31,7 @@ import torch
 from . import _activations as A
 from ._hooks import Intervention, add_direction, work_dtype
 
-_METHODS = ("mean", "pca", "probe")
+_METHODS = ("mean", "pca", "pca_centered", "probe")
 _FORMAT = 1
 
 
@@ -47,6 +54,17 @@ def _layer_of(model, hookpoint: str):
     return None
 
 
+def _layer_from_name(hookpoint: str):
+    """Layer index of a residual-stream hookpoint named <layer list>.<i> for a layer list
+    of a known family (model.layers, transformer.h, encoder.layer, ...), else None."""
+    from ..capture.hookpoints import _FAMILIES
+    path, dot, idx = hookpoint.rpartition(".")
+    if not dot or not idx.isdigit():
+        return None
+    lists = {p for fam in _FAMILIES.values() for p in (fam[0], fam[0].split(".", 1)[-1])}
+    return int(idx) if path in lists else None
+
+
 def _split_inputs(positive, negative):
     """Two text lists (paired when negative is None: positive is [(pos, neg), ...])."""
     if negative is None:
@@ -60,23 +78,25 @@ def _split_inputs(positive, negative):
 
 
 def _direction(method: str, xp: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
-    """xp [P, d], xn [N, d] -> direction [d] (float64)."""
+    """xp [P, d], xn [N, d] -> direction [d] (float64); see the module docstring."""
     xp, xn = xp.double(), xn.double()
     diff = xp.mean(0) - xn.mean(0)
     if method == "mean":
         return diff
-    if method == "pca":
+    if method in ("pca", "pca_centered"):
         if xp.shape[0] != xn.shape[0]:
-            raise ValueError(f"method='pca' needs paired texts: got {xp.shape[0]} positive and "
-                             f"{xn.shape[0]} negative")
+            raise ValueError(f"method={method!r} needs paired texts: got {xp.shape[0]} positive "
+                             f"and {xn.shape[0]} negative")
         d = xp - xn                                   # [P, d] paired differences
-        # uncentred: centring would remove the shared shift, which is the signal itself
-        _, _, vh = torch.linalg.svd(d, full_matrices=False)
+        centred = method == "pca_centered"
+        _, _, vh = torch.linalg.svd(d - d.mean(0) if centred else d, full_matrices=False)
         u = vh[0]
-        proj = d @ u
-        if proj.mean() < 0:
+        proj = d @ u                                  # [P]
+        # a centred PC's mean projection may be ~0: orient it by the pairs' vote instead
+        vote = float(torch.sign(proj).sum()) if centred else 0.0
+        if vote < 0 or vote == 0 and float(proj.mean()) < 0:
             u, proj = -u, -proj
-        return u * proj.mean()
+        return u * (proj.abs().mean() if centred else proj.mean())
     w, _ = A.fit_logistic(torch.cat([xp, xn]), torch.cat([torch.ones(len(xp)), torch.zeros(len(xn))]))
     u = w / w.norm().clamp_min(1e-30)
     return u * (diff @ u)
@@ -108,8 +128,8 @@ class SteeringVector:
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         pos, neg = _split_inputs(positive, negative)
-        if method == "probe" and min(len(pos), len(neg)) < 2:
-            raise ValueError("method='probe' needs at least 2 positive and 2 negative texts")
+        if method in ("probe", "pca_centered") and min(len(pos), len(neg)) < 2:
+            raise ValueError(f"method={method!r} needs at least 2 positive and 2 negative texts")
         names = [hp.name for hp in resolve(model, hookpoint)]
         was_training = model.training
         model.eval()
@@ -161,11 +181,14 @@ class SteeringVector:
         """Add alpha·v at each hookpoint (or the given subset) in every forward and generate
         step until the returned context exits (or .remove() is called).
 
-        positions: "all"; "prompt" (tokens of a forward with an empty KV cache);
-        "generated" (tokens of later, cached forwards: each generated token once); or a
-        slice of token indices counted over each row's real tokens (padding excluded).
-        normalize=True rescales each steered token to its original norm. Padding tokens
-        (attention_mask == 0 in the top-level model call) are never steered."""
+        positions: "all"; "prompt" / "generated": inside model.generate, the tokens at
+        positions before / from the end of the prompt it was given (with or without a KV
+        cache, chunked prefill, a reused cache); in a plain forward, the tokens of a forward
+        with an empty / a non-empty KV cache; or a slice of token indices counted over each
+        row's real tokens (padding excluded). normalize=True rescales each steered token to
+        its original norm. Padding tokens (attention_mask == 0 in the call of the model or
+        of the base model, encoder or decoder stack that runs the hookpoint) are never
+        steered."""
         hps = self.hookpoints if hookpoints is None else (
             [hookpoints] if isinstance(hookpoints, str) else list(hookpoints))
         for h in hps:
@@ -212,20 +235,36 @@ class SteeringVector:
         vectors = {h: tensors[f"vector.{i}"] for i, h in enumerate(meta["hookpoints"])}
         return cls(vectors, meta["provenance"])
 
-    def to_gguf(self, path, model_hint: str | None = None) -> None:
+    def to_gguf(self, path, model_hint: str | None = None, *, skip_layer0: bool = False) -> None:
         """llama.cpp control vector: direction.<layer> per residual-stream hookpoint.
-        Vectors are written as they are (raw units); llama.cpp scales them itself."""
+        Vectors are written as they are (raw units); llama.cpp scales them itself.
+
+        The layer comes from provenance["layers"] or, when absent (a vector built by hand),
+        from the hookpoint name (a known layer list such as model.layers.<i> or
+        transformer.h.<i>). llama.cpp rejects direction.0: a layer-0 vector raises unless
+        skip_layer0=True, which leaves it out with a warning."""
+        import warnings
+
         from .gguf import write_control_vector
-        layers = self.provenance.get("layers", {})
+        layers = self.provenance.get("layers") or {}
         out = {}
         for h, v in self.vectors.items():
             layer = layers.get(h)
             if layer is None:
+                layer = _layer_from_name(h)
+            if layer is None:
                 raise ValueError(f"hookpoint {h!r} is not a decoder layer's residual output; "
                                  f"GGUF control vectors hold only those")
-            if layer == 0:
-                raise ValueError("llama.cpp rejects direction.0 (a control vector for layer 0)")
+            if int(layer) == 0:
+                if not skip_layer0:
+                    raise ValueError(f"hookpoint {h!r} is layer 0 and llama.cpp rejects "
+                                     f"direction.0; pass skip_layer0=True to leave it out")
+                warnings.warn(f"to_gguf: leaving out {h!r} (layer 0: llama.cpp rejects "
+                              f"direction.0)", stacklevel=2)
+                continue
             out[int(layer)] = v.numpy()
+        if not out:
+            raise ValueError("no vector left to write (only layer 0, which llama.cpp rejects)")
         write_control_vector(path, out, model_hint or self.provenance.get("model", ""))
 
     @classmethod
