@@ -179,6 +179,20 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
     # a different SAE or changed source data never mixes into an existing latent store
     with pytest.raises(ValueError, match="new directory"):
         encode_store(basis_sae(16, k=3), store, tmp_path / "lat")
+    assert man["sae_sha256"] == L.sae_sha256(sae)
+    other_sae = basis_sae(16, k=4, seed=1)       # same kind, d_sae and k; other weights
+    with pytest.raises(ValueError, match="another SAE's latents"):
+        encode_store(other_sae, store, tmp_path / "lat")
+    with torch.no_grad():
+        other_sae.load_state_dict(sae.state_dict())
+        other_sae.b_enc[3] += 1e-3               # one weight nudged is another SAE too
+    with pytest.raises(ValueError, match="another SAE's latents"):
+        encode_store(other_sae, store, tmp_path / "lat")
+    legacy = {k: v for k, v in man.items() if k != "sae_sha256"}
+    (tmp_path / "lat" / "manifest.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match="did not record"):
+        encode_store(sae, store, tmp_path / "lat")
+    (tmp_path / "lat" / "manifest.json").write_text(json.dumps(man))
     other, _ = random_store(tmp_path / "acts2", d=16, sizes=(20, 30, 25), seed=5)
     man = json.loads((tmp_path / "lat" / "manifest.json").read_text())
     man["source"] = str(other.resolve())

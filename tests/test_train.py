@@ -7,7 +7,7 @@ import torch
 
 import actspace as acts
 from actspace.decompose.train import lr_at
-from actspace.decompose.train_losses import train_forward
+from actspace.decompose.train_losses import fold_decoder_norm, train_forward
 
 
 def _sparse_data(N=6000, d=32, M=96, k=4, seed=0):
@@ -86,8 +86,30 @@ def test_checkpoint_must_match_the_run(tmp_path):
     x, _ = _sparse_data(N=400, d=16, M=40)
     acts.train_sae(x, d_sae=40, k=4, batch_size=100, out_dir=tmp_path, max_steps=2,
                    progress=False)
-    with pytest.raises(ValueError, match="checkpoint holds SAEs"):
+    with pytest.raises(ValueError, match=r"written with d_sae=40 \(SAE 0\).*has d_sae=48"):
         acts.train_sae(x, d_sae=48, k=4, batch_size=100, out_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(batch_size=50), "batch_size=100.*batch_size=50"),
+    (dict(seed=1), "seed=0.*seed=1"),
+    (dict(shuffle=False), "shuffle=True.*shuffle=False"),
+    (dict(epochs=2), "epochs=1.*epochs=2"),
+    (dict(steps=3), "epochs=1, steps=4.*epochs=None, steps=3"),
+    (dict(k=2), r"k=4 \(SAE 0\).*k=2 \(SAE 0\)"),
+    (dict(kind="batchtopk"), "kind='topk'.*kind='batchtopk'"),
+])
+def test_resume_refuses_other_run_arguments(tmp_path, change, message):
+    """A checkpoint's position (epoch, batch in epoch, step of the schedule) means something
+    only for the batches and schedule it was written under: a resume with another batch
+    size, seed, shuffle, length or SAE would train on other data than it thinks."""
+    x, _ = _sparse_data(N=400, d=16, M=40)
+    kw = dict(d_sae=40, k=4, batch_size=100, out_dir=tmp_path, progress=False)
+    acts.train_sae(x, max_steps=2, **kw)
+    with pytest.raises(ValueError, match=message):
+        acts.train_sae(x, **{**kw, **change})
+    sae, hist = acts.train_sae(x, **kw)          # the same arguments resume and finish
+    assert hist[-1]["step"] == 4
 
 
 def test_nonfinite_batch_is_skipped_and_counted():
@@ -160,6 +182,145 @@ def test_auxk_reaches_dead_latents():
     assert out0.aux == 0.0
 
 
+def _auxk_float64(sae, x, dead, k_aux):
+    """The AuxK loss of Gao et al. written out densely in float64, with its parameters as
+    leaves: the dead latents' top k_aux relu pre-activations reconstruct the (detached)
+    residual of the top-k SAE, normalised by the residual's own variance."""
+    P = {n: p.detach().double().requires_grad_(True) for n, p in sae.named_parameters()}
+    xd = x.double()
+    z = torch.relu((xd - P["b_dec"]) @ P["W_enc"].T + P["b_enc"])           # [N, M]
+    v, i = z.topk(sae.k, dim=1)
+    e = (xd - torch.zeros_like(z).scatter(1, i, v) @ P["W_dec"] - P["b_dec"]).detach()
+    va, ia = torch.where(dead, z, torch.full_like(z, -1.0)).topk(k_aux, dim=1)
+    e_hat = torch.zeros_like(z).scatter(1, ia, va) @ P["W_dec"]
+    aux = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+    aux.backward()
+    return float(aux.detach()), {n: p.grad for n, p in P.items()}
+
+
+def test_auxk_equals_float64_formula():
+    """Value and gradient of AuxK against the float64 formula: ‖ê - e‖² / Σ‖e - ē‖²."""
+    g = torch.Generator().manual_seed(0)
+    sae = acts.SAE(16, 40, "topk", 3)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(40, generator=g) * 0.3)
+        sae.b_dec.copy_(torch.randn(16, generator=g) * 0.5)
+    x = torch.randn(64, 16, generator=g) * 1.5 + 0.3
+    dead = torch.arange(40) % 3 == 0
+    grads = []
+    for coeff in (1.0, 0.0):                    # the difference is AuxK's own gradient
+        sae.zero_grad()
+        out = train_forward(sae, x, x, dead=dead, k_aux=5, auxk_coeff=coeff)
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+        if coeff:
+            aux = out.aux
+    want, want_grads = _auxk_float64(sae, x, dead, 5)
+    assert aux == pytest.approx(want, rel=1e-5)
+    for n, gw in want_grads.items():
+        torch.testing.assert_close((grads[0][n] - grads[1][n]).double(), gw, rtol=1e-4,
+                                   atol=1e-6, msg=n)
+
+
+def _revivable(d=32):
+    """One-atom-per-row data on 32 orthonormal atoms, and a top-1 SAE in which latents 0..15
+    are atoms 0..15, latent 16 a blend of atoms 16..31 (it wins every row of those) and
+    latents 17..31 lose every row: dead from the start, with positive pre-activations."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.linalg.qr(torch.randn(d, d, generator=g))[0].T                 # [32, 32]
+    x = (torch.rand(3200, generator=g) * 2 + 0.5)[:, None] * A[torch.randint(0, d, (3200,),
+                                                                              generator=g)]
+    blend = torch.nn.functional.normalize(A[16:].sum(0), dim=0)
+    enc = 0.6 * torch.nn.functional.normalize(torch.randn(15, 16, generator=g), dim=1) @ A[:16]
+    enc += 0.1 * blend
+    sae = acts.SAE(d, d, "topk", 1)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([A[:16], blend[None], enc]))
+        sae.W_dec.copy_(torch.nn.functional.normalize(sae.W_enc, dim=1))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return x, sae
+
+
+def test_auxk_revives_dead_latents():
+    """Same data, SAE and seed: without AuxK the 15 dead latents never get a gradient and
+    stay dead; AuxK trains them on the residual until they win rows of their own (over five
+    data draws: 6-22 % dead with AuxK, 47-50 % without)."""
+    runs = {}
+    for coeff in (0.0, 1 / 32):
+        x, sae = _revivable()
+        _, hist = acts.train_sae(x, saes=[sae], batch_size=100, epochs=5, lr=3e-3, seed=0,
+                                 dead_tokens=200, auxk_coeff=coeff, b_dec_init=None,
+                                 progress=False)
+        with torch.no_grad():
+            code = sae.encode(x)
+        fired = torch.zeros(32, dtype=torch.bool)
+        fired[code.indices[code.values > 0].long()] = True
+        runs[coeff] = (hist[-1]["dead_fraction"], 1 - float(fired.float().mean()),
+                       hist[-1]["fvu"])
+    (dead0, never0, fvu0), (dead1, never1, fvu1) = runs[0.0], runs[1 / 32]
+    assert dead0 == never0 >= 15 / 32
+    assert dead1 <= 0.25 and never1 <= 0.25 and fvu1 < fvu0 - 0.1, runs
+
+
+def test_jumprelu_threshold_ignores_latents_far_below_it():
+    """The straight-through estimators see the raw pre-activation: a latent whose
+    pre-activation is far below a small threshold (< bandwidth / 2) gives it no gradient,
+    while one near the threshold does."""
+    g = torch.Generator().manual_seed(0)
+    sae = acts.SAE(8, 6, "jumprelu")
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_enc.copy_(torch.tensor([-5.0, -5.0, -5.0, 0.3, 0.3, 2.0]))
+        sae.threshold.copy_(torch.tensor([1e-4, 1e-4, 1e-4, 0.3 + 1e-4, 0.3 - 1e-4, 1e-4]))
+    x = torch.randn(32, 8, generator=g)
+    out = train_forward(sae, x, x, l0_coeff=1.0, bandwidth=1e-3)
+    out.loss.backward()
+    grad = sae.threshold.grad
+    assert torch.equal(grad[:3], torch.zeros(3))            # pre = -5: far from firing
+    assert (grad[3:5] < 0).all()                             # within bandwidth / 2 of it
+    assert grad[5] == 0                                      # pre = 2: far above it
+
+
+@pytest.mark.parametrize("kind,k", [("relu", None), ("jumprelu", None), ("topk", 4),
+                                    ("batchtopk", 4)])
+def test_given_sae_with_unnormalised_decoder_keeps_its_function(kind, k):
+    """Training renormalises decoder rows after each step; a given SAE's row norms are
+    folded into its encoder first, so a step at lr=1e-12 leaves its output unchanged.
+    (TopK / BatchTopK: with one common norm; uneven norms change the selection, see
+    the next test.)"""
+    g = torch.Generator().manual_seed(0)
+    x, _ = _sparse_data(N=200, d=16, M=40)
+    sae = acts.SAE(16, 40, kind, k)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(40, generator=g) * 0.1)
+        sae.b_dec.copy_(x.mean(0))
+        norms = (torch.rand(40, generator=g) * 3 + 0.3 if kind in ("relu", "jumprelu")
+                 else torch.full((40,), 2.5))
+        sae.W_dec.mul_(norms[:, None])
+        if kind == "jumprelu":
+            sae.threshold.copy_(torch.rand(40, generator=g) * 0.5)
+        if kind == "batchtopk":
+            sae.threshold.fill_(0.4)
+    with torch.no_grad():
+        before = sae(x)[0]
+    acts.train_sae(x, saes=[sae], batch_size=200, steps=1, lr=1e-12, warmup_steps=0,
+                   b_dec_init=None, threshold_momentum=1.0, progress=False)
+    with torch.no_grad():
+        after = sae(x)[0]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(40))
+
+
+def test_fold_warns_when_topk_selection_changes():
+    sae = acts.SAE(16, 40, "topk", 4)
+    with torch.no_grad():
+        sae.W_dec[:20].mul_(3.0)
+    with pytest.warns(RuntimeWarning, match="select latents by activation x row norm"):
+        assert fold_decoder_norm(sae)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(40))
+
+
 def test_transcoder_pairs():
     g = torch.Generator().manual_seed(0)
     x, _ = _sparse_data(N=1200, d=16, M=40)
@@ -183,6 +344,10 @@ def test_argument_errors():
         acts.train_sae(x, k=2)
     with pytest.raises(ValueError, match="b_dec_init"):
         acts.train_sae(x, d_sae=16, k=2, b_dec_init="zero")
+    for bad in (dict(threshold_momentum=1.5), dict(decay_fraction=-0.1), dict(k_aux=0),
+                dict(auxk_coeff=-1.0), dict(warmup_steps=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            acts.train_sae(x, d_sae=16, k=2, **bad)
 
 
 def test_geometric_median_b_dec_init_is_robust():

@@ -37,3 +37,29 @@ def test_cli_shard_latents_needs_torchrun(tmp_path, capsys):
     assert main(["train", str(tmp_path / "acts.safetensors"), "--out", str(tmp_path / "r"),
                  "--k", "2", "--d-sae", "16", "--quiet", "--shard-latents"]) == 2
     assert "run under torchrun" in capsys.readouterr().err
+
+
+def test_cli_passes_the_training_recipe_options(tmp_path, capsys, monkeypatch):
+    import actspace.decompose.train as train
+
+    save_file({"acts": torch.randn(50, 8)}, str(tmp_path / "acts.safetensors"))
+    seen = {}
+
+    def fake_train_sae(data, **kw):
+        seen.update(kw)
+        return acts.SAE(8, 16, "batchtopk", 2), []
+
+    monkeypatch.setattr(train, "train_sae", fake_train_sae)
+    assert main(["train", str(tmp_path / "acts.safetensors"), "--out", str(tmp_path / "r"),
+                 "--kind", "batchtopk", "--k", "2", "--d-sae", "16", "--quiet",
+                 "--b-dec-init", "median", "--warmup-steps", "7", "--decay-fraction", "0.3",
+                 "--k-aux", "5", "--auxk-coeff", "0.1", "--threshold-momentum", "0.5"]) == 0
+    assert {k: seen[k] for k in ("b_dec_init", "warmup_steps", "decay_fraction", "k_aux",
+                                 "auxk_coeff", "threshold_momentum")} == dict(
+        b_dec_init="median", warmup_steps=7, decay_fraction=0.3, k_aux=5, auxk_coeff=0.1,
+        threshold_momentum=0.5)
+    assert main(["train", str(tmp_path / "acts.safetensors"), "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0                                   # the defaults
+    assert (seen["b_dec_init"], seen["warmup_steps"], seen["k_aux"]) == ("mean", None, None)
+    assert seen["expansion_factor"] == 8                        # no width given: 8 x d
+    assert seen["auxk_coeff"] == 1 / 32 and seen["threshold_momentum"] == 0.9

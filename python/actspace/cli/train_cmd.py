@@ -29,7 +29,18 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=None, help="default: --epochs passes")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(d_sae/16384)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear lr warm-up (default min(1000, steps/10))")
+    p.add_argument("--decay-fraction", type=float, default=0.2,
+                   help="final fraction of steps: lr decays linearly to 0")
+    p.add_argument("--b-dec-init", default="mean", choices=["mean", "median"],
+                   help="b_dec init: first batch's mean or geometric median")
     p.add_argument("--dead-tokens", type=int, default=10_000_000)
+    p.add_argument("--k-aux", type=int, default=None,
+                   help="dead latents in the AuxK loss (default d_in/2)")
+    p.add_argument("--auxk-coeff", type=float, default=1 / 32, help="AuxK weight (0: off)")
+    p.add_argument("--threshold-momentum", type=float, default=0.9,
+                   help="batchtopk: EMA momentum of the inference threshold")
     p.add_argument("--l1-coeff", type=float, default=1.0, help="relu kind")
     p.add_argument("--l0-coeff", type=float, default=1e-3, help="jumprelu kind")
     p.add_argument("--seed", type=int, default=0)
@@ -74,12 +85,15 @@ def _run(args) -> int:
 
     data, store_hook = _open_data(args.data)
     width = {"d_sae": args.d_sae} if args.d_sae else {
-        "expansion_factor": args.expansion_factor or 8}
+        "expansion_factor": args.expansion_factor or [8]}
     saes, history = train_sae(
         data, kind=args.kind, k=args.k if len(args.k) > 1 else args.k[0],
         **{n: (v if v is None or len(v) > 1 else v[0]) for n, v in width.items()},
         hookpoint=args.hookpoint or store_hook, batch_size=args.batch_size, steps=args.steps,
-        epochs=args.epochs, lr=args.lr, dead_tokens=args.dead_tokens, l1_coeff=args.l1_coeff,
+        epochs=args.epochs, lr=args.lr, warmup_steps=args.warmup_steps,
+        decay_fraction=args.decay_fraction, b_dec_init=args.b_dec_init,
+        dead_tokens=args.dead_tokens, k_aux=args.k_aux, auxk_coeff=args.auxk_coeff,
+        threshold_momentum=args.threshold_momentum, l1_coeff=args.l1_coeff,
         l0_coeff=args.l0_coeff, seed=args.seed, device=args.device or default_device(),
         out_dir=args.out,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,

@@ -222,6 +222,28 @@ def read_manifest(root) -> dict:
 
 
 # ---------------------------------------------------------------------- encode_store
+_HASH_CHUNK = 1 << 24        # elements hashed per step: a huge SAE is never copied whole
+
+
+def sae_sha256(sae) -> str | None:
+    """sha256 of an SAE's configuration and weights (every tensor of its state_dict, by
+    name, dtype, shape and bytes), or None for an object without a state_dict. A latent
+    store records it, so that a resumed encode_store never appends another SAE's codes
+    to shards written by this one (same d_sae and k are not the same SAE)."""
+    if not callable(getattr(sae, "state_dict", None)):
+        return None
+    h = hashlib.sha256()
+    cfg = {key: getattr(sae, key, None) for key in
+           ("kind", "k", "d_in", "d_sae", "d_out", "apply_b_dec_to_input")}
+    h.update(json.dumps(cfg, sort_keys=True).encode())
+    for name, t in sorted(sae.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        h.update(f"{name}|{str(t.dtype)}|{list(t.shape)}".encode())
+        for a in range(0, flat.numel(), _HASH_CHUNK):
+            h.update(flat[a:a + _HASH_CHUNK].contiguous().cpu().view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def _sae_apply_dtype(sae, x):
     return x.to(device=getattr(sae, "device", x.device), dtype=getattr(sae, "dtype", x.dtype))
 
@@ -249,7 +271,8 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
     (per latent: value, token, doc, position and the token window of +-context tokens of
     the same document, decoded to text when a tokenizer is given); the stats are of the
     values as stored (rounded to values_dtype). Rerunning on a partly
-    written out_dir resumes after its last complete shard. Returns the LatentStats."""
+    written out_dir resumes after its last complete shard, only with the same SAE (the
+    manifest records sae_sha256, see sae_sha256) and source. Returns the LatentStats."""
     from safetensors.torch import load as safetensors_load
     from tqdm import tqdm
 
@@ -268,15 +291,19 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                 "complete": False, "d_sae": sae.d_sae,
                 "k": sae.k, "hookpoint": getattr(sae, "hookpoint", None),
                 "dtype": str(values_dtype).replace("torch.", ""),
-                "source": str(Path(store.path).resolve()),
+                "source": str(Path(store.path).resolve()), "sae_sha256": sae_sha256(sae),
                 "rows": 0, "shards": []}
     done = []
     if (out / "manifest.json").is_file():         # resume after the last complete shard
         old = read_manifest(out)
-        for key in ("d_sae", "k", "dtype", "source"):
+        for key in ("d_sae", "k", "dtype", "source", "sae_sha256"):
             if old.get(key) != manifest[key]:
-                raise ValueError(f"out_dir {out} holds latents with {key}={old.get(key)!r}, "
-                                 f"this run has {manifest[key]!r}: use a new directory")
+                what = (f"latents with {key}={old.get(key)!r}, this run has "
+                        f"{manifest[key]!r}" if key != "sae_sha256" else
+                        "latents of an SAE it did not record (older actspace)"
+                        if old.get(key) is None else
+                        "another SAE's latents (its weights differ from this one's)")
+                raise ValueError(f"out_dir {out} holds {what}: use a new directory")
         done = old["shards"]
     src_sha = [s["sha256"] for s in store.shards]
     stats = LatentStats(sae.d_sae, top_t=top_t, n_bins=n_bins)

@@ -15,7 +15,6 @@ step with a checkpoint, as a kill would (tests use it).
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import warnings
@@ -28,7 +27,8 @@ from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_data import as_source, batches_per_epoch, split_batch
 from .train_dist import DataParallel
 from .train_shard import LatentParallel
-from .train_losses import geometric_median, project_decoder_grad, train_forward
+from .train_losses import (centered_sum_sq, fold_decoder_norm, geometric_median,
+                           project_decoder_grad, train_forward)
 
 __all__ = ["train_sae", "lr_at", "make_optimizer"]
 
@@ -77,21 +77,27 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
               hookpoint=None, hookpoint_out=None, batch_size=4096, steps=None, epochs=1,
               lr=None, warmup_steps=None, decay_fraction=0.2, auxk_coeff=1 / 32, k_aux=None,
               dead_tokens=10_000_000, l1_coeff=1.0, l0_coeff=1e-3, bandwidth=1e-3,
-              b_dec_init="mean", shuffle=True, seed=0, device=None, dtype=torch.float32,
-              out_dir=None, checkpoint_every=1000, resume=True, max_steps=None,
-              log_every=10, progress=True, save_format="saelens", model=None, tokenizer=None,
-              texts=None, max_length=128, shard_latents=False):
+              threshold_momentum=0.9, b_dec_init="mean", shuffle=True, seed=0, device=None,
+              dtype=torch.float32, out_dir=None, checkpoint_every=1000, resume=True,
+              max_steps=None, log_every=10, progress=True, save_format="saelens", model=None,
+              tokenizer=None, texts=None, max_length=128, shard_latents=False):
     """Train SAEs on data -> (SAE or list of SAEs, history: list of dicts).
 
     data: an ActivationStore (anything with iter_batches), a tensor x [N, d_in], a pair
     (x [N, d_in], y [N, d_out]) for a transcoder, or an iterable of such batches.
     Sweep: ``d_sae`` / ``expansion_factor`` and ``k`` may be lists; one SAE per combination
-    (returned as a list), all fed the same batches. ``saes=[...]`` trains given SAEs instead.
+    (returned as a list), all fed the same batches. ``saes=[...]`` trains given SAEs instead,
+    in place; their decoder rows are first made unit norm without changing what they compute
+    (fold_decoder_norm). To fine-tune a trained SAE pass b_dec_init=None (keep its b_dec).
     steps: optimizer steps of the schedule (default: ``epochs`` passes over the data).
-    lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.); k_aux default d_in // 2.
+    lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.); warmup_steps default
+    min(1000, steps // 10); the last ``decay_fraction`` of the steps decay linearly to 0.
+    AuxK (topk, batchtopk): weight auxk_coeff, k_aux dead latents (default d_in // 2);
     dead_tokens: a latent not active in the last this-many tokens counts as dead.
+    threshold_momentum: of batchtopk's running inference threshold (an EMA per step).
     out_dir: checkpoint, final SAEs (``sae`` or ``sae_{i}``) and history.json are written
-    there; with resume=True an existing checkpoint there is continued.
+    there; with resume=True an existing checkpoint there is continued (only by a run with
+    the same SAEs, batch_size, seed, steps, epochs and shuffle: else ValueError).
     On the fly: data=None, model, tokenizer, texts (list of str) and hookpoint (plus
     hookpoint_out for a transcoder) train on the model's activations (see ModelSource).
     Under torchrun the ranks split every batch (data parallel, see train_dist); with
@@ -112,6 +118,16 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if b_dec_init not in ("mean", "median", None):
         raise ValueError(f"b_dec_init must be 'mean', 'median' or None, got {b_dec_init!r}")
+    for name, v, ok, want in (
+            ("decay_fraction", decay_fraction, 0 <= decay_fraction <= 1, "in [0, 1]"),
+            ("threshold_momentum", threshold_momentum, 0 <= threshold_momentum <= 1,
+             "in [0, 1]"),
+            ("auxk_coeff", auxk_coeff, auxk_coeff >= 0, ">= 0"),
+            ("k_aux", k_aux, k_aux is None or k_aux >= 1, "None or >= 1"),
+            ("warmup_steps", warmup_steps, warmup_steps is None or warmup_steps >= 0,
+             "None or >= 0")):
+        if not ok:
+            raise ValueError(f"{name} must be {want}, got {v!r}")
     per_epoch = batches_per_epoch(source, known, batch_size)
     max_epochs = epochs if steps is None else math.inf  # skipped batches end a pass early
     if steps is None:
@@ -131,6 +147,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
                            hookpoint_out, seed)
         saes = dp.build_saes(specs, device, dtype)
     else:
+        for s in saes:
+            fold_decoder_norm(s)
         saes = dp.shard_saes(list(saes))
     dev = saes[0].device
     opts = [make_optimizer(s) for s in saes]
@@ -140,10 +158,15 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     last_fired = [torch.zeros(s.d_sae, dtype=torch.int64) for s in saes]
     loop = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "skipped_nonfinite": 0,
             "history": []}
+    # what fixes the batches and schedule: a checkpoint resumes only a run that agrees
+    run = {"batch_size": batch_size, "seed": seed, "shuffle": bool(shuffle),
+           "epochs": None if max_epochs == math.inf else epochs, "steps": steps}
+    loss_kw = dict(k_aux=k_aux, auxk_coeff=auxk_coeff, l1_coeff=l1_coeff, l0_coeff=l0_coeff,
+                   bandwidth=bandwidth, threshold_momentum=threshold_momentum)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         if resume:
-            loop = load_checkpoint(out_dir, saes, opts, last_fired,
+            loop = load_checkpoint(out_dir, saes, opts, last_fired, run=run,
                                    name=dp.checkpoint_name) or loop
     dp.broadcast_params(saes)
     history = loop["history"]
@@ -154,7 +177,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
 
     def checkpoint():
         if out_dir is not None and dp.writes_checkpoint:
-            save_checkpoint(out_dir, saes, opts, last_fired, loop, name=dp.checkpoint_name)
+            save_checkpoint(out_dir, saes, opts, last_fired, loop, run=run,
+                            name=dp.checkpoint_name)
 
     while loop["step"] < stop_at and loop["epoch"] < max_epochs:
         it = source.iter_batches(batch_size, shuffle=shuffle, seed=seed + loop["epoch"],
@@ -177,8 +201,7 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
                     for s in saes:
                         s.b_dec.copy_(center)
             _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_steps,
-                        decay_fraction, auxk_coeff, k_aux, dead_tokens, l1_coeff, l0_coeff,
-                        bandwidth, log_every, dp)
+                        decay_fraction, dead_tokens, loss_kw, log_every, dp)
             bar.update(1)
             if history and history[-1]["step"] == loop["step"]:
                 bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}", l0=f"{history[-1]['l0']:.1f}",
@@ -211,24 +234,35 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
 
 
 def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, steps, warmup_steps,
-                decay_fraction, auxk_coeff, k_aux, dead_tokens, l1_coeff, l0_coeff, bandwidth,
-                log_every, dp=None):
+                decay_fraction, dead_tokens, loss_kw, log_every, dp=None):
     """One optimizer step of every SAE on the batch x [B, d_in] -> y [B, d_out] (this
-    rank's slice of the global batch under data parallelism, see train_dist)."""
+    rank's slice of the global batch under data parallelism, see train_dist).
+    loss_kw: train_forward's loss options (k_aux None: d_in // 2 of each SAE)."""
     dp = dp or DataParallel()
     step = loop["step"]
     scale, B = dp.begin_batch(y)     # B: rows of the global batch
     tokens = loop["tokens"] + B
+    if dp.shards_latents or not dp.active:
+        aux_den = None               # the residual is whole on this rank
+    else:
+        # data parallel: AuxK over the global batch's residual variance. Rank r's loss is
+        # multiplied by `scale` (train_dist.begin_batch), so its AuxK denominator carries
+        # scale too: the ranks' scaled terms then sum to the single-process AuxK
+        import torch.distributed as dist
+
+        def aux_den(e):          # e [B_r, d_out] -> scalar
+            return centered_sum_sq(e, all_reduce=dist.all_reduce) * scale
     for i, (sae, opt) in enumerate(zip(saes, opts)):
         lr = lr_at(step, steps, base_lrs[i], warmup_steps, decay_fraction)
         for g in opt.param_groups:
             g["lr"] = lr
         dead = (loop["tokens"] - last_fired[i]) >= dead_tokens
-        forward = (functools.partial(dp.train_forward, index=i) if dp.shards_latents
-                   else train_forward)
-        out = forward(sae, x, y, dead=dead.to(x.device),
-                            k_aux=k_aux or max(sae.d_in // 2, 1), auxk_coeff=auxk_coeff,
-                            l1_coeff=l1_coeff, l0_coeff=l0_coeff, bandwidth=bandwidth)
+        kw = dict(loss_kw, k_aux=loss_kw.get("k_aux") or max(sae.d_in // 2, 1))
+        if dp.shards_latents:
+            out = dp.train_forward(sae, x, y, index=i, dead=dead.to(x.device), **kw)
+        else:
+            out = train_forward(sae, x, y, dead=dead.to(x.device), auxk_denominator=aux_den,
+                                **kw)
         opt.zero_grad(set_to_none=True)
         (out.loss * scale if dp.active else out.loss).backward()
         dp.reduce_grads(sae)         # summed: the gradient of the global batch's loss

@@ -36,7 +36,7 @@ from .. import distributed as D
 from .. import ops
 from .sae import SAE
 from .train_dist import DataParallel
-from .train_losses import StepOut, _fvu
+from .train_losses import StepOut, _fvu, auxk_fvu
 
 __all__ = ["LatentParallel", "shard_bounds"]
 
@@ -302,4 +302,4 @@ class LatentParallel(DataParallel):
             self._select(empty, torch.zeros_like(empty, dtype=torch.int32), lo, k)
             partial = x.new_zeros(x.shape[0], sae.d_out)
         e_hat = _SumAcrossRanks.apply(partial)
-        return _fvu(e_hat - residual, total_var) * min(n_dead / k_aux, 1.0)
+        return auxk_fvu(e_hat, residual)             # residual: the same on every rank
