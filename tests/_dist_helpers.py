@@ -162,7 +162,7 @@ def kinds_body(out_dir):
 
 def shard_body(data_path, out_dir, kw, stop_at):
     """train_sae(shard_latents=True): stop at a checkpoint (a kill), resume, save the whole
-    SAEs this rank returns and the shapes of its slice checkpoint."""
+    SAEs rank 0 returns (the others get None) and the shapes of each slice checkpoint."""
     from safetensors import safe_open
 
     from actspace.decompose.train import train_sae
@@ -173,5 +173,8 @@ def shard_body(data_path, out_dir, kw, stop_at):
     name = f"checkpoint.rank{_rank()}-of-{_world()}.safetensors"
     with safe_open(os.path.join(out_dir, name), framework="pt") as f:
         shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith("W_enc")}
-    torch.save({"states": [s.state_dict() for s in saes], "history": hist, "shapes": shapes},
+    states = None if _rank() else [s.state_dict() for s in saes]   # whole on rank 0 only
+    assert all(s is None for s in saes) if _rank() else all(
+        s.W_enc.device.type == "cpu" for s in saes)
+    torch.save({"states": states, "history": hist, "shapes": shapes},
                os.path.join(out_dir, f"rank{_rank()}.pt"))

@@ -279,9 +279,9 @@ def test_latent_sharded_training_matches_single_process(tmp_path):
     r0, r1 = (torch.load(out / f"rank{r}.pt") for r in range(2))
     assert r0["shapes"] == {"sae0.W_enc": [31, 16], "sae1.W_enc": [31, 16]}
     assert r1["shapes"] == {"sae0.W_enc": [30, 16], "sae1.W_enc": [30, 16]}
+    assert r1["states"] is None                 # the whole SAEs exist on rank 0 only
     for s, sae1 in enumerate(saes1):
         for k, v in sae1.state_dict().items():
-            assert torch.equal(r0["states"][s][k], r1["states"][s][k]), k   # whole everywhere
             torch.testing.assert_close(r0["states"][s][k], v, rtol=2e-4, atol=2e-5, msg=k)
     assert len(r0["history"]) == len(hist1)
     for a, b in zip(r0["history"], hist1):

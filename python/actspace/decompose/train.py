@@ -102,7 +102,10 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
     hookpoint_out for a transcoder) train on the model's activations (see ModelSource).
     Under torchrun the ranks split every batch (data parallel, see train_dist); with
     shard_latents=True (topk) they split the dictionary instead and all read the same
-    batches (see train_shard). The SAEs returned are whole on every rank.
+    batches (see train_shard). The SAEs returned are whole on every rank, except with
+    shard_latents=True: then rank 0 gets them whole in host memory (CPU) and every other
+    rank gets None (for each SAE), so a dictionary too large for one device is never
+    assembled on one, nor once per rank.
     """
     if data is None and model is not None:
         from .train_model import ModelSource

@@ -11,7 +11,8 @@ step, and keeps every piece of state that is not a gradient identical on all ran
   global batch with fewer than 2 rows per rank is dropped on every rank;
 - loss: each rank scales its loss by var_r / var_global (the batch variances, all-reduced),
   so the summed gradients are exactly the gradient of the single-process loss on the global
-  batch for topk SAEs (FVU and AuxK are both sums of squares over the global variance). For
+  batch for topk SAEs (FVU is a sum of squares over the global batch variance; AuxK's
+  denominator, the residual's variance, is all-reduced over the global batch too). For
   relu / jumprelu the sparsity penalty and for batchtopk the k*N selection stay per rank:
   close to, not equal to, single-process training;
 - gradients: summed across ranks before the decoder-gradient projection, so the projection,

@@ -148,24 +148,32 @@ class LatentParallel(DataParallel):
         return shards
 
     def gather_saes(self, shards):
-        """This rank's slices -> the whole SAEs (on every rank). Each slice is broadcast by
-        its owner straight into its rows of the whole tensor: no staging copies."""
+        """This rank's slices -> the whole SAEs in rank 0's host memory; None on the other
+        ranks. The dictionary is sharded because it may not fit one device, so it is never
+        assembled on a device, nor on every rank: each owner sends its slice to rank 0,
+        which receives it into a slice-sized device buffer and copies it into place."""
         import torch.distributed as dist
 
-        bounds = [shard_bounds(cfg["d_sae"], r, self.world) for cfg in self.full
-                  for r in range(self.world)]
         out = []
         for s, (cfg, part) in enumerate(zip(self.full, shards)):
-            sae = _sae_like(cfg, cfg["d_sae"], cfg["k"], part.dtype, part.device)
+            sae = (_sae_like(cfg, cfg["d_sae"], cfg["k"], part.dtype, "cpu")
+                   if self.rank == 0 else None)
             with torch.no_grad():
                 for name in ("W_enc", "b_enc", "W_dec"):
-                    whole = getattr(sae, name)
+                    mine = getattr(part, name).contiguous()
                     for r in range(self.world):
-                        lo, hi = bounds[s * self.world + r]
-                        if r == self.rank:
-                            whole[lo:hi].copy_(getattr(part, name))
-                        dist.broadcast(whole[lo:hi], src=r)
-                sae.b_dec.copy_(part.b_dec)
+                        lo, hi = shard_bounds(cfg["d_sae"], r, self.world)
+                        if self.rank == 0:
+                            if r == 0:
+                                buf = mine
+                            else:   # [hi - lo, ...] on the slices' device
+                                buf = mine.new_empty((hi - lo, *mine.shape[1:]))
+                                dist.recv(buf, src=r)
+                            getattr(sae, name)[lo:hi].copy_(buf)
+                        elif r == self.rank:
+                            dist.send(mine, dst=0)
+                if sae is not None:
+                    sae.b_dec.copy_(part.b_dec)
             out.append(sae)
         return out
 
@@ -273,13 +281,13 @@ class LatentParallel(DataParallel):
         fvu = _fvu(err, total_var)
         loss, aux = fvu, None
         if dead is not None and auxk_coeff > 0:
-            aux = self._auxk(sae, x, err.detach(), dead, k_aux, total_var, lo, b_dec_in)
+            aux = self._auxk(sae, x, err.detach(), dead, k_aux, lo, b_dec_in)
             if aux is not None:
                 loss = loss + auxk_coeff * aux
         return StepOut(loss, float(fvu.detach()), float(l0),
                        float(aux.detach()) if aux is not None else 0.0, fired)
 
-    def _auxk(self, sae, x, residual, dead, k_aux, total_var, lo, b_dec):
+    def _auxk(self, sae, x, residual, dead, k_aux, lo, b_dec):
         """AuxK over the dead latents of every slice (see train_losses._auxk)."""
         import torch.distributed as dist
 
