@@ -126,6 +126,17 @@ def test_nonfinite_batch_is_skipped_and_counted():
     assert all(torch.isfinite(p).all() for p in sae.parameters())
 
 
+def test_one_row_last_batch_is_not_trained_on():
+    """129 rows in batches of 128: the last batch has one row and no variance (FVU would
+    divide by zero), so it is skipped and every logged FVU stays finite."""
+    x, _ = _sparse_data(N=129, d=16, M=40)
+    sae, hist = acts.train_sae(x, d_sae=40, k=4, batch_size=128, epochs=2, log_every=1,
+                               progress=False, shuffle=False)
+    assert [h["step"] for h in hist] == [1, 2]
+    assert all(math.isfinite(h["fvu"]) and math.isfinite(h["loss"]) for h in hist)
+    assert all(torch.isfinite(p).all() for p in sae.parameters())
+
+
 def test_sweep_feeds_every_batch_to_every_sae():
     x, _ = _sparse_data(N=800, d=16, M=48)
     a = acts.SAE(16, 48, "topk", 4)

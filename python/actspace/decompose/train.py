@@ -191,6 +191,8 @@ def train_sae(data, *, saes=None, kind="topk", d_sae=None, expansion_factor=None
             got_any = True
             loop["batch"] += 1
             x, y = split_batch(batch)
+            if y.shape[0] < 2:   # no variance to measure FVU by (data parallelism drops
+                continue         # such a batch before slicing; here it is the last one)
             if not dp.all_ok(bool(torch.isfinite(x).all() and torch.isfinite(y).all()),
                              x.device):
                 loop["skipped_nonfinite"] += 1
