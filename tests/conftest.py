@@ -1,4 +1,6 @@
 """Shared pytest fixtures."""
+import os
+
 import pytest
 import torch
 
@@ -10,3 +12,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def shard_reads(monkeypatch):
+    """(store directory name, shard index) of every acts shard read through
+    ActivationStore.shard: how tests see which shards a resume re-read."""
+    from actspace.capture.store import ActivationStore
+
+    seen = []
+    real = ActivationStore.shard
+
+    def shard(self, i, field="acts"):
+        if field == "acts":
+            seen.append((os.path.basename(self.path), i))
+        return real(self, i, field)
+
+    monkeypatch.setattr(ActivationStore, "shard", shard)
+    return seen

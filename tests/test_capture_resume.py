@@ -89,23 +89,10 @@ def test_resume_with_max_tokens_from_out_of_step_stores(tiny, tmp_path, ahead):
     assert_same_stores(x, whole)
 
 
-@pytest.fixture
-def reads(monkeypatch):
-    """(store path, shard index) of every acts shard read."""
-    seen = []
-    real = ActivationStore.shard
-
-    def shard(self, i, field="acts"):
-        if field == "acts":
-            seen.append((os.path.basename(self.path), i))
-        return real(self, i, field)
-
-    monkeypatch.setattr(ActivationStore, "shard", shard)
-    return seen
 
 
-def test_resume_reads_only_the_shards_after_the_stats_checkpoint(tiny, tmp_path,
-                                                                  monkeypatch, reads):
+def test_resume_reads_only_the_shards_after_the_stats_checkpoint(tiny, tmp_path, monkeypatch,
+                                                                  shard_reads):
     model, tok = tiny
     kw = dict(covariance=True)
     real_save = StoreWriter.save_stats
@@ -121,12 +108,12 @@ def test_resume_reads_only_the_shards_after_the_stats_checkpoint(tiny, tmp_path,
     recorded = {h: len(ActivationStore.open(tmp_path / "x" / h).shards) for h in HPS}
     assert min(recorded.values()) > 2
     crash(model, tok, tmp_path / "y", 10, **kw)               # checkpoints intact
-    reads.clear()
+    shard_reads.clear()
     acts.capture_to_store(model, tok, texts(), HPS, tmp_path / "x", **KW, **kw)
-    assert sorted(reads) == sorted((h, i) for h in HPS for i in range(2, recorded[h]))
-    reads.clear()
+    assert sorted(shard_reads) == sorted((h, i) for h in HPS for i in range(2, recorded[h]))
+    shard_reads.clear()
     acts.capture_to_store(model, tok, texts(), HPS, tmp_path / "y", **KW, **kw)
-    assert reads == []                                        # the crash path saved them
+    assert shard_reads == []                                  # the crash path saved them
     acts.capture_to_store(model, tok, texts(), HPS, tmp_path / "whole", **KW, **kw)
     for out in ("x", "y"):
         assert_same_stores(tmp_path / out, tmp_path / "whole", rtol=1e-9)
