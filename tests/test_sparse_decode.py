@@ -238,6 +238,17 @@ def test_torch_compile_fullgraph():
     assert torch.allclose(loss, loss_r) and torch.allclose(gW, gWr)
 
 
+def test_torch_compile_fullgraph_inference():
+    """No input needs a gradient (inference): the op is still traced, not graph-broken."""
+    v, idx, W, b = make(12, 4, 15, 9, torch.float32)
+    torch._dynamo.reset()
+    f = torch.compile(lambda v_, W_: acts.ops.sparse_decode(v_, idx, W_, b, backend="kernel"),
+                      backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        out = f(v, W)
+    torch.testing.assert_close(out, acts.reference.sparse_decode(v, idx, W, b))
+
+
 # ------------------------------------------------------------------ interchange and errors
 def test_numpy_in_numpy_out():
     v, idx, W, b = make(7, 3, 11, 6)

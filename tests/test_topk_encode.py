@@ -284,6 +284,23 @@ def test_torch_compile_forward_and_backward():
     torch.testing.assert_close(W1.grad, W2.grad)
 
 
+def test_torch_compile_in_a_fresh_process():
+    """The first op call happens while Dynamo traces (nothing loaded the core eagerly
+    before, as this test module's skipif does): it must still compile, fullgraph."""
+    import subprocess
+    import sys
+    code = (
+        "import torch, actspace\n"
+        "x, W = torch.randn(6, 5), torch.randn(40, 5)\n"
+        "f = torch.compile(lambda x, W: actspace.ops.topk_encode(x, W, None, 3),\n"
+        "                  backend='aot_eager', fullgraph=True)\n"
+        "v, i = f(x, W)\n"
+        "r = actspace.reference.topk_encode(x, W, None, 3)\n"
+        "assert torch.equal(i, r[1]), (i, r[1])\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
 def test_fast_path_and_op_agree():
     x, W, b = make(12, 8, 70, dtype=torch.float32, seed=16)
     v1, i1 = topk_encode(x, W, b, 9, backend="kernel")
@@ -303,8 +320,47 @@ def test_numpy_in_numpy_out():
     np.testing.assert_allclose(v, rv.numpy(), rtol=1e-6)
 
 
+def test_numpy_views_byte_orders_and_read_only_arrays():
+    x, W, b = (t.numpy() for t in make(9, 4, 21, dtype=torch.float32, seed=19))
+    want = reference.topk_encode(*(torch.from_numpy(a) for a in (x, W, b)), 3)
+    xr = np.ascontiguousarray(x[:, ::-1])[:, ::-1]        # negative column stride
+    Wb = W.astype(W.dtype.newbyteorder(">"))               # big-endian
+    br = b.copy()
+    br.setflags(write=False)                               # read-only
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # no "not writable" warning
+        v, i = topk_encode(xr, Wb, br, 3)
+    np.testing.assert_array_equal(i, want[1].numpy())
+    np.testing.assert_allclose(v, want[0].numpy(), rtol=1e-6)
+    with pytest.raises(TypeError, match="x must be a plain numpy.ndarray"):
+        topk_encode(np.ma.masked_array(x), W, b, 3)
+    v, i = topk_encode(x, W, b, np.int64(3))               # NumPy integer k
+    np.testing.assert_array_equal(i, want[1].numpy())
+
+
+def test_float16_beyond_its_range_keeps_the_order():
+    """float16 products above 65504 overflow a float16 tile; the CPU kernel widens to
+    float32 tiles, so the selection equals the float32 reference on the same inputs."""
+    x, W, b = make(16, 8, 90, dtype=torch.float32, seed=20)
+    x, W = (x * 300).half(), (W * 300).half()               # |x·w| up to ~1e5
+    v, i = topk_encode(x, W, b.half(), 6, backend="kernel", activation="none")
+    rv, ri = reference.topk_encode(x, W, b.half(), 6, activation="none")  # float32 math
+    assert torch.equal(i, ri) and bool((i >= 0).all())
+    torch.testing.assert_close(v, rv, rtol=2e-3, atol=0)
+
+
+def test_reference_promotes_to_float64_like_the_kernel():
+    x, W, b = make(7, 5, 30, dtype=torch.float64, seed=21)
+    got = topk_encode(x.float(), W, b, 4, backend="kernel")
+    want = reference.topk_encode(x.float(), W, b, 4)
+    assert_exact(got, want)
+
+
 @pytest.mark.parametrize("kwargs,exc,name", [
     ({"x": torch.ones(3, 4, dtype=torch.int64)}, TypeError, "x"),
+    ({"W_enc": torch.ones(10, 4, device="meta")}, ValueError, "W_enc"),
+    ({"threshold": torch.ones(9)}, ValueError, "threshold"),
     ({"x": torch.ones(3, 4, 1)}, ValueError, "x"),
     ({"W_enc": torch.ones(10, 5)}, ValueError, "W_enc"),
     ({"W_enc": torch.ones(10, 4, dtype=torch.int32)}, TypeError, "W_enc"),

@@ -74,17 +74,50 @@ def use_kernel(family: str, device: torch.device, backend: str) -> bool:
 
 # --------------------------------------------------------------------------- interchange
 def to_torch(obj: Any, name: str) -> tuple[torch.Tensor, str]:
-    """Return (tensor, kind) with kind in {'torch', 'numpy', 'cupy'}; zero-copy."""
+    """Return (tensor, kind) with kind in {'torch', 'numpy', 'cupy'}; zero-copy where the
+    array allows it (NumPy arrays with negative strides or a non-native byte order are
+    copied: torch cannot view them). Inputs are never written, so read-only arrays are fine."""
     if isinstance(obj, torch.Tensor):
         return obj, "torch"
-    mod = type(obj).__module__
-    if mod == "numpy":
-        return torch.from_numpy(obj), "numpy"
-    if mod.startswith("cupy"):
+    if any(c.__module__.split(".")[0] == "numpy" for c in type(obj).__mro__):
+        return _from_numpy(obj, name), "numpy"
+    if type(obj).__module__.startswith("cupy"):
         return torch.from_dlpack(obj), "cupy"
     raise TypeError(
         f"{name} must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got {type(obj).__name__}"
     )
+
+
+def _from_numpy(arr, name: str) -> torch.Tensor:
+    import warnings
+
+    import numpy as np
+
+    if not isinstance(arr, np.ndarray) or isinstance(arr, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain numpy.ndarray (masked arrays have no "
+                        f"defined values under the mask), got {type(arr).__name__}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if any(st < 0 for st in arr.strides):
+        arr = np.ascontiguousarray(arr)
+    with warnings.catch_warnings():   # torch warns about read-only arrays; we only read
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        try:
+            return torch.from_numpy(arr)
+        except TypeError as e:
+            raise TypeError(f"{name}: numpy dtype {arr.dtype} is not supported ({e})") from None
+
+
+def as_index(v: Any, name: str) -> int:
+    """v as a Python int (int, NumPy/torch integer scalars); bool and floats are refused."""
+    import operator
+
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {v!r}") from None
 
 
 def from_torch(t: torch.Tensor, kind: str):
@@ -138,3 +171,8 @@ def stream_handle(device: torch.device) -> int:
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation type: float64 stays float64, everything else accumulates in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# Load the compiled core now, not on the first op call: that call may happen while
+# torch.compile traces, and Dynamo cannot trace the import and global assignment.
+core()

@@ -79,7 +79,7 @@ def sparse_decode(values, indices, W_dec, b_dec=None, *, backend="auto", determi
         deterministic = torch.are_deterministic_algorithms_enabled()
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (values, W_dec, b_dec))
-    if needs_grad:
+    if needs_grad or torch.compiler.is_compiling():   # the op traces; the direct call not
         out = torch.ops.actspace.sparse_decode(values, indices, W_dec, b_dec, deterministic)
     else:  # inference: straight to the kernel, no dispatcher or autograd bookkeeping
         out = _forward(values, indices, W_dec, b_dec, True)

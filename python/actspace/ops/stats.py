@@ -12,12 +12,11 @@ family is verified on a GPU (see ops._common.use_kernel); the reference path oth
 """
 from __future__ import annotations
 
-import operator
 
 import torch
 
 from ..reference import stats as _ref
-from ._common import (check_float, core, dtype_code, stream_handle, to_torch, use_kernel)
+from ._common import as_index, check_float, core, dtype_code, stream_handle, to_torch, use_kernel
 
 MOMENT_FIELDS = _ref.MOMENT_FIELDS
 moments_init = _ref.moments_init
@@ -103,12 +102,7 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
     if indices.shape != values.shape or values.dim() != 2:
         raise ValueError(f"values and indices must both be [N, k], got {list(values.shape)} "
                          f"and {list(indices.shape)}")
-    try:  # any integer (int, numpy/torch integer scalars), never bool or float
-        if isinstance(token_offset, bool):
-            raise TypeError
-        token_offset = operator.index(token_offset)
-    except TypeError:
-        raise TypeError(f"token_offset must be an int, got {token_offset!r}") from None
+    token_offset = as_index(token_offset, "token_offset")
     if token_offset < 0:
         raise ValueError(f"token_offset must be >= 0, got {token_offset}")
     if indices.device != values.device:

@@ -17,8 +17,9 @@ from typing import Optional
 import torch
 
 from .. import reference
-from ._common import (DTYPE_CODES, acc_dtype, check_float, check_same_device, check_shape, core,
-                      from_torch, optional_to_torch, stream_handle, to_torch, use_kernel)
+from ._common import (DTYPE_CODES, acc_dtype, as_index, check_float, check_same_device,
+                      check_shape, core, from_torch, optional_to_torch, stream_handle, to_torch,
+                      use_kernel)
 
 # Upper bound of the pre-activation tile, in bytes. 32 MB fits the last-level cache of
 # server CPUs between the matmul that writes it and the merge that reads it, and keeps each
@@ -47,8 +48,6 @@ def _validate(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
                          f"got {list(W_enc.shape)}")
     if N == 0 or d == 0 or M == 0:
         raise ValueError(f"empty input: x is {list(x.shape)}, W_enc is {list(W_enc.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 1 <= k <= M:
         raise ValueError(f"k must satisfy 1 <= k <= M={M}, got k={k}")
     if activation not in ("relu", "none"):
@@ -121,7 +120,14 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
     on_cuda = dev.type == "cuda"
     cuda_fp32 = (on_cuda and cdt in (torch.bfloat16, torch.float16)
                  and _cuda_fp32_tiles(dev, cdt))
-    tile_dt = torch.float32 if cuda_fp32 else cdt
+    # CPU float16: a float16 tile overflows beyond 65504 (then every big value is an inf
+    # tie) and torch has no float32-output float16 GEMM on CPU, so the operands are
+    # widened one column tile at a time and the tile is float32 (CPUs without AMX-FP16
+    # run float16 GEMMs at the float32 rate anyway)
+    cpu_widen = not on_cuda and cdt == torch.float16
+    if cpu_widen:
+        xc = xc.float()
+    tile_dt = torch.float32 if cuda_fp32 or cpu_widen else cdt
     rows, cols = tile_plan(N, M, tile_dt.itemsize)
     tile_buf = torch.empty(rows * cols, dtype=tile_dt, device=dev)
     run_vals = torch.full((N, k), float("-inf"), dtype=acc, device=dev)
@@ -138,7 +144,7 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
     with torch.cuda.device(dev) if on_cuda else contextlib.nullcontext():
         for m0 in range(0, M, cols):
             m1 = min(M, m0 + cols)
-            Wt = W[m0:m1]
+            Wt = W[m0:m1].float() if cpu_widen else W[m0:m1]
             off = [0 if p is None else p.data_ptr() + m0 * esz for p in (b_p, s_p, t_p)]
             for r0 in range(0, N, rows):
                 r1 = min(N, r0 + rows)
@@ -243,8 +249,10 @@ def topk_encode(x, W_enc, b_enc, k, *, b_dec=None, activation="relu", threshold=
        indices [N, k] int32 (-1 marks a slot no candidate filled; see actspace.reference).
 
     torch tensors, NumPy arrays and CuPy arrays are accepted and returned in kind.
-    Differentiable in x, W_enc, b_enc, b_dec and scale.
+    Differentiable in x, W_enc, b_enc, b_dec and scale; not in threshold (a step function:
+    JumpReLU training differentiates it with its own straight-through estimator).
     """
+    k = as_index(k, "k")
     x, kind = to_torch(x, "x")
     W_enc = to_torch(W_enc, "W_enc")[0]
     b_enc, b_dec = optional_to_torch(b_enc, "b_enc"), optional_to_torch(b_dec, "b_dec")

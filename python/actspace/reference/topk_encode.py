@@ -9,8 +9,8 @@ def topk_preactivation(x, W_enc, b_enc=None, *, b_dec=None, scale=None, acc=None
 
     x [N, d], W_enc [M, d], b_enc [M], b_dec [d], scale [M]  ->  z [N, M]
     """
-    if acc is None:
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if acc is None:   # float64 when any operand is (as the ops layer promotes)
+        acc = torch.float64 if torch.float64 in (x.dtype, W_enc.dtype) else torch.float32
     xa = x.to(acc)
     if b_dec is not None:
         xa = xa - b_dec.to(acc)
