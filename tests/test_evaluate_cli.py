@@ -46,6 +46,38 @@ def test_eval_cli_with_model(tmp_path):
     assert ds["hookpoint"] == hp
     n = len(acts.ActivationStore.open(tmp_path / "acts"))
     assert res["reconstruction"]["n_tokens"] == n > 0
+    # the store holds no [CLS]/[SEP] (capture default): only its tokens are spliced
+    assert ds["splice_special_tokens"] is False and ds["n_spliced_positions"] == n
+    rc = main(["eval", str(tmp_path / "sae"), str(tmp_path / "acts"), "--model", path,
+               "--texts", str(tmp_path / "texts.txt"), "--out", str(out),
+               "--splice-special-tokens"])
+    every = json.loads(out.read_text())["downstream"]
+    assert rc == 0 and every["splice_special_tokens"] is True
+    assert every["n_spliced_positions"] == n + 2 * len(texts)
+    assert every["cosine_sae"] != ds["cosine_sae"]
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_eval_cli_sae_on_device(tmp_path, capsys, monkeypatch, device):
+    """--device places the SAE too (it was loaded on the CPU whatever --device said)."""
+    import actspace.decompose.evaluate as E
+    store, _ = random_store(tmp_path / "acts", d=16, sizes=(25,))
+    basis_sae(16, k=16).save(tmp_path / "sae")
+    seen = {}
+    real_load, real_eval = acts.SAE.load.__func__, E.evaluate_sae
+
+    def load(cls, path, **kw):
+        seen["load"] = kw
+        return real_load(cls, path, **kw)
+
+    def evaluate(sae, *a, **kw):
+        seen["device"] = sae.device
+        return real_eval(sae, *a, **kw)
+    monkeypatch.setattr(acts.SAE, "load", classmethod(load))
+    monkeypatch.setattr(E, "evaluate_sae", evaluate)
+    assert main(["eval", str(tmp_path / "sae"), str(store), "--device", device]) == 0
+    assert seen["load"].get("device") == device and seen["device"].type == device
+    assert json.loads(capsys.readouterr().out)["reconstruction"]["fvu"] < 1e-10
 
 
 def test_eval_cli_transcoder_on_two_stores(tmp_path, capsys):

@@ -203,7 +203,8 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
     man["source"] = str(store.resolve())
     (tmp_path / "lat" / "manifest.json").write_text(json.dumps(man))
     f = tmp_path / "lat" / man["shards"][1]["file"]
-    f.write_bytes(f.read_bytes()[:-8] + bytes(8))
+    data = f.read_bytes()             # flip the last 8 bytes (they may be zeros already)
+    f.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
     with pytest.raises(ValueError, match="corrupted"):
         encode_store(sae, store, tmp_path / "lat")
 

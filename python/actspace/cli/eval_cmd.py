@@ -23,7 +23,11 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=4096, help="activation rows per batch")
     p.add_argument("--text-batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--splice-special-tokens", action="store_true",
+                   help="also splice special tokens (CLS/SEP/BOS); by default they keep "
+                   "their activation, as a capture without --keep-special-tokens never "
+                   "stored them for the SAE to learn")
+    p.add_argument("--device", default="cpu", help="where the model and the SAE run")
     p.add_argument("--out", default=None, help="write the JSON result here (default: stdout)")
 
 
@@ -55,7 +59,7 @@ def run(args) -> int:
 
     if args.store is None and args.model is None:
         raise ValueError("give a store and/or --model")
-    sae = acts.SAE.load(args.sae)
+    sae = acts.SAE.load(args.sae, device=args.device)
     kw = {}
     if args.model:
         from transformers import AutoTokenizer
@@ -70,7 +74,8 @@ def run(args) -> int:
         data = (args.store, args.store_out)
     result = evaluate_sae(sae, data, hookpoint=args.hookpoint,
                           hookpoint_out=args.hookpoint_out, batch_size=args.batch_size,
-                          text_batch_size=args.text_batch_size, max_length=args.max_length, **kw)
+                          text_batch_size=args.text_batch_size, max_length=args.max_length,
+                          splice_special_tokens=args.splice_special_tokens, **kw)
     if args.out:
         save_json(result, args.out)
     else:

@@ -5,23 +5,37 @@ be updated batch by batch, merged across workers and saved. `encode_store` runs 
 a whole activation store and writes its codes as a sparse latent store (same directory
 layout as the activation store: manifest.json + safetensors shards, written crash-safe),
 with the LatentStats and the top-T examples' token context saved beside it.
+
+One firing rule everywhere (here, evaluate.py, reference/stats.py and the C++ kernels): a
+latent fires on a token when its slot has an index >= 0 and a value > 0 (`fired_mask`).
+A zero or negative value (a code made with activation="none", a PCA score) and NaN are not
+firings: "fired" means "positively active", the quantity frequency and dead latents are about.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
 from ..capture.writer import write_json_atomic, write_safetensors_atomic
+from .latent_examples import top_examples
 
 FORMAT = "actspace.latent_store"     # manifest "format" (the activation store has its own)
 FORMAT_VERSION = 1
 _STATS_TENSORS = "latent_stats.safetensors"
 _STATS_META = "latent_stats.json"
 _META_KEYS = ("token_ids", "doc_ids", "positions")
+
+
+def fired_mask(values: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [N, k]: where a latent fires, the one rule of the module docstring (value > 0,
+    and index >= 0 for a sparse code; a dense code [N, M] passes no indices)."""
+    fired = values > 0                    # NaN > 0 is False: NaN never fires
+    return fired if indices is None else fired & (indices >= 0)
 
 
 def _code_parts(code):
@@ -40,6 +54,12 @@ class LatentStats:
     Firing counts and frequency, mean activation (over tokens where the latent fires),
     a log10-spaced histogram of firing values per latent and the top-T max-activating
     examples (value, global token index). State layout: actspace.reference.stats.latent_init.
+    A latent fires where fired_mask says (value > 0; the kernels apply the same rule).
+
+    Rows whose input activation was non-finite (update's `nonfinite` mask) are skipped: they
+    never fire, are left out of n_tokens (the denominator of frequency) and counted in
+    n_nonfinite, yet keep their global token index (next_token advances over them), so
+    token indices stay the rows of the activation store.
     """
 
     def __init__(self, d_sae: int, top_t: int = 16, n_bins: int = 32, *,
@@ -57,26 +77,38 @@ class LatentStats:
         self.state = ops_stats.latent_init(d_sae, top_t=top_t, n_bins=n_bins,
                                            log10_min=log10_min, log10_max=log10_max,
                                            device=device)
-        self.n_tokens = 0      # tokens seen (rows of codes), fired or not
+        self.n_tokens = 0      # finite tokens folded in (rows of codes), fired or not
+        self.n_nonfinite = 0   # rows skipped because their input had NaN/inf
         self.next_token = 0    # default token_offset of the next update
 
     # ------------------------------------------------------------------ accumulate
-    def update(self, code, token_offset: int | None = None) -> "LatentStats":
+    def update(self, code, token_offset: int | None = None, *,
+               nonfinite: torch.Tensor | None = None) -> "LatentStats":
         """Fold a code (values/indices [N, k], -1 = empty) in; row n is global token
-        token_offset + n (default: continue after the previous update)."""
+        token_offset + n (default: continue after the previous update). nonfinite: bool
+        [N], rows whose input had NaN/inf: skipped (see the class docstring)."""
         from ..ops import stats as ops_stats
 
         values, indices = _code_parts(code)
         if values.dim() != 2 or indices.shape != values.shape:
             raise ValueError(f"code values/indices must both be [N, k], got "
                              f"{list(values.shape)} and {list(indices.shape)}")
+        n_bad = 0
+        if nonfinite is not None:
+            if nonfinite.dtype != torch.bool or nonfinite.shape != values.shape[:1]:
+                raise ValueError(f"nonfinite must be a bool tensor [N={values.shape[0]}], got "
+                                 f"{nonfinite.dtype} {list(nonfinite.shape)}")
+            n_bad = int(nonfinite.sum())
+            if n_bad:    # emptied rows never fire (index -1), whatever their values were
+                indices = indices.masked_fill(nonfinite.to(indices.device)[:, None], -1)
         if token_offset is None:
             token_offset = self.next_token
         if not isinstance(token_offset, int) or token_offset < 0:
             raise ValueError(f"token_offset must be a non-negative int, got {token_offset!r}")
         dev = self.state["count"].device
         ops_stats.latent_update(self.state, values.to(dev), indices.to(dev), token_offset)
-        self.n_tokens += values.shape[0]
+        self.n_tokens += values.shape[0] - n_bad
+        self.n_nonfinite += n_bad
         self.next_token = token_offset + values.shape[0]
         return self
 
@@ -95,6 +127,7 @@ class LatentStats:
         merged = ops_stats.latent_merge(self.state, other.state)
         self.state = merged
         self.n_tokens += other.n_tokens
+        self.n_nonfinite += other.n_nonfinite
         self.next_token = max(self.next_token, other.next_token)
         return self
 
@@ -108,7 +141,7 @@ class LatentStats:
         return self.state["count"]
 
     @property
-    def frequency(self) -> torch.Tensor:       # float64 [d_sae], firings per token
+    def frequency(self) -> torch.Tensor:       # float64 [d_sae], firings per finite token
         return self.state["count"].to(torch.float64) / max(self.n_tokens, 1)
 
     @property
@@ -145,6 +178,7 @@ class LatentStats:
         write_safetensors_atomic(path / _STATS_TENSORS, self.state)
         write_json_atomic(path / _STATS_META, {"format_version": FORMAT_VERSION,
                                                 "n_tokens": self.n_tokens,
+                                                "n_nonfinite": self.n_nonfinite,
                                                 "next_token": self.next_token})
 
     @classmethod
@@ -162,6 +196,7 @@ class LatentStats:
                   device=device)
         out.state = {k: v.to(device) if k != "hist_range" else v for k, v in tensors.items()}
         out.n_tokens, out.next_token = int(meta["n_tokens"]), int(meta["next_token"])
+        out.n_nonfinite = int(meta.get("n_nonfinite", 0))     # absent before it was counted
         return out
 
 
@@ -245,18 +280,47 @@ def sae_sha256(sae) -> str | None:
 
 
 def _sae_apply_dtype(sae, x):
+    """x on the decomposition's device and in its dtype (x's own where it declares none)."""
     return x.to(device=getattr(sae, "device", x.device), dtype=getattr(sae, "dtype", x.dtype))
 
 
-def _pad_cat(vals, idxs, k_empty: int, values_dtype) -> dict:
+def _reconstruct(sae, x):
+    """(decode(encode(x)), code) for any decomposition (SAE, SNMF, PCA): only encode and
+    decode are relied on, not __call__ (PCA has none). x [N, d_in] -> ([N, d_out], code)."""
+    code = sae.encode(_sae_apply_dtype(sae, x))
+    return sae.decode(code), code
+
+
+def _as_stored(values, indices, nonfinite, values_dtype):
+    """A batch's code as a latent shard holds it, on the CPU: values [B, k] in values_dtype,
+    indices [B, k] int32, rows of non-finite input (nonfinite bool [B]) emptied (value 0,
+    index -1). A value beyond values_dtype's range raises instead of being stored as inf
+    (float16 tops out at 65504, and activations of some models reach far beyond)."""
+    values = values.masked_fill(nonfinite.to(values.device)[:, None], 0)
+    indices = indices.masked_fill(nonfinite.to(indices.device)[:, None], -1)
+    if values.numel():
+        peak = float(values.abs().max())
+        if not math.isfinite(peak):
+            raise ValueError(f"the SAE gave a non-finite latent value ({peak}) for finite input")
+        limit = torch.finfo(values_dtype).max
+        if peak > limit:
+            raise ValueError(f"a latent value of {peak:.6g} exceeds the largest finite "
+                             f"{values_dtype} ({limit:.6g}) and would be stored as inf: pass "
+                             "values_dtype=torch.bfloat16 or torch.float32 "
+                             "(actspace encode --values-dtype bfloat16|float32)")
+    return values.to(values_dtype).cpu(), indices.to(torch.int32).cpu()
+
+
+def _pad_cat(vals, idxs, bads, k_empty: int, values_dtype) -> dict:
     """One shard's codes: batches [B, k_b] padded (value 0, index -1) to the widest k_b
     (non-TopK SAEs give codes as wide as the batch's most active row); an empty shard gets
-    width k_empty."""
+    width k_empty. bads: the batches' nonfinite masks [B], concatenated."""
     width = max([v.shape[1] for v in vals], default=k_empty)
     vals = [torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in vals]
     idxs = [torch.nn.functional.pad(i, (0, width - i.shape[1]), value=-1) for i in idxs]
     return {"values": torch.cat(vals) if vals else torch.zeros(0, width, dtype=values_dtype),
-            "indices": torch.cat(idxs) if idxs else torch.zeros(0, width, dtype=torch.int32)}
+            "indices": torch.cat(idxs) if idxs else torch.zeros(0, width, dtype=torch.int32),
+            "nonfinite": torch.cat(bads) if bads else torch.zeros(0, dtype=torch.bool)}
 
 
 def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
@@ -266,13 +330,20 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
 
     out_dir gets one latent shard per input shard (`indices` int32 [rows, k], `values`
     values_dtype [rows, k]; k = sae.k, or for non-TopK SAEs the widest code of the shard,
-    shorter rows padded with index -1; and the store's token_ids/doc_ids/positions), manifest.json
+    shorter rows padded with index -1; `nonfinite` bool [rows]; and the store's
+    token_ids/doc_ids/positions), manifest.json
     updated atomically after each shard, LatentStats (latent_stats.*) and top_examples.json
     (per latent: value, token, doc, position and the token window of +-context tokens of
     the same document, decoded to text when a tokenizer is given); the stats are of the
     values as stored (rounded to values_dtype). Rerunning on a partly
     written out_dir resumes after its last complete shard, only with the same SAE (the
-    manifest records sae_sha256, see sae_sha256) and source. Returns the LatentStats."""
+    manifest records sae_sha256, see sae_sha256) and source. Returns the LatentStats.
+
+    Rows whose activation has NaN/inf (after the cast to the SAE's dtype) are never lost
+    silently: each keeps its row with an empty code (index -1) and nonfinite=True, the
+    manifest counts them (nonfinite_rows, per shard and in total) and the LatentStats skip
+    them (n_nonfinite; see LatentStats). A latent value too large for values_dtype (beyond
+    65504 in float16) raises ValueError rather than being stored as inf."""
     from safetensors.torch import load as safetensors_load
     from tqdm import tqdm
 
@@ -292,7 +363,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                 "k": sae.k, "hookpoint": getattr(sae, "hookpoint", None),
                 "dtype": str(values_dtype).replace("torch.", ""),
                 "source": str(Path(store.path).resolve()), "sae_sha256": sae_sha256(sae),
-                "rows": 0, "shards": []}
+                "rows": 0, "nonfinite_rows": 0, "shards": []}
     done = []
     if (out / "manifest.json").is_file():         # resume after the last complete shard
         old = read_manifest(out)
@@ -320,81 +391,39 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                 raise ValueError(f"{out / done[i]['file']}: sha256 does not match the "
                                  "manifest (corrupted): use a new directory")
             prev = safetensors_load(data)
-            stats.update((prev["values"], prev["indices"]), offset)
+            stats.update((prev["values"], prev["indices"]), offset,
+                         nonfinite=prev.get("nonfinite"))   # absent in older latent stores
             manifest["shards"].append(done[i])
         else:
-            vals, idxs = [], []
+            vals, idxs, bads = [], [], []
             with torch.no_grad():
                 for s in range(0, rows, batch_size):
-                    # acts read batch by batch from the memory-mapped shard
+                    # acts read batch by batch from the memory-mapped shard; [B, d_in]
                     x = _sae_apply_dtype(sae, store.read(offset + s,
                                                          offset + min(s + batch_size, rows)))
-                    code = sae.encode(x)
-                    v, ix = _code_parts(code)
+                    bad = ~torch.isfinite(x).all(1)                           # [B]
+                    # encoded as zeros (an inf row could make a wide code), emptied below
+                    v, ix = _code_parts(sae.encode(x.masked_fill(bad[:, None], 0)))
                     # stats of the values as stored, so a resumed run gives identical stats
-                    v, ix = v.to(values_dtype).cpu(), ix.to(torch.int32).cpu()
-                    stats.update((v, ix), offset + s)
+                    v, ix = _as_stored(v, ix, bad, values_dtype)
+                    bad = bad.cpu()
+                    stats.update((v, ix), offset + s, nonfinite=bad)
                     vals.append(v)
                     idxs.append(ix)
-            tensors = _pad_cat(vals, idxs, sae.k or 1, values_dtype)
+                    bads.append(bad)
+            tensors = _pad_cat(vals, idxs, bads, sae.k or 1, values_dtype)
             tensors.update({k: store.shard(i, k) for k in _META_KEYS})
             sha = write_safetensors_atomic(out / file, tensors)
             manifest["shards"].append({"file": file, "rows": rows, "sha256": sha,
-                                       "source_sha256": src_sha[i]})
+                                       "source_sha256": src_sha[i],
+                                       "nonfinite_rows": int(tensors["nonfinite"].sum())})
         offset += rows
         manifest["rows"] = offset
+        manifest["nonfinite_rows"] = sum(sh.get("nonfinite_rows", 0)
+                                         for sh in manifest["shards"])
         write_json_atomic(out / "manifest.json", manifest)
     stats.save(out)
     write_json_atomic(out / "top_examples.json", top_examples(out, stats, context, tokenizer))
     manifest["complete"] = True          # shards, stats and top examples all written
     write_json_atomic(out / "manifest.json", manifest)
     return stats
-
-
-def top_examples(latent_dir, stats: LatentStats, context: int, tokenizer=None) -> dict:
-    """Per fired latent, its top-T examples with the token window around them.
-
-    One pass over the latent store's token_ids/doc_ids/positions, gathering only the rows
-    inside the windows of top examples (memory O(d_sae * T * context), not O(rows))."""
-    tops = stats.top_tokens.cpu()                                   # [M, T], -1 = empty
-    lat_of, slot = torch.nonzero(tops >= 0, as_tuple=True)          # one entry per example
-    tok = tops[lat_of, slot]                                        # [E]
-    span = torch.arange(-context, context + 1)
-    win = tok[:, None] + span                                       # [E, 2c+1] global rows
-    rows = win.reshape(-1).unique()                                 # sorted
-    rows = rows[rows >= 0]
-    meta = torch.full((rows.numel(), 3), -1, dtype=torch.int64)     # token_id, doc, position
-    have = torch.zeros(rows.numel(), dtype=torch.bool)
-    offset = 0
-    for shard in _iter_latent_shards(latent_dir, _META_KEYS):
-        n = next(iter(shard.values())).shape[0] if shard else 0
-        sel = (rows >= offset) & (rows < offset + n)
-        if "token_ids" in shard and "doc_ids" in shard:
-            local = rows[sel] - offset
-            pos = shard["positions"][local] if "positions" in shard else torch.full_like(local, -1)
-            meta[sel] = torch.stack([shard["token_ids"][local], shard["doc_ids"][local], pos], 1)
-            have |= sel
-        offset += n
-    if rows.numel() == 0:              # nothing fired: no examples
-        return {}
-    at = torch.searchsorted(rows, win.clamp_min(0)).clamp_max(rows.numel() - 1)
-    ok = (win >= 0) & (rows[at] == win) & have[at]                  # [E, 2c+1]
-    centre = at[:, context]
-    ok &= ok[:, context:context + 1] & (meta[at, 1] == meta[centre, 1][:, None])  # same doc
-    ids = meta[at, 0]
-    windows = [ids[e][ok[e]].tolist() for e in range(tok.numel())]
-    texts = tokenizer.batch_decode(windows) if tokenizer is not None else None
-    centre_text = (tokenizer.batch_decode([[t] for t in meta[centre, 0].tolist()])
-                   if tokenizer is not None else None)
-    out: dict = {}
-    values = stats.top_values.cpu()[lat_of, slot].tolist()
-    for e, (lat, t) in enumerate(zip(lat_of.tolist(), tok.tolist())):
-        entry = {"value": values[e], "token": t}
-        if ok[e, context]:
-            entry.update(doc=int(meta[centre[e], 1]), position=int(meta[centre[e], 2]),
-                         token_id=int(meta[centre[e], 0]), context_ids=windows[e],
-                         context_index=int(ok[e, :context].sum()))
-            if tokenizer is not None:
-                entry["text"], entry["token_text"] = texts[e], centre_text[e]
-        out.setdefault(str(lat), []).append(entry)
-    return out
