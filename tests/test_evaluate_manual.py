@@ -1,7 +1,8 @@
 """downstream_metrics recomputed independently: a tiny random GPT-2 with a left-padding
 tokenizer that adds special tokens (the real MiniLM WordPiece one, [CLS] ... [SEP]); the
 splices done by hand with a forward hook on real non-special positions, CE and KL by hand.
-Also: the caller's tokenizer is never changed (no pad token is set on it)."""
+Also: the caller's tokenizer is never changed (no pad token is set on it), and padding
+does not change the numbers (positions count real tokens only)."""
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,11 @@ def setup():
     texts = _texts()
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=128,
               return_special_tokens_mask=True)
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     mask = enc["attention_mask"].bool()                                  # [B, T]
+    # positions count real tokens only (GPT-2 does not derive them from the mask)
+    pos = (mask.long().cumsum(1) - 1).clamp_min(0)
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+             "position_ids": pos}
     keep = mask & ~enc["special_tokens_mask"].bool()                     # [B, T]
     assert not mask[:, 0].all() and mask[:, -1].all()                    # left padding
     assert (mask & ~keep).sum() == 2 * len(texts)                        # [CLS], [SEP]
@@ -117,3 +121,15 @@ def test_tokenizer_not_mutated(setup):
     for key in ("ce_clean", "ce_sae", "kl_sae", "ce_zero_ablation"):
         assert res[key] == pytest.approx(ref[key], rel=1e-12), key
     assert tok.pad_token == "[PAD]"
+
+
+def test_batch_grouping_does_not_change_the_numbers(setup):
+    """Left padding with real-token positions: each text costs the same whether it is
+    evaluated alone or padded into a batch with longer ones."""
+    model, tok, texts, batch, mask, keep = setup
+    sae = basis_sae(32, k=6)
+    kw = dict(model=model, tokenizer=tok, texts=texts, hookpoint=HP)
+    alone = evaluate_sae(sae, text_batch_size=1, **kw)["downstream"]
+    together = evaluate_sae(sae, text_batch_size=8, **kw)["downstream"]
+    for key in ("ce_clean", "ce_sae", "kl_sae", "ce_zero_ablation", "kl_zero_ablation"):
+        assert together[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-7), key

@@ -20,6 +20,7 @@ import contextlib
 import torch
 
 from ..capture.hookpoints import first_tensor, replace_first_tensor, resolve
+from ..capture.padding import pad_rows, real_position_ids, takes_position_ids
 from .latents import _reconstruct
 
 SPLICES = ("sae", "sae_with_error", "zero_ablation", "mean_ablation")
@@ -123,16 +124,7 @@ def _is_causal_lm(model) -> bool:
     return "CausalLM" in name or "LMHead" in name
 
 
-def _pad_id(tokenizer) -> int:
-    """The id padding is filled with; padded positions are masked, so any id does, and the
-    tokenizer (the caller's object) is never changed to give it a pad token."""
-    for tid in (tokenizer.pad_token_id, getattr(tokenizer, "eos_token_id", None)):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def _tokenize(texts, tokenizer, max_length: int, device):
+def _tokenize(texts, tokenizer, max_length: int, device, model=None):
     """(batch dict with input_ids and attention_mask [B, T], special bool [B, T]) from
     strings (with tokenizer; padded on tokenizer.padding_side), a LongTensor [B, T] of token
     ids, or a dict holding input_ids (and optionally special_tokens_mask, taken out of the
@@ -148,19 +140,12 @@ def _tokenize(texts, tokenizer, max_length: int, device):
             raise ValueError("tokenizer is required when texts are strings")
         enc = tokenizer(list(texts), truncation=True, max_length=max_length,
                         return_special_tokens_mask=True)
-        B, T = len(enc["input_ids"]), max(map(len, enc["input_ids"]), default=0)
-        ids = torch.full((B, T), _pad_id(tokenizer), dtype=torch.long)
-        mask = torch.zeros(B, T, dtype=torch.long)
-        special = torch.ones(B, T, dtype=torch.bool)                 # padding: not spliced
-        left = getattr(tokenizer, "padding_side", "right") == "left"
-        for b, (row, sp) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
-            at = slice(T - len(row), T) if left else slice(0, len(row))
-            ids[b, at] = torch.tensor(row, dtype=torch.long)
-            mask[b, at] = 1
-            special[b, at] = torch.tensor(sp, dtype=torch.bool)
+        ids, mask, special = pad_rows(enc["input_ids"], tokenizer, enc["special_tokens_mask"])
         # only ids and mask: token_type_ids would be added as embeddings by e.g. GPT-2
         batch = {"input_ids": ids, "attention_mask": mask}
     batch.setdefault("attention_mask", torch.ones_like(batch["input_ids"]))
+    if model is not None and "position_ids" not in batch and takes_position_ids(model):
+        batch["position_ids"] = real_position_ids(batch["attention_mask"])
     if special is None:
         special = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
     return {k: v.to(device) for k, v in batch.items()}, special.to(device).bool()
@@ -203,7 +188,7 @@ def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
     n_tok = n_pos = n_seq = n_spliced = 0
     kinds = [k for k in SPLICES if k != "mean_ablation" or mean is not None]
     for chunk in _text_batches(texts, batch_size):
-        batch, special = _tokenize(chunk, tokenizer, max_length, device)
+        batch, special = _tokenize(chunk, tokenizer, max_length, device, model)
         mask = batch["attention_mask"].bool()                    # [B, T]
         keep = mask if splice_special_tokens else mask & ~special  # [B, T] spliced positions
         n_spliced += int(keep.sum())

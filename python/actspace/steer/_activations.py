@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..capture.hooks import Capture
+from ..capture.padding import pad_rows, real_position_ids, takes_position_ids
 
 
 def check_texts(texts, name: str) -> list[str]:
@@ -38,29 +39,13 @@ def tokenize(tokenizer, texts: list[str], device, model=None) -> dict:
     for t, row in zip(texts, ids):
         if not row:
             raise ValueError(f"text {t!r} tokenizes to nothing")
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    T = max(len(r) for r in ids)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), T), dtype=torch.long)
-    for i, r in enumerate(ids):
-        sl = slice(T - len(r), T) if left else slice(0, len(r))
-        input_ids[i, sl] = torch.tensor(r, dtype=torch.long)
-        mask[i, sl] = 1
+    input_ids, mask, _ = pad_rows(ids, tokenizer)
     out = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-    if model is not None and _takes_position_ids(model):
-        out["position_ids"] = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1).to(device)
+    if model is not None and takes_position_ids(model):
+        out["position_ids"] = real_position_ids(mask).to(device)
     return out
 
 
-def _takes_position_ids(model) -> bool:
-    import inspect
-    try:
-        return "position_ids" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor, position) -> torch.Tensor:
