@@ -483,13 +483,16 @@ def test_mismatched_files_raise_clear_errors(tmp_path, mutate, match):
         acts.SAE.load(tmp_path / "bad")
 
 
-def test_saelens_transcoder_needs_d_out(tmp_path):
-    """6.x would silently use TranscoderConfig's default d_out = 768."""
-    _write_saelens(tmp_path / "bad", "jumprelu_transcoder", layout="v6", d_out=7)
+@pytest.mark.parametrize("arch,layout,extra,field", [
+    ("jumprelu_transcoder", "v6", {"d_out": 7}, "d_out"),  # 6.x would default d_out = 768
+    ("topk", "v5", {}, "d_sae"),
+])
+def test_missing_cfg_field(tmp_path, arch, layout, extra, field):
+    _write_saelens(tmp_path / "bad", arch, layout=layout, **extra)
     cfg = json.loads((tmp_path / "bad" / "cfg.json").read_text())
-    del cfg["d_out"]
+    del cfg[field]
     (tmp_path / "bad" / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="missing field 'd_out'"):
+    with pytest.raises(ValueError, match=f"missing field '{field}'"):
         acts.SAE.load(tmp_path / "bad")
 
 
@@ -498,15 +501,6 @@ def test_gemmascope_unexpected_array(tmp_path):
              W_skip=np.zeros((D_IN, D_IN), np.float32))
     with pytest.raises(ValueError, match=r"unexpected array\(s\) \['W_skip'\]"):
         acts.SAE.load(tmp_path / "params.npz")
-
-
-def test_missing_cfg_field(tmp_path):
-    _write_saelens(tmp_path / "bad", "topk")
-    cfg = json.loads((tmp_path / "bad" / "cfg.json").read_text())
-    del cfg["d_sae"]
-    (tmp_path / "bad" / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="missing field 'd_sae'"):
-        acts.SAE.load(tmp_path / "bad")
 
 
 def test_never_unpickles(tmp_path):
