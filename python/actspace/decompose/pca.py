@@ -1,24 +1,34 @@
 """`acts.PCA`: principal components of an activation space from a streaming covariance.
 
 Why not sklearn: activation sets do not fit in memory. The fit streams batches (a tensor,
-an iterable of batches, or an ActivationStore) through ActivationStats' float64 Chan-merged
-covariance and eigendecomposes the d x d result once; a capture job's saved statistics
-give a PCA with no further pass over the data (`PCA.from_stats`).
+an iterable of batches, an ActivationStore or a store path) through ActivationStats' float64
+Chan-merged covariance and eigendecomposes the d x d result once; a capture job's saved
+statistics give a PCA with no further pass over the data (`PCA.from_stats`).
 
     pca = acts.PCA(n_components=64).fit(store)
     z = pca.encode(x)            # x [N, d] -> z [N, k]
     x_hat = pca.decode(z)        # [N, d]
+
+Sign convention: an eigenvector's sign is arbitrary, so each component is flipped to make
+its largest-magnitude entry positive; two fits of the same data give the same components.
 """
 from __future__ import annotations
 
+import os
 
 import torch
+
+from .base import Decomposition, check_shapes, iter_data, load_dir, save_dir
 
 _FORMAT = "actspace.pca"
 
 
-class PCA:
-    """n_components: how many components to keep (None = all d)."""
+class PCA(Decomposition):
+    """n_components: how many components to keep (None = all d).
+
+    Attributes after fit: mean_, components_, explained_variance_(ratio_), n_samples_,
+    nonfinite_rows_ (rows left out for NaN / inf), d_in (None before), d_sae (the number
+    of components: n_components, or d once fitted when n_components is None)."""
 
     def __init__(self, n_components: int | None = None):
         if n_components is not None and (not isinstance(n_components, int)
@@ -30,31 +40,26 @@ class PCA:
         self.explained_variance_ = None       # [k] float64, descending
         self.explained_variance_ratio_ = None  # [k] share of the total variance
         self.n_samples_ = 0
+        self.nonfinite_rows_ = 0
+
+    @property
+    def d_in(self) -> int | None:
+        return None if self.components_ is None else int(self.components_.shape[1])
+
+    @property
+    def d_sae(self) -> int | None:
+        return self.n_components if self.components_ is None else int(self.components_.shape[0])
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data, *, batch_size: int = 65536) -> "PCA":
-        """Fit on data: a tensor [N, d], an iterable of [B, d] batches, or an
-        ActivationStore (read in order, batch_size rows at a time)."""
-        from ..capture.store import ActivationStore
+        """Fit on data: a tensor [N, d], an iterable of [B, d] batches (one pass, so a
+        one-shot iterator will do), an ActivationStore or a store path — read in order,
+        batch_size rows at a time, by the same reader as SNMF (base.iter_data). Rows with
+        NaN or inf are left out of the covariance and counted in nonfinite_rows_."""
         from ..stats.activation import ActivationStats
 
-        if isinstance(data, ActivationStore):
-            batches = data.iter_batches(batch_size)
-        elif isinstance(data, torch.Tensor):
-            if data.dim() != 2:
-                raise ValueError(f"data must be [N, d], got shape {list(data.shape)}")
-            batches = data.split(batch_size)
-        else:
-            try:
-                batches = iter(data)
-            except TypeError:
-                raise TypeError("data must be a tensor [N, d], an iterable of batches or an "
-                                f"ActivationStore, got {type(data).__name__}") from None
         stats = None
-        for b in batches:
-            if not isinstance(b, torch.Tensor) or b.dim() != 2:
-                raise ValueError(f"each batch must be a tensor [B, d], got "
-                                 f"{getattr(b, 'shape', type(b).__name__)}")
+        for b in iter_data(data, batch_size):
             if stats is None:
                 stats = ActivationStats(b.shape[1], covariance=True, top_k=0)
             stats.update(b)
@@ -84,6 +89,7 @@ class PCA:
         total = evals.sum()
         self.explained_variance_ratio_ = self.explained_variance_ / total.clamp_min(1e-300)
         self.n_samples_ = int(stats.cov_count)
+        self.nonfinite_rows_ = int(stats.rows - stats.cov_count)
         return self
 
     # ------------------------------------------------------------------ transforms
@@ -117,26 +123,43 @@ class PCA:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
-        """Write path(.safetensors) (mean, components, explained variance) and path(.json),
-        each crash-safe (temp name, fsync, rename)."""
-        from ..capture.writer import save_pair
-
+        """Write directory path with cfg.json (kind "pca", n_components, d_in, n_samples,
+        nonfinite_rows) and pca.safetensors (mean [d], components [k, d], explained
+        variance and its ratio [k]), each crash-safe; see base.save_dir."""
         if self.components_ is None:
             raise ValueError("PCA is not fitted: nothing to save")
-        save_pair(path, {"mean": self.mean_, "components": self.components_,
-                         "explained_variance": self.explained_variance_,
-                         "explained_variance_ratio": self.explained_variance_ratio_},
-                  {"format": _FORMAT, "version": 1, "n_components": self.n_components,
-                   "d": int(self.components_.shape[1]), "n_samples": self.n_samples_})
+        save_dir(path, "pca", {"format": _FORMAT, "version": 2,
+                               "n_components": self.n_components, "d_in": self.d_in,
+                               "k": self.d_sae, "n_samples": self.n_samples_,
+                               "nonfinite_rows": self.nonfinite_rows_},
+                 {"mean": self.mean_, "components": self.components_,
+                  "explained_variance": self.explained_variance_,
+                  "explained_variance_ratio": self.explained_variance_ratio_})
 
     @classmethod
     def load(cls, path) -> "PCA":
-        from ..capture.writer import load_pair
+        """Read a directory written by save, or the version-1 pair path(.safetensors) +
+        path(.json). Tensor shapes are checked against the metadata (ValueError)."""
+        if os.path.isdir(path):
+            meta, t = load_dir(path, "pca", cls._shapes)
+        else:
+            from ..capture.writer import load_pair
 
-        meta, t = load_pair(path, _FORMAT, "PCA")
+            meta, t = load_pair(path, _FORMAT, "PCA")
+            meta = dict(meta, d_in=meta["d"], k=meta["n_components"] or meta["d"])
+            check_shapes(path, t, cls._shapes(meta))
         pca = cls(meta["n_components"])
         pca.mean_, pca.components_ = t["mean"], t["components"]
         pca.explained_variance_ = t["explained_variance"]
         pca.explained_variance_ratio_ = t["explained_variance_ratio"]
         pca.n_samples_ = meta["n_samples"]
+        pca.nonfinite_rows_ = int(meta.get("nonfinite_rows", 0))
         return pca
+
+    @staticmethod
+    def _shapes(meta) -> dict:
+        k, d = meta["k"], meta["d_in"]
+        if meta["n_components"] not in (None, k):
+            raise ValueError(f"PCA metadata: n_components={meta['n_components']} but k={k}")
+        return {"mean": [d], "components": [k, d], "explained_variance": [k],
+                "explained_variance_ratio": [k]}
