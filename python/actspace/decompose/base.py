@@ -91,7 +91,7 @@ def iter_data(data, batch_size: int, *, device=None, dtype: torch.dtype | None =
     if reiterable and not direct and iter(data) is data:
         raise TypeError("data must be re-iterable (a tensor, a store or store path, a list of "
                         "batches) for several passes, not a one-shot iterator")
-    for b in iter_batches(data, batch_size):
+    for b in iter_batches(data, batch_size, device=device):
         yield b.to(device=device, dtype=dtype)
 
 

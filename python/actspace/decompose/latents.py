@@ -223,10 +223,12 @@ def _iter_latent_shards(root, keys):
             yield {k: f.get_tensor(k) for k in keys if k in names}
 
 
-def iter_batches(data, batch_size: int):
+def iter_batches(data, batch_size: int, device=None):
     """Yield [B, d] activation batches (B <= batch_size) from a tensor [N, d], a store
     path, an object with iter_batches(batch_size, shuffle=False) (an ActivationStore), or
-    an iterable of [B, d] tensors or of dicts holding "acts"."""
+    an iterable of [B, d] tensors or of dicts holding "acts". device: where a store's
+    batches are read to (its reader copies from pinned memory without blocking); other
+    batches come as they are."""
     if isinstance(data, torch.Tensor):
         if data.dim() != 2:
             raise ValueError(f"data must be [N, d], got shape {list(data.shape)}")
@@ -235,7 +237,8 @@ def iter_batches(data, batch_size: int):
     if isinstance(data, (str, os.PathLike)):
         data = _open_store(data)
     if hasattr(data, "iter_batches"):
-        data = data.iter_batches(batch_size, shuffle=False)
+        data = (data.iter_batches(batch_size, shuffle=False) if device is None else
+                data.iter_batches(batch_size, shuffle=False, device=device))
     for b in data:
         b = b["acts"] if isinstance(b, dict) else b
         if not isinstance(b, torch.Tensor) or b.dim() != 2:
