@@ -132,19 +132,47 @@ class ActivationStats:
 
     def all_reduce(self, group=None) -> "ActivationStats":
         """Merge the states of every rank of torch.distributed (when initialised) so all
-        ranks hold the statistics of the whole stream; gathers the states and merges them in
-        rank order, so every rank gets bit-identical results. No-op when not initialised."""
+        ranks hold the statistics of the whole stream, bit-identical on every rank.
+        The small per-channel parts are gathered and merged in rank order; the d x d
+        covariance is never gathered (that would take world x d^2 memory on every rank):
+        each rank shifts its M2 to the global mean (Chan et al.) and one all_reduce sums
+        them. No-op when not initialised."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return self
+        state = self._state()
+        cov_m2 = state["tensors"].pop("cov.m2", None)
+        state["meta"]["covariance"] = False     # the covariance is summed below instead
         states = [None] * dist.get_world_size(group)
-        dist.all_gather_object(states, self._state(), group=group)
+        dist.all_gather_object(states, state, group=group)
         merged = ActivationStats._from_state(states[0])
         for s in states[1:]:
             merged.merge(ActivationStats._from_state(s))
+        merged.has_covariance = self.has_covariance
+        if self.has_covariance:
+            merged.cov_m2 = self._all_reduce_cov(states, cov_m2, merged, group)
         self.__dict__.update(merged.__dict__)
         return self
+
+    def _all_reduce_cov(self, states, cov_m2, merged, group) -> torch.Tensor:
+        """Σ_r [M2_r + n_r (mean_r - mean)(mean_r - mean)ᵀ] over ranks  [d, d] float64,
+        with n_r, mean_r from the gathered states and mean the global one."""
+        import torch.distributed as dist
+
+        ns = [float(s["meta"]["cov_count"]) for s in states]
+        means = [s["tensors"]["cov.mean"] for s in states]
+        n = sum(ns)
+        mean = sum(nr * mr for nr, mr in zip(ns, means)) / n if n > 0 else means[0]
+        delta = self.cov_mean - mean
+        term = cov_m2 + torch.outer(delta, delta) * self.cov_count
+        # NCCL reduces CUDA tensors only
+        dev = (torch.device("cuda", torch.cuda.current_device())
+               if dist.get_backend(group) == "nccl" else term.device)
+        term = term.to(dev)
+        dist.all_reduce(term, group=group)
+        merged.cov_mean, merged.cov_count = mean, n
+        return term.cpu()
 
     # ------------------------------------------------------------------ per-channel views
     @property
