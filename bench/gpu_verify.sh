@@ -35,6 +35,14 @@ ACTSPACE_CUDA_KERNELS=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
 echo "memcheck rc=$?" | tee -a "$OUT/memcheck.txt"
 grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.txt" | tail -3
 
+echo "== compute-sanitizer racecheck (first dtype of each test only: racecheck is slow)"
+ACTSPACE_CUDA_KERNELS=1 compute-sanitizer --tool racecheck --error-exitcode 9 \
+  python -m pytest -q -x -p no:cacheprovider -k "cuda and (dtype0 or options or unaligned)" \
+  tests/test_topk_encode.py tests/test_sparse_decode.py tests/test_stats_ops.py \
+  > "$OUT/racecheck.txt" 2>&1
+echo "racecheck rc=$?" | tee -a "$OUT/racecheck.txt"
+grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed|failed" "$OUT/racecheck.txt" | tail -3
+
 echo "== benchmarks"
 for b in topk_encode sparse_decode stats; do
   timeout 300 python "bench/bench_$b.py" --out "$OUT/bench_$b.json" > "$OUT/bench_$b.txt" 2>&1

@@ -456,3 +456,21 @@ def test_cuda_options_and_grad():
     ins = [t.cuda().requires_grad_() for t in (x[:5], W[:40], b[:40])]
     assert torch.autograd.gradcheck(
         lambda x, W, b: topk_encode(x, W, b, 3, backend="kernel")[0], ins, eps=1e-6, atol=1e-6)
+
+
+@cuda
+@pytest.mark.skipif(not core() or not core().build_info()["cuda"], reason="needs a CUDA device")
+def test_cuda_cupy_in_cupy_out_and_other_device():
+    """CuPy arrays in and out (zero-copy through DLPack), and x on a device that is not
+    the current one (the launches must follow x, not the current device)."""
+    x, W, b = make(50, 24, 400, seed=40)
+    want = reference.topk_encode(x, W, b, 9)
+    cp = pytest.importorskip("cupy")
+    v, i = topk_encode(*(cp.asarray(t.numpy()) for t in (x, W, b)), 9, backend="kernel")
+    assert isinstance(v, cp.ndarray) and isinstance(i, cp.ndarray)
+    assert_exact((torch.from_numpy(cp.asnumpy(v)), torch.from_numpy(cp.asnumpy(i))), want)
+    if torch.cuda.device_count() > 1:
+        last = torch.device("cuda", torch.cuda.device_count() - 1)
+        got = topk_encode(*(t.to(last) for t in (x, W, b)), 9, backend="kernel")
+        assert got[0].device == last
+        assert_exact(tuple(t.cpu() for t in got), want)
