@@ -167,13 +167,13 @@ def test_backward_poisoned_grad_W_and_empty_latents():
 
 
 def test_torch_csr_matches_kernel_csr():  # the CUDA path builds its CSR with torch ops
-    from actspace.ops.sparse_decode import _csr_torch
+    from actspace.ops._common import csr_by_latent
     _, idx, _, _ = make(30, 7, 11, 2, seed=5)
     offsets = torch.empty(12, dtype=torch.int32)
     order = torch.empty(210, dtype=torch.int32)
     core.sparse_decode_build_csr(idx.data_ptr(), 5, 30, 7, 11, offsets.data_ptr(),
                                  order.data_ptr())
-    t_off, t_order = _csr_torch(idx, 11)
+    t_off, t_order = csr_by_latent(idx, 11)
     filled = int(offsets[-1])
     assert torch.equal(t_off, offsets) and torch.equal(t_order[:filled], order[:filled])
 

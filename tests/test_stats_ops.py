@@ -244,6 +244,24 @@ def test_latent_merge_of_halves_equals_whole(N, k, M, T, split, seed):
 
 
 # ------------------------------------------------------------------------------ bad input
+def test_cuda_workspace_groups_firing_slots_in_slot_order():
+    """The CSR the CUDA latent kernel folds (built with torch ops, so it runs here too):
+    per latent exactly its firing slots (index >= 0, value > 0; NaN and negative values
+    do not fire), in slot order, which is the CPU kernel's summation order."""
+    g = torch.Generator().manual_seed(3)
+    N, k, M = 40, 5, 17
+    idx = torch.randint(-1, M, (N, k), generator=g, dtype=torch.int32)
+    val = torch.randn(N, k, generator=g)
+    val[3, 1] = float("nan")
+    ws = S.firing_csr(val, idx, M)
+    off, order = ws[:M + 1], ws[M + 1:]
+    assert order.numel() == N * k and off[0] == 0
+    for m in range(M):
+        got = order[off[m]:off[m + 1]].tolist()
+        want = [e for e in range(N * k) if idx.view(-1)[e] == m and val.view(-1)[e] > 0]
+        assert got == want, m
+
+
 def test_bad_inputs_are_named():
     st_ = S.moments_init(4)
     with pytest.raises(TypeError, match="x"):
@@ -304,3 +322,13 @@ def test_cuda_latent_kernel(dtype):
         assert torch.equal(got[key], want[key]), key
     for key in ("sum", "sumsq"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-12, atol=0)
+    # no atomics: the sums add in slot order, as on the CPU kernel (sumsq may differ in
+    # the last bit where one compiler fuses v*v + ss), and the same on every run
+    cpu, again = S.latent_init(M, top_t=T), S.latent_init(M, top_t=T, device="cuda")
+    for b in range(3):
+        vals, idx = _code(700, 32, M, seed=b, dtype=dtype)
+        S.latent_update(cpu, vals, idx, 700 * b, backend="kernel")
+        S.latent_update(again, vals.cuda(), idx.cuda(), 700 * b, backend="kernel")
+    assert torch.equal(got["sum"], cpu["sum"])
+    for key in ("sum", "sumsq", "top_values", "top_tokens"):
+        assert torch.equal(got[key], again[key].cpu()), key

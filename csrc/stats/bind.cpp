@@ -65,18 +65,17 @@ void bind_stats(py::module_& m) {
                               reinterpret_cast<int64_t*>(part_i), stream);
         });
   m.def("stats_latent_update_cuda",
-        [](uintptr_t values, int vdtype, int64_t vld, uintptr_t indices, int idtype, int64_t ild,
-           int64_t N, int64_t k, int64_t M, int64_t T, int64_t nbins, double lo, double hi,
-           int64_t token_offset, uintptr_t count, uintptr_t sum, uintptr_t sumsq, uintptr_t hist,
-           uintptr_t top_values, uintptr_t top_tokens, uintptr_t ws, uintptr_t stream) {
+        [](uintptr_t values, int vdtype, int64_t vld, int64_t N, int64_t k, int64_t M, int64_t T,
+           int64_t nbins, double lo, double hi, int64_t token_offset, uintptr_t count,
+           uintptr_t sum, uintptr_t sumsq, uintptr_t hist, uintptr_t top_values,
+           uintptr_t top_tokens, uintptr_t ws, uintptr_t stream) {
           check_latent(N, k, M, T, nbins, lo, hi);
           latent_update_cuda(
-              reinterpret_cast<const void*>(values), vdtype, vld,
-              reinterpret_cast<const void*>(indices), idtype, ild, N, k, M, T, nbins, lo, hi,
+              reinterpret_cast<const void*>(values), vdtype, vld, N, k, M, T, nbins, lo, hi,
               token_offset, reinterpret_cast<int64_t*>(count), reinterpret_cast<double*>(sum),
               reinterpret_cast<double*>(sumsq), reinterpret_cast<int64_t*>(hist),
               reinterpret_cast<float*>(top_values), reinterpret_cast<int64_t*>(top_tokens),
-              reinterpret_cast<int64_t*>(ws), stream);
+              reinterpret_cast<const int64_t*>(ws), stream);
         });
 #endif
 }

@@ -8,11 +8,10 @@
 // memory into one partial state per (chunk, channel). Kernel 2 merges the partials of each
 // channel in chunk order into the state: the same formulas as the CPU path (stats.h).
 //
-// latent: a counting sort buckets the firing entries by latent (atomic counts, one-block
-// scan, atomic scatter), then one thread per latent folds its bucket into its own count,
-// sums, histogram and top-T list. The top-T insertion compares (value desc, token asc)
-// completely, so the arbitrary order the atomic scatter leaves in a bucket cannot change
-// the result: correct under races without any lock.
+// latent: the caller groups the firing slots by latent (a CSR built with a stable sort,
+// ops/stats.py), then one thread per latent folds its slots, in slot order, into its own
+// count, sums, histogram and top-T list: no atomics and no locks, and the float64 sums add
+// in the same order on every run (and as on CPU).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -139,51 +138,10 @@ __global__ void moments_finish(int64_t d, int64_t chunks, const double* __restri
 }
 
 // ------------------------------------------------------------------ latent statistics
-template <typename I>
-__device__ __forceinline__ int64_t load_index(const I* p) { return static_cast<int64_t>(__ldg(p)); }
-
-template <typename L, typename I>
-__global__ void latent_count(const typename L::T* __restrict__ values, int64_t vld,
-                             const I* __restrict__ indices, int64_t ild, int64_t N, int64_t k,
-                             int64_t M, unsigned long long* __restrict__ off) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= N * k) return;
-  const int64_t n = e / k, j = e % k, m = load_index(indices + n * ild + j);
-  if (m >= 0 && m < M && L::ld(values + n * vld + j) > 0) atomicAdd(off + m + 1, 1ull);
-}
-
-// Inclusive scan of off[1..M] in place by one block: serial segments, then a block scan.
-__global__ void latent_scan(int64_t M, unsigned long long* off) {
-  __shared__ unsigned long long part[1024];
-  const int t = threadIdx.x, nt = blockDim.x;
-  const int64_t seg = (M + nt - 1) / nt, b = 1 + t * seg, e = min(M + 1, b + seg);
-  unsigned long long s = 0;
-  for (int64_t i = b; i < e; ++i) { s += off[i]; off[i] = s; }
-  part[t] = s;
-  __syncthreads();
-  if (t == 0)
-    for (int i = 1; i < nt; ++i) part[i] += part[i - 1];
-  __syncthreads();
-  const unsigned long long add = t > 0 ? part[t - 1] : 0;
-  for (int64_t i = b; i < e; ++i) off[i] += add;
-}
-
-template <typename L, typename I>
-__global__ void latent_scatter(const typename L::T* __restrict__ values, int64_t vld,
-                               const I* __restrict__ indices, int64_t ild, int64_t N, int64_t k,
-                               int64_t M, const unsigned long long* __restrict__ off,
-                               unsigned long long* __restrict__ cur, int64_t* __restrict__ ent) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= N * k) return;
-  const int64_t n = e / k, j = e % k, m = load_index(indices + n * ild + j);
-  if (m >= 0 && m < M && L::ld(values + n * vld + j) > 0)
-    ent[off[m] + atomicAdd(cur + m, 1ull)] = e;
-}
-
 template <typename L>
 __global__ void latent_fold(const typename L::T* __restrict__ values, int64_t vld, int64_t k,
                             int64_t M, int64_t T, int64_t nbins, double lo, double hi,
-                            int64_t tok0, const unsigned long long* __restrict__ off,
+                            int64_t tok0, const int64_t* __restrict__ off,
                             const int64_t* __restrict__ ent, int64_t* count, double* sum,
                             double* sumsq, int64_t* hist, float* top_values,
                             int64_t* top_tokens) {
@@ -243,34 +201,22 @@ void moments_update_cuda(const void* x, int dtype, int64_t N, int64_t d, int64_t
   check(cudaGetLastError(), "moments_finish");
 }
 
-void latent_update_cuda(const void* values, int vdtype, int64_t vld, const void* indices,
-                        int idtype, int64_t ild, int64_t N, int64_t k, int64_t M, int64_t T,
-                        int64_t nbins, double lo, double hi, int64_t token_offset,
-                        int64_t* count, double* sum, double* sumsq, int64_t* hist,
-                        float* top_values, int64_t* top_tokens, int64_t* ws,
-                        uintptr_t stream) {
+void latent_update_cuda(const void* values, int vdtype, int64_t vld, int64_t N, int64_t k,
+                        int64_t M, int64_t T, int64_t nbins, double lo, double hi,
+                        int64_t token_offset, int64_t* count, double* sum, double* sumsq,
+                        int64_t* hist, float* top_values, int64_t* top_tokens,
+                        const int64_t* ws, uintptr_t stream) {
   if (N <= 0 || k <= 0 || M <= 0) return;
-  if (idtype != kI32 && idtype != kI64)
-    throw std::invalid_argument("latent_update: indices must be int32 or int64");
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  auto* off = reinterpret_cast<unsigned long long*>(ws);           // [M + 1]
-  auto* cur = reinterpret_cast<unsigned long long*>(ws + M + 1);   // [M + 1]
-  int64_t* ent = ws + 2 * (M + 1);                                 // [N * k]
-  check(cudaMemsetAsync(ws, 0, 2 * (M + 1) * sizeof(int64_t), s), "latent_update: memset");
-  const int64_t E = N * k;
+  // ws: the caller's CSR of the firing slots by latent (ops/stats.py, csr_by_latent):
+  // offsets [M + 1], then entries n * k + j in slot order within each latent
+  const int64_t* off = ws;
+  const int64_t* ent = ws + M + 1;
   dispatch_load(vdtype, "latent_update: values", [&](auto tag) {
     using L = decltype(tag);
-    const auto* v = static_cast<const typename L::T*>(values);
-    auto run = [&](auto* idx) {
-      latent_count<L><<<grid_for(E, 256), 256, 0, s>>>(v, vld, idx, ild, N, k, M, off);
-      latent_scan<<<1, 1024, 0, s>>>(M, off);
-      latent_scatter<L><<<grid_for(E, 256), 256, 0, s>>>(v, vld, idx, ild, N, k, M, off, cur, ent);
-      latent_fold<L><<<grid_for(M, 128), 128, 0, s>>>(v, vld, k, M, T, nbins, lo, hi,
-                                                      token_offset, off, ent, count, sum, sumsq,
-                                                      hist, top_values, top_tokens);
-    };
-    if (idtype == kI32) run(static_cast<const int32_t*>(indices));
-    else run(static_cast<const int64_t*>(indices));
+    latent_fold<L><<<grid_for(M, 128), 128, 0, s>>>(
+        static_cast<const typename L::T*>(values), vld, k, M, T, nbins, lo, hi, token_offset,
+        off, ent, count, sum, sumsq, hist, top_values, top_tokens);
   });
   check(cudaGetLastError(), "latent_update");
 }

@@ -98,12 +98,12 @@ int64_t moments_cuda_chunks(int64_t N);
 void moments_update_cuda(const void* x, int dtype, int64_t N, int64_t d, int64_t ld,
                          const MomentState& st, double* part_f, int64_t* part_i,
                          uintptr_t stream);
-// latent: ws int64 [2 * (M + 1) + N*k] workspace (zeroed inside).
-void latent_update_cuda(const void* values, int vdtype, int64_t vld, const void* indices,
-                        int idtype, int64_t ild, int64_t N, int64_t k, int64_t M, int64_t T,
-                        int64_t nbins, double lo, double hi, int64_t token_offset,
-                        int64_t* count, double* sum, double* sumsq, int64_t* hist,
-                        float* top_values, int64_t* top_tokens, int64_t* ws,
-                        uintptr_t stream);
+// latent: ws int64 [(M + 1) + N*k], filled by the caller: the CSR of the firing slots
+// (index >= 0, value > 0) by latent, offsets then entries n*k + j in slot order.
+void latent_update_cuda(const void* values, int vdtype, int64_t vld, int64_t N, int64_t k,
+                        int64_t M, int64_t T, int64_t nbins, double lo, double hi,
+                        int64_t token_offset, int64_t* count, double* sum, double* sumsq,
+                        int64_t* hist, float* top_values, int64_t* top_tokens,
+                        const int64_t* ws, uintptr_t stream);
 #endif
 }  // namespace actspace

@@ -134,6 +134,18 @@ def optional_to_torch(obj: Any, name: str) -> torch.Tensor | None:
     return None if obj is None else to_torch(obj, name)[0]
 
 
+def csr_by_latent(idx: torch.Tensor, M: int, index_dtype=torch.int32):
+    """CSR of the slots of idx [N, k] by latent, with torch ops (the CUDA paths use it:
+    a stable sort and a binary search, no atomics, so it is deterministic and each
+    latent's slots stay in slot order) -> (offsets [M+1], order [N·k]) in index_dtype.
+    Negative indices are empty slots: they sort last, past offsets[M]."""
+    flat = idx.reshape(-1).long()
+    key = torch.where(flat < 0, torch.full_like(flat, M), flat)
+    keys, order = torch.sort(key, stable=True)
+    offsets = torch.searchsorted(keys, torch.arange(M + 1, device=idx.device))
+    return offsets.to(index_dtype), order.to(index_dtype)
+
+
 # --------------------------------------------------------------------------- validation
 def check_float(t: torch.Tensor, name: str, dtypes=FLOAT_DTYPES) -> None:
     if t.dtype not in dtypes:

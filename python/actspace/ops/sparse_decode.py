@@ -19,8 +19,8 @@ import torch
 from .. import reference
 from ..reference.sparse_decode import sparse_decode_backward as _ref_backward
 from ._common import (acc_dtype, check_float, check_same_device, check_shape, core,
-                      dtype_code, from_torch, optional_to_torch, stream_handle, to_torch,
-                      use_kernel)
+                      csr_by_latent, dtype_code, from_torch, optional_to_torch, stream_handle,
+                      to_torch, use_kernel)
 
 _INT32_MAX = 2**31 - 1
 
@@ -116,17 +116,6 @@ def _forward(values, indices, W, b, kernel):
     return out
 
 
-def _csr_torch(idx, M):
-    """CSR of the slots by latent with torch ops (used on CUDA; deterministic: stable sort,
-    offsets by binary search, no atomics) -> (offsets [M+1] int32, order [N·k] int32)."""
-    flat = idx.reshape(-1).long()
-    key = torch.where(flat < 0, torch.full_like(flat, M), flat)  # empty slots sort last
-    keys, order = torch.sort(key, stable=True)
-    bounds = torch.arange(M + 1, device=idx.device)
-    offsets = torch.searchsorted(keys, bounds).to(torch.int32)
-    return offsets, order.to(torch.int32)
-
-
 def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, kernel):
     """-> (grad_values [N,k] in values.dtype or None, grad_W [M,d] in W.dtype or None)."""
     if not kernel or indices.numel() > _INT32_MAX:
@@ -170,7 +159,7 @@ def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, 
             if need_W:
                 v = values.to(acc).contiguous()
                 if deterministic:
-                    offsets, order = _csr_torch(idx, M)
+                    offsets, order = csr_by_latent(idx, M)
                     gW = torch.empty((M, d), dtype=W.dtype, device=dev)
                     c.sparse_decode_grad_W_csr_cuda(g.data_ptr(), v.data_ptr(),
                                                     offsets.data_ptr(), order.data_ptr(), k,

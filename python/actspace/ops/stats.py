@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..reference import stats as _ref
-from ._common import as_index, check_float, core, dtype_code, stream_handle, to_torch, use_kernel
+from ._common import (as_index, check_float, core, csr_by_latent, dtype_code, stream_handle,
+                      to_torch, use_kernel)
 
 MOMENT_FIELDS = _ref.MOMENT_FIELDS
 moments_init = _ref.moments_init
@@ -89,6 +90,15 @@ def moments_update(state: dict, x, *, backend: str = "auto") -> None:
             f.copy_(w)
 
 
+def firing_csr(values: torch.Tensor, indices: torch.Tensor, M: int) -> torch.Tensor:
+    """The CUDA latent kernel's workspace: the firing slots (index >= 0 and value > 0, the
+    kernels' rule) of values/indices [N, k] grouped by latent in slot order, as int64
+    [offsets (M+1) | order (N*k)]. Built with a stable sort (no atomics), so the float64
+    sums add in the same order as on CPU, on every run."""
+    fire = (indices >= 0) & (values > 0)
+    return torch.cat(csr_by_latent(torch.where(fire, indices, -1), M, torch.int64))
+
+
 def latent_update(state: dict, values, indices, token_offset: int, *,
                   backend: str = "auto") -> None:
     """Fold a sparse code values/indices [N, k] into the latent state in place.
@@ -130,16 +140,19 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
     work = {key: f if f.is_contiguous() else f.contiguous() for key, f in fields.items()}
     N, k = values.shape
     c = core()
-    args = (values.data_ptr(), dtype_code(values), values.stride(0), indices.data_ptr(),
-            dtype_code(indices), indices.stride(0), N, k, M, T, n_bins, lo, hi, token_offset,
-            *(work[key].data_ptr() for key in _LATENT_FIELDS))
+    state_ptrs = [work[key].data_ptr() for key in _LATENT_FIELDS]
     if values.device.type == "cuda":
-        ws = torch.empty(2 * (M + 1) + N * k, dtype=torch.int64, device=values.device)
+        ws = firing_csr(values, indices, M)
         with torch.cuda.device(values.device):
-            c.stats_latent_update_cuda(*args, ws.data_ptr(), stream_handle(values.device))
+            c.stats_latent_update_cuda(values.data_ptr(), dtype_code(values), values.stride(0),
+                                       N, k, M, T, n_bins, lo, hi, token_offset,
+                                       *state_ptrs, ws.data_ptr(), stream_handle(values.device))
     else:
         ws = torch.empty(M + 1 + N * k, dtype=torch.int64)
-        bad = c.stats_latent_update(*args, ws.data_ptr())
+        bad = c.stats_latent_update(values.data_ptr(), dtype_code(values), values.stride(0),
+                                    indices.data_ptr(), dtype_code(indices), indices.stride(0),
+                                    N, k, M, T, n_bins, lo, hi, token_offset, *state_ptrs,
+                                    ws.data_ptr())
         if bad:  # unreachable after the check above; kept as a backstop
             raise ValueError(f"indices: {bad} entries were >= M={M}")
     for key, f in fields.items():
