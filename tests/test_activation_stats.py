@@ -254,3 +254,27 @@ def test_stats_cli_on_a_store_it_cannot_write(tmp_path, monkeypatch, capsys):
     assert not (store / "stats_summary.json").exists()
     assert cli(["stats", str(store), "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["rows"] == 20
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                          reason="needs a CUDA device"))])
+def test_state_on_a_device_equals_cpu_and_merges_across(device):
+    """device=: the state lives and updates there (batches from anywhere are copied);
+    saving, to(), and merging with statistics on another device give the CPU results."""
+    x = planted(n=500, d=9)
+    ids = torch.arange(500)
+    cpu = acts.ActivationStats(9, covariance=True, top_k=8)
+    cpu.update(x, ids)
+    dev = acts.ActivationStats(9, covariance=True, top_k=8, device=device)
+    dev.update(x[:200], ids[:200])                   # a CPU batch into a device state
+    other = acts.ActivationStats(9, covariance=True, top_k=8)
+    other.update(x[200:], ids[200:])
+    dev.merge(other)                                 # CPU statistics merged into it
+    assert dev.mean.device.type == device and dev.covariance().device.type == device
+    back = dev.to("cpu")
+    for k in ("mean", "var", "kurtosis", "max", "top_rows", "top_tokens"):
+        torch.testing.assert_close(getattr(back, k), getattr(cpu, k), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(back.covariance(), cpu.covariance(), rtol=1e-10, atol=1e-10)
+    assert back.power_law_alpha() == pytest.approx(cpu.power_law_alpha(), rel=1e-9)
+    assert dev.nbytes == cpu.nbytes

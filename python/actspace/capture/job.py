@@ -158,6 +158,8 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     hps = [h.name for h in resolve(model, hookpoints)]
+    # statistics are computed where the model runs when that is a GPU (see track_stats)
+    stats_device = device if device.type == "cuda" else None
     config = {"max_length": max_length, "windows": windows, "max_tokens": max_tokens,
               "keep_special_tokens": keep_special_tokens, "batch_size": batch_size}
     paths = {h: os.path.join(os.fspath(out_dir), hookpoint_dirname(h)) for h in hps}
@@ -171,7 +173,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
             sts = []
             try:
                 if _dist.is_distributed():   # other ranks may still run: join the reduction
-                    sts = [w.track_stats(covariance) if stats else None for w in writers]
+                    sts = [w.track_stats(covariance, stats_device) if stats else None for w in writers]
             finally:
                 for w in writers:
                     w.abort()
@@ -179,7 +181,7 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
                 finalize(list(paths.values()), sts, result)
             return result
         try:
-            sts = [w.track_stats(covariance) if stats else None for w in writers]
+            sts = [w.track_stats(covariance, stats_device) if stats else None for w in writers]
         except BaseException:
             for w in writers:
                 w.abort()

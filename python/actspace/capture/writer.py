@@ -323,16 +323,20 @@ class StoreWriter:
             self._unlock()
 
     # ------------------------------------------------------------------ statistics
-    def track_stats(self, covariance: bool = False):
+    def track_stats(self, covariance: bool = False, device=None):
         """Keep ActivationStats of the recorded rows from now on and return them: loaded
         from the last checkpoint, with the shards recorded after it re-read and folded in,
         so a resume costs a read of the shards the checkpoint misses, not of the store.
-        Each flushed shard is folded in and checkpointed (see stats_checkpoint_ratio)."""
+        Each flushed shard is folded in and checkpointed (see stats_checkpoint_ratio).
+        device: where the statistics are computed (a GPU capture folds its shards on the
+        GPU: the covariance's 2 N d^2 float64 operations would bound it on the CPU)."""
         from ..stats.activation import ActivationStats
 
         st, n = self._stats_checkpoint(covariance)
+        if st is not None and device is not None:
+            st = st.to(device)
         if st is None:
-            st, n = ActivationStats(self.d, covariance=covariance), 0
+            st, n = ActivationStats(self.d, covariance=covariance, device=device), 0
         shards = self.manifest["shards"]
         fold_shards(st, ActivationStore(self.path, self.manifest), n)
         self.stats, self._stats_saved, self._stats_pending = st, n, 0

@@ -34,28 +34,33 @@ class ActivationStats:
 
     covariance: also accumulate the full d x d covariance (float64, d^2 memory).
     top_k: how many tokens with the largest max |activation| to remember (with token ids).
+    device: where the state lives and every update is computed (default CPU; batches on
+    another device are copied there). On a GPU the covariance update (2 N d^2 float64
+    operations per batch, the expensive part at large d) runs on the GPU; saving,
+    merging and all_reduce work across devices.
     """
 
-    def __init__(self, d: int, covariance: bool = False, *, top_k: int = 64):
+    def __init__(self, d: int, covariance: bool = False, *, top_k: int = 64, device=None):
         if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
             raise ValueError(f"d must be a positive int, got {d!r}")
         if not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
         self.d, self.has_covariance, self.top_k = d, bool(covariance), top_k
-        self.moments = _ops.moments_init(d)
-        self.norms = _ops.moments_init(1)            # per-token L2 norm moments
+        self.device = dev = torch.device("cpu" if device is None else device)
+        self.moments = _ops.moments_init(d, device=dev)
+        self.norms = _ops.moments_init(1, device=dev)  # per-token L2 norm moments
         self.rows = 0                                # rows seen (tokens)
         self.cov_count = 0.0                         # rows folded into the covariance
-        self.cov_mean = torch.zeros(d, dtype=torch.float64)
-        self.cov_m2 = torch.zeros(d, d, dtype=torch.float64) if covariance else None
-        self.top_values = torch.empty(0, dtype=torch.float32)   # [<=top_k] max |x| of a row
-        self.top_tokens = torch.empty(0, dtype=torch.int64)     # token id (-1 unknown)
-        self.top_channels = torch.empty(0, dtype=torch.int64)   # channel of that max
-        self.top_rows = torch.empty(0, dtype=torch.int64)       # row index in the stream
+        self.cov_mean = torch.zeros(d, dtype=torch.float64, device=dev)
+        self.cov_m2 = torch.zeros(d, d, dtype=torch.float64, device=dev) if covariance else None
+        self.top_values = torch.empty(0, dtype=torch.float32, device=dev)  # [<=top_k] max |x|
+        self.top_tokens = torch.empty(0, dtype=torch.int64, device=dev)    # token id (-1: ?)
+        self.top_channels = torch.empty(0, dtype=torch.int64, device=dev)  # channel of that max
+        self.top_rows = torch.empty(0, dtype=torch.int64, device=dev)      # row in the stream
 
     # ------------------------------------------------------------------ update / merge
     def update(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
-        """Fold x [N, d] (any float dtype, any device; stats live on CPU) into the state.
+        """Fold x [N, d] (any float dtype, any device; copied to the stats' device) in.
         token_ids [N] (optional) label the rows for the massive-activation report."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -70,7 +75,7 @@ class ActivationStats:
                              f"{getattr(token_ids, 'shape', type(token_ids).__name__)}")
         if n == 0:
             return
-        x = x.detach().cpu()
+        x = x.detach().to(self.device)
         _ops.moments_update(self.moments, x)
         xf = x.float()
         absx = xf.abs()
@@ -84,8 +89,8 @@ class ActivationStats:
         norms = torch.linalg.vector_norm(xf if all_finite else xf[finite_rows], dim=1)
         _ops.moments_update(self.norms, norms.double().unsqueeze(1))
         if self.top_k:
-            toks = (token_ids.detach().cpu().long() if token_ids is not None
-                    else torch.full((n,), -1, dtype=torch.int64))
+            toks = (token_ids.detach().to(self.device).long() if token_ids is not None
+                    else torch.full((n,), -1, dtype=torch.int64, device=self.device))
             # stable sort: among equal values the earlier row wins, as in merge
             v, i = torch.sort(rmax, descending=True, stable=True)
             v, i = v[:self.top_k], i[:self.top_k]
@@ -120,6 +125,8 @@ class ActivationStats:
         if other.d != self.d or other.has_covariance != self.has_covariance:
             raise ValueError(f"other must have d={self.d}, covariance={self.has_covariance}; "
                              f"got d={other.d}, covariance={other.has_covariance}")
+        if other.device != self.device:
+            other = other.to(self.device)
         self.moments = _ops.moments_merge(self.moments, other.moments)
         self.norms = _ops.moments_merge(self.norms, other.norms)
         if self.top_k:
@@ -146,9 +153,9 @@ class ActivationStats:
         state["meta"]["covariance"] = False     # the covariance is summed below instead
         states = [None] * dist.get_world_size(group)
         dist.all_gather_object(states, state, group=group)
-        merged = ActivationStats._from_state(states[0])
+        merged = ActivationStats._from_state(states[0], self.device)
         for s in states[1:]:
-            merged.merge(ActivationStats._from_state(s))
+            merged.merge(ActivationStats._from_state(s, self.device))
         merged.has_covariance = self.has_covariance
         if self.has_covariance:
             merged.cov_m2 = self._all_reduce_cov(states, cov_m2, merged, group)
@@ -161,7 +168,7 @@ class ActivationStats:
         import torch.distributed as dist
 
         ns = [float(s["meta"]["cov_count"]) for s in states]
-        means = [s["tensors"]["cov.mean"] for s in states]
+        means = [s["tensors"]["cov.mean"].to(self.device) for s in states]
         n = sum(ns)
         mean = sum(nr * mr for nr, mr in zip(ns, means)) / n if n > 0 else means[0]
         delta = self.cov_mean - mean
@@ -172,7 +179,7 @@ class ActivationStats:
         term = term.to(dev)
         dist.all_reduce(term, group=group)
         merged.cov_mean, merged.cov_count = mean, n
-        return term.cpu()
+        return term.to(self.device)
 
     # ------------------------------------------------------------------ per-channel views
     @property
@@ -245,7 +252,7 @@ class ActivationStats:
             raise ValueError(f"fit_range must be (lo, hi) with 0 <= lo < hi <= 1, got {fit_range}")
         lam = self.spectrum()
         i0, i1 = max(1, round(lo * self.d)), round(hi * self.d)
-        ranks = torch.arange(i0, i1 + 1, dtype=torch.float64)
+        ranks = torch.arange(i0, i1 + 1, dtype=torch.float64, device=lam.device)
         vals = lam[i0 - 1:i1]
         keep = vals > 0
         if int(keep.sum()) < 3:
@@ -296,7 +303,8 @@ class ActivationStats:
         }
 
     # ------------------------------------------------------------------ persistence
-    def _state(self) -> dict:
+    def _tensors(self) -> dict:
+        """The state's tensors, where they live (see _state for a CPU copy)."""
         t = {f"m.{k}": v for k, v in self.moments.items()}
         t.update({f"n.{k}": v for k, v in self.norms.items()})
         t.update({"top.values": self.top_values, "top.tokens": self.top_tokens,
@@ -304,15 +312,22 @@ class ActivationStats:
                   "cov.mean": self.cov_mean})
         if self.has_covariance:
             t["cov.m2"] = self.cov_m2
+        return t
+
+    def _state(self) -> dict:
+        """Tensors (on CPU: saved, pickled, gathered) and json metadata."""
+        t = self._tensors()
         meta = {"format": _FORMAT, "version": _VERSION, "d": self.d,
                 "covariance": self.has_covariance, "top_k": self.top_k,
                 "rows": self.rows, "cov_count": self.cov_count}
-        return {"tensors": {k: v.contiguous() for k, v in t.items()}, "meta": meta}
+        return {"tensors": {k: v.detach().cpu().contiguous() for k, v in t.items()},
+                "meta": meta}
 
     @classmethod
-    def _from_state(cls, state: dict) -> "ActivationStats":
-        meta, t = state["meta"], state["tensors"]
-        st = cls(meta["d"], meta["covariance"], top_k=meta["top_k"])
+    def _from_state(cls, state: dict, device=None) -> "ActivationStats":
+        meta = state["meta"]
+        st = cls(meta["d"], meta["covariance"], top_k=meta["top_k"], device=device)
+        t = {k: v.to(st.device) for k, v in state["tensors"].items()}
         st.moments = {k: t[f"m.{k}"] for k in st.moments}
         st.norms = {k: t[f"n.{k}"] for k in st.norms}
         st.top_values, st.top_tokens = t["top.values"], t["top.tokens"]
@@ -326,7 +341,14 @@ class ActivationStats:
     def nbytes(self) -> int:
         """Bytes of the saved state (what save writes, about): lets a writer decide how
         often a checkpoint is worth it."""
-        return sum(t.nbytes for t in self._state()["tensors"].values())
+        return sum(t.nbytes for t in self._tensors().values())
+
+    def to(self, device) -> "ActivationStats":
+        """A copy of these statistics living on device."""
+        st = ActivationStats._from_state(self._state(), device)
+        if hasattr(self, "meta"):
+            st.meta = self.meta
+        return st
 
     def save(self, path, extra: dict | None = None) -> None:
         """Write path(.safetensors) and path(.json), each crash-safe (temp name, fsync,
@@ -337,11 +359,11 @@ class ActivationStats:
         save_pair(path, state["tensors"], dict(state["meta"], **(extra or {})))
 
     @classmethod
-    def load(cls, path) -> "ActivationStats":
+    def load(cls, path, device=None) -> "ActivationStats":
         from ..capture.writer import load_pair
 
         meta, tensors = load_pair(path, _FORMAT, "activation-stats")
-        st = cls._from_state({"meta": meta, "tensors": tensors})
+        st = cls._from_state({"meta": meta, "tensors": tensors}, device)
         st.meta = meta
         return st
 
