@@ -136,6 +136,10 @@ def test_max_length_checked_and_training_flags_restored(tiny, tmp_path):
                                   progress=False)
         acts.capture_to_store(model, tok, texts(2), HPS, tmp_path / "b", **KW)
         assert [m.training for m in model.modules()] == flags
+        # no max_length: 512 capped at the model's 128 positions, not an error
+        acts.capture_to_store(model, tok, texts(2), HPS, tmp_path / "d", progress=False)
+        assert ActivationStore.open(tmp_path / "d" / HPS[0]).manifest["config"][
+            "max_length"] == 128
         crash(model, tok, tmp_path / "c", 1)
         assert [m.training for m in model.modules()] == flags
     finally:

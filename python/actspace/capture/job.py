@@ -34,11 +34,15 @@ def _model_meta(model, tokenizer) -> dict:
             "tokenizer": getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__}
 
 
-def _check_max_length(model, tokenizer, max_length: int) -> None:
-    """Refuse a max_length beyond the model's position table or the tokenizer's limit up
-    front: past it, learned position embeddings fail deep inside the forward and rotary
-    ones silently extrapolate. The tokenizer's limit counts only when it is a real one
-    (tokenizers without one report a huge placeholder)."""
+DEFAULT_MAX_LENGTH = 512
+
+
+def _resolve_max_length(model, tokenizer, max_length: int | None) -> int:
+    """max_length, or by default 512 capped at the limits below; a max_length beyond the
+    model's position table or the tokenizer's limit is refused up front: past it, learned
+    position embeddings fail deep inside the forward and rotary ones silently extrapolate.
+    The tokenizer's limit counts only when it is a real one (tokenizers without one report
+    a huge placeholder)."""
     cfg = getattr(model, "config", None)
     if hasattr(cfg, "get_text_config"):     # multimodal configs keep it in the text config
         cfg = cfg.get_text_config()
@@ -47,10 +51,15 @@ def _check_max_length(model, tokenizer, max_length: int) -> None:
               "tokenizer.model_max_length": getattr(tokenizer, "model_max_length", None)}
     limits = {k: v for k, v in limits.items()
               if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 10**7}
+    if max_length is None:
+        return min([DEFAULT_MAX_LENGTH, *limits.values()])
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
+        raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
     if limits and max_length > min(limits.values()):
         raise ValueError(f"max_length={max_length} exceeds "
                          f"{', '.join(f'{k}={v}' for k, v in limits.items())}; "
                          f"pass max_length <= {min(limits.values())}")
+    return max_length
 
 
 @contextmanager
@@ -109,7 +118,8 @@ class _WriterThread:
 
 
 def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_dir, *,
-                     batch_size: int = 32, max_length: int = 512, max_tokens: int | None = None,
+                     batch_size: int = 32, max_length: int | None = None,
+                     max_tokens: int | None = None,
                      windows: bool = False, keep_special_tokens: bool = False,
                      stats: bool = True, covariance: bool = False, device=None,
                      dtype: torch.dtype | None = None, progress: bool = True,
@@ -119,8 +129,9 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
 
     texts: iterable of str, .txt/.jsonl path, or datasets.Dataset (see capture.texts;
     txt_mode: how a .txt splits into documents, "lines", "paragraphs" or "auto").
-    max_length: tokens per sequence, at most the model's max_position_embeddings and the
-    tokenizer's model_max_length (ValueError otherwise); longer documents are truncated, or
+    max_length: tokens per sequence (default 512, or the limit below when smaller), at most
+    the model's max_position_embeddings and the tokenizer's model_max_length (ValueError
+    otherwise); longer documents are truncated, or
     split into windows (windows=True). max_tokens: stop after this many stored tokens (the
     last document may be cut; the store is then complete). count_dropped_tokens: also count
     the tokens that truncation drops (tokenizes every long document whole; by default only
@@ -146,13 +157,12 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    for name, v in (("batch_size", batch_size), ("max_length", max_length),
-                    ("shard_rows", shard_rows)):
+    for name, v in (("batch_size", batch_size), ("shard_rows", shard_rows)):
         if not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
         raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
-    _check_max_length(model, tokenizer, max_length)
+    max_length = _resolve_max_length(model, tokenizer, max_length)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     param = next(model.parameters())

@@ -27,8 +27,9 @@ def add_arguments(p) -> None:
                    help=".txt documents: one per line, blank-line separated paragraphs, or "
                         "auto (paragraphs when the file has a blank line between text)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=512,
-                   help="tokens per sequence (at most the model's and tokenizer's limit)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per sequence (default 512, or the model's or tokenizer's "
+                        "limit when smaller; at most that limit)")
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--windows", action="store_true",
                    help="split long documents into windows instead of truncating them")
