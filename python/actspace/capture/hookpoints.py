@@ -77,6 +77,16 @@ def resolve(model: torch.nn.Module, hookpoints) -> list[Hookpoint]:
     return out
 
 
+def resolve_one(model: torch.nn.Module, spec: str, what: str = "hookpoint") -> Hookpoint:
+    """resolve() for a spec that must name exactly one module (a splice or an SAE's
+    input); what names the argument in the error."""
+    hps = resolve(model, spec)
+    if len(hps) != 1:
+        raise ValueError(f"{what} must name one hookpoint, {spec!r} matches "
+                         f"{[h.name for h in hps]}")
+    return hps[0]
+
+
 def first_tensor(value):
     """The tensor a hookpoint reads: value itself, or the first tensor of a tuple/list/
     ModelOutput (e.g. a decoder layer returning (hidden_states, attn_weights))."""

@@ -183,19 +183,15 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
             sts = []
             try:
                 if _dist.is_distributed():   # other ranks may still run: join the reduction
-                    sts = [w.track_stats(covariance, stats_device) if stats else None for w in writers]
+                    sts = [w.track_stats(covariance, stats_device) if stats else None
+                           for w in writers]
             finally:
-                for w in writers:
-                    w.abort()
+                _abort_all(writers)
             if sts:
                 finalize(list(paths.values()), sts, result)
             return result
-        try:
+        with _aborting(writers):
             sts = [w.track_stats(covariance, stats_device) if stats else None for w in writers]
-        except BaseException:
-            for w in writers:
-                w.abort()
-            raise
         if max_tokens is not None and _dist.is_distributed():
             max_tokens = _dist.rank_share(max_tokens)   # this rank's part (0: stores nothing)
         _run(model, tokenizer, texts, hps, writers, result, batch_size=batch_size,
@@ -218,7 +214,7 @@ def _open_writers(model, tokenizer, hps, paths, config, shard_rows, early_stop, 
         dims = [cap[h].shape[-1] for h in hps]
     meta = _model_meta(model, tokenizer)
     writers: list[StoreWriter] = []
-    try:
+    with _aborting(writers):
         for h, d in zip(hps, dims):
             writers.append(make_writer(paths[h], d=d, dtype=dtype, shard_rows=shard_rows,
                                        meta=dict(meta, hookpoint=h, config=config)))
@@ -228,11 +224,23 @@ def _open_writers(model, tokenizer, hps, paths, config, shard_rows, early_stop, 
                 if key in old and old[key] != config[key]:
                     raise ValueError(f"store {w.path!r} was captured with {key}={old[key]!r}, "
                                      f"this call has {key}={config[key]!r}; use another out_dir")
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
     return writers
+
+
+def _abort_all(writers) -> None:
+    for w in writers:
+        w.abort()
+
+
+@contextmanager
+def _aborting(writers):
+    """On any failure inside the block, abort every writer (release its lock, keep what
+    it recorded) and re-raise."""
+    try:
+        yield
+    except BaseException:
+        _abort_all(writers)
+        raise
 
 
 def _run(model, tokenizer, texts, hps, writers, result, *, batch_size, max_length,

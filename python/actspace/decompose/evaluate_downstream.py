@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from ..capture.hookpoints import first_tensor, replace_first_tensor, resolve
+from ..capture.hookpoints import first_tensor, replace_first_tensor, resolve_one
 from ..capture.padding import pad_rows, real_position_ids, takes_position_ids
 from .latents import _reconstruct
 
@@ -31,11 +31,7 @@ def splice(model: torch.nn.Module, hookpoint: str, fn):
     """Replace the tensor at hookpoint by fn(x) while inside the block. fn takes and returns
     [..., d]; the hook hands it the first tensor of the module's output (side "output") or
     its first positional/keyword tensor input (side "input")."""
-    hps = resolve(model, hookpoint)
-    if len(hps) != 1:
-        raise ValueError(f"hookpoint {hookpoint!r} must name one module, matched "
-                         f"{[h.name for h in hps]}")
-    hp = hps[0]
+    hp = resolve_one(model, hookpoint)
     if hp.side == "output":
         def hook(module, args, output):
             return replace_first_tensor(output, fn(first_tensor(output)))

@@ -71,18 +71,14 @@ def _check_sae(sae):
 def _sae_sites(model, sae) -> tuple[str, str]:
     """(hookpoint read, hookpoint edited): the same for an SAE; hookpoint and hookpoint_out
     for a transcoder, which reads one activation and writes (replaces) a later one."""
-    from ..capture.hookpoints import resolve
+    from ..capture.hookpoints import resolve_one
     names = []
     for attr in ("hookpoint", "hookpoint_out"):
         spec = getattr(sae, attr, None)
         if spec is None:
             names.append(None)
             continue
-        hps = resolve(model, spec)
-        if len(hps) != 1:
-            raise ValueError(f"sae.{attr} must name one hookpoint, {spec!r} matches "
-                             f"{[h.name for h in hps]}")
-        names.append(hps[0].name)
+        names.append(resolve_one(model, spec, f"sae.{attr}").name)
     read, write = names
     if read is None:
         raise ValueError("sae.hookpoint is None: say where the SAE reads its input")
