@@ -124,7 +124,8 @@ def train_body(data_kind, data_path, out_dir, kw, stop_at=None):
             else torch.load(data_path))
     if stop_at is not None:
         train_sae(data, out_dir=out_dir, progress=False, max_steps=stop_at, **kw)
-    sae, hist = train_sae(data, out_dir=out_dir, progress=False, **kw)
+    res = train_sae(data, out_dir=out_dir, progress=False, **kw)
+    sae, hist = res.sae, res.history
     torch.save({"state": sae.state_dict(), "history": hist},
                os.path.join(out_dir, f"rank{_rank()}.pt"))
 
@@ -149,8 +150,9 @@ def kinds_body(out_dir):
 
     x = torch.randn(800, 16, generator=torch.Generator().manual_seed(0))
     for kind in ("batchtopk", "relu", "jumprelu"):
-        sae, h = train_sae(x, kind=kind, d_sae=32, k=4, batch_size=100, steps=5,
-                           progress=False, log_every=1)
+        res = train_sae(x, kind=kind, d_sae=32, k=4, batch_size=100, steps=5,
+                        progress=False, log_every=1)
+        sae, h = res.sae, res.history
         t = torch.cat([p.detach().flatten() for p in sae.state_dict().values()])
         g = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
         dist.all_gather(g, t)
@@ -169,7 +171,8 @@ def shard_body(data_path, out_dir, kw, stop_at):
 
     x = torch.load(data_path)
     train_sae(x, out_dir=out_dir, progress=False, max_steps=stop_at, shard_latents=True, **kw)
-    saes, hist = train_sae(x, out_dir=out_dir, progress=False, shard_latents=True, **kw)
+    res = train_sae(x, out_dir=out_dir, progress=False, shard_latents=True, **kw)
+    saes, hist = res.saes, res.history
     name = f"checkpoint.rank{_rank()}-of-{_world()}.safetensors"
     with safe_open(os.path.join(out_dir, name), framework="pt") as f:
         shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith("W_enc")}

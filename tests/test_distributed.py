@@ -181,7 +181,8 @@ def test_training_matches_single_process(tmp_path, data_kind):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        sae1, hist1 = train_sae(data, out_dir=str(tmp_path / "one"), progress=False, **kw)
+        res = train_sae(data, out_dir=str(tmp_path / "one"), progress=False, **kw)
+        sae1, hist1 = res.sae, res.history
     out = tmp_path / "two"
     out.mkdir()
     # the store run is stopped at step 7 (rank 0's checkpoint) and resumed by both ranks
@@ -272,7 +273,8 @@ def test_latent_sharded_training_matches_single_process(tmp_path):
     kw = dict(d_sae=61, k=[4, 40], batch_size=100, steps=11, lr=3e-3, dead_tokens=100,
               k_aux=8, log_every=1, shuffle=True, seed=3, checkpoint_every=7)
     torch.manual_seed(0)
-    saes1, hist1 = train_sae(x, out_dir=str(tmp_path / "one"), progress=False, **kw)
+    res = train_sae(x, out_dir=str(tmp_path / "one"), progress=False, **kw)
+    saes1, hist1 = res.saes, res.history
     out = tmp_path / "two"
     out.mkdir()
     H.spawn(H.shard_body, data_path, str(out), kw, 7)

@@ -63,6 +63,7 @@ def _write_saelens(path, arch="topk", topk_k=6, dtype=torch.float32, drop=(), la
     t.update(extra_tensors or {})
     save_file(t, str(path / "sae_weights.safetensors"))
     cfg = _v5_cfg(arch, topk_k) if layout == "v5" else _v6_cfg(arch, topk_k, d_out)
+    cfg["dtype"] = str(dtype).removeprefix("torch.")    # SAELens writes the weights' dtype
     cfg.update(cfg_extra)
     (path / "cfg.json").write_text(json.dumps(cfg))
     return t, cfg
@@ -456,8 +457,8 @@ _LENS_EXTRA = {"W_skip": torch.zeros(D_IN, D_IN)}
      "normalize_activations=True"),
     (lambda p: _write_saelens(p, "standard", finetuning_scaling_factor=True),
      "finetuning_scaling_factor=True"),
-    (lambda p: _write_saelens(p, "topk", layout="v6", rescale_acts_by_decoder_norm=True),
-     "rescale_acts_by_decoder_norm=True"),
+    (lambda p: _write_saelens(p, "jumprelu", layout="v6", rescale_acts_by_decoder_norm=True),
+     "rescale_acts_by_decoder_norm=True is not supported for architecture 'jumprelu'"),
     (lambda p: _write_saelens(p, "topk", extra_tensors=_LENS_EXTRA),
      r"unexpected tensor\(s\) \['W_skip'\]"),
     (lambda p: _write_saelens(p, "jumprelu", layout="v6",
@@ -513,19 +514,22 @@ def test_path_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         acts.SAE.load(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no sae_weights.safetensors"):
+    with pytest.raises(ValueError, match="holds no SAE layout .*saelens.*it is empty"):
+        acts.SAE.load(tmp_path / "empty")
+    (tmp_path / "empty" / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"it holds: weights\.bin"):   # the files seen
         acts.SAE.load(tmp_path / "empty")
     with pytest.raises(TypeError, match="path"):
         acts.SAE.load(3)
     sae = acts.SAE(D_IN, D_SAE, "relu")
     with pytest.raises(ValueError, match="format"):
         sae.save(tmp_path / "x", format="pickle")
-    with pytest.raises(ValueError, match="TopK SAEs only"):
+    with pytest.raises(ValueError, match=r"stores kinds \['topk'\] only"):
         sae.save(tmp_path / "x", format="sparsify")
 
 
 def test_atomic_write_keeps_old_file_on_crash(tmp_path):
-    from actspace.decompose.interop import atomic_write
+    from actspace._io import atomic_write
     target = tmp_path / "f.txt"
     target.write_text("old")
 

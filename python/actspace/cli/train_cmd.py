@@ -16,10 +16,13 @@ HELP = "train sparse autoencoders on an activation store (resumable)"
 
 
 def add_arguments(p):
+    from actspace.decompose.kinds import KINDS, all_options
+
     p.add_argument("data", help="activation store directory, or a .safetensors file whose "
                                 "tensor 'acts' (or only tensor) is [N, d]")
     p.add_argument("--out", required=True, help="output directory (checkpoint, SAEs, history)")
-    p.add_argument("--kind", default="topk", choices=["topk", "batchtopk", "jumprelu", "relu"])
+    p.add_argument("--kind", default="topk", choices=list(KINDS),
+                   help="; ".join(f"{n}: {k.summary}" for n, k in KINDS.items()))
     p.add_argument("--k", type=int, nargs="+", default=[32], help="k (several: a sweep)")
     width = p.add_mutually_exclusive_group()
     width.add_argument("--d-sae", type=int, nargs="+", help="latents (several: a sweep)")
@@ -36,17 +39,13 @@ def add_arguments(p):
     p.add_argument("--b-dec-init", default="mean", choices=["mean", "median"],
                    help="b_dec init: first batch's mean or geometric median")
     p.add_argument("--dead-tokens", type=int, default=10_000_000)
-    p.add_argument("--k-aux", type=int, default=None,
-                   help="dead latents in the AuxK loss (default d_in/2)")
-    p.add_argument("--auxk-coeff", type=float, default=1 / 32, help="AuxK weight (0: off)")
-    p.add_argument("--threshold-momentum", type=float, default=0.9,
-                   help="batchtopk: EMA momentum of the inference threshold")
-    p.add_argument("--l1-coeff", type=float, default=1.0, help="relu kind")
-    p.add_argument("--l0-coeff", type=float, default=1e-3, help="jumprelu kind")
+    for opt in all_options().values():     # each kind's own options (kinds/<kind>.py)
+        p.add_argument("--" + opt.name.replace("_", "-"), type=opt.type, default=opt.default,
+                       help=opt.help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--hookpoint", default=None, help="recorded in the SAE (default: the store's)")
-    p.add_argument("--format", default="saelens", choices=["saelens", "sparsify"])
+    p.add_argument("--format", default="saelens", choices=_writable_formats())
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument("--no-shuffle", action="store_true")
@@ -54,6 +53,35 @@ def add_arguments(p):
     p.add_argument("--shard-latents", action="store_true",
                    help="under torchrun: split the dictionary across ranks (topk; every rank "
                    "reads every batch) instead of splitting the batches")
+
+
+def _writable_formats() -> list[str]:
+    from actspace.decompose.formats import FORMATS
+
+    return [n for n, f in FORMATS.items() if f.save is not None]
+
+
+def train_config(args, store_hookpoint=None):
+    """The TrainConfig of the parsed flags: the one place flags map to options."""
+    from actspace.decompose.kinds import all_options
+    from actspace.decompose.train_config import TrainConfig
+
+    from ..distributed import default_device
+
+    def one_or_list(v):
+        return v if v is None or len(v) > 1 else v[0]
+
+    return TrainConfig(
+        kind=args.kind, k=one_or_list(args.k), d_sae=one_or_list(args.d_sae),
+        expansion_factor=None if args.d_sae else one_or_list(args.expansion_factor or [8]),
+        hookpoint=args.hookpoint or store_hookpoint, batch_size=args.batch_size,
+        steps=args.steps, epochs=args.epochs, lr=args.lr, warmup_steps=args.warmup_steps,
+        decay_fraction=args.decay_fraction, b_dec_init=args.b_dec_init,
+        dead_tokens=args.dead_tokens, seed=args.seed, device=args.device or default_device(),
+        out_dir=args.out, checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+        shuffle=not args.no_shuffle, progress=not args.quiet, save_format=args.format,
+        shard_latents=args.shard_latents,
+        kind_options={n: getattr(args, n) for n in all_options()})
 
 
 def _open_data(path):
@@ -80,28 +108,28 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from actspace.decompose.train import train_sae
-    from ..distributed import default_device, is_main
+    import sys
 
+    from actspace._io import ensure_writable_dir
+    from actspace.decompose import train
+
+    from ..distributed import is_main
+
+    try:       # refused before any data is read or step is run, not at the final save
+        ensure_writable_dir(args.out, "--out")
+    except OSError as e:
+        print(f"actspace train: error: {e.strerror or e}", file=sys.stderr)
+        return 2
     data, store_hook = _open_data(args.data)
-    width = {"d_sae": args.d_sae} if args.d_sae else {
-        "expansion_factor": args.expansion_factor or [8]}
-    saes, history = train_sae(
-        data, kind=args.kind, k=args.k if len(args.k) > 1 else args.k[0],
-        **{n: (v if v is None or len(v) > 1 else v[0]) for n, v in width.items()},
-        hookpoint=args.hookpoint or store_hook, batch_size=args.batch_size, steps=args.steps,
-        epochs=args.epochs, lr=args.lr, warmup_steps=args.warmup_steps,
-        decay_fraction=args.decay_fraction, b_dec_init=args.b_dec_init,
-        dead_tokens=args.dead_tokens, k_aux=args.k_aux, auxk_coeff=args.auxk_coeff,
-        threshold_momentum=args.threshold_momentum, l1_coeff=args.l1_coeff,
-        l0_coeff=args.l0_coeff, seed=args.seed, device=args.device or default_device(),
-        out_dir=args.out,
-        checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
-        shuffle=not args.no_shuffle, progress=not args.quiet, save_format=args.format,
-        shard_latents=args.shard_latents)
+    result = train.train_sae(data, train_config(args, store_hook))
     last = {}
-    for h in history:  # the last record of each SAE
+    for h in result.history:  # the last record of each SAE
         last[h["sae"]] = h
     if is_main():
-        print(json.dumps({"out": args.out, "final": list(last.values())}, indent=1))
+        print(json.dumps({"out": str(result.out_dir or args.out), "final": list(last.values())},
+                         indent=1))
+        if result.out_dir is not None and str(result.out_dir) != str(args.out):
+            print(f"actspace train: error: could not write the SAEs to {args.out!r}; they were "
+                  f"saved to {str(result.out_dir)!r} instead", file=sys.stderr)
+            return 2
     return 0

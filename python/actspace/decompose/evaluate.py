@@ -16,13 +16,11 @@ latents per token, so a negative value (activation="none", a PCA score) is not a
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import torch
 
+from .._io import write_json_atomic
 from .evaluate_downstream import (SPLICES, _splice_fn, _spliced,  # noqa: F401 (re-exported)
                                   downstream_metrics, splice)
 from .latents import _code_parts, _reconstruct, fired_mask, iter_batches
@@ -200,7 +198,4 @@ def save_json(result: dict, path) -> None:
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         return v
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(result), indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, clean(result))

@@ -1,65 +1,30 @@
 """Sparse autoencoders and transcoders (``acts.SAE``) on the topk_encode / sparse_decode ops.
 
-One class covers every kind, because they differ only in how the code is selected:
-
-- ``topk``       TopK(relu(pre)) per row (Gao et al. 2024);
-- ``batchtopk``  top k·N over the whole batch while training; at inference every latent
-                 whose relu(pre) exceeds the learned scalar ``threshold`` (Bussmann et al.);
-- ``jumprelu``   relu(pre) where pre > threshold[m], thresholds per latent, trained with a
-                 straight-through estimator (Rajamanoharan et al. 2024);
-- ``relu``       relu(pre), trained with an L1 penalty.
+One class covers every kind, because they differ only in how the code is selected; what
+differs lives in the kind's file (decompose/kinds/<kind>.py, registry ``KINDS``): relu,
+topk, batchtopk, jumprelu (and whatever else is registered there).
 
 pre = (x - b_dec) @ W_encᵀ + b_enc (b_dec subtracted only when ``apply_b_dec_to_input``).
 A transcoder is the same class with ``d_out != d_in`` (or ``hookpoint_out`` set): it reads
 one hookpoint and reconstructs another. Parameters use the ops layout: W_enc [d_sae, d_in],
-W_dec [d_sae, d_out]; interop.py converts to the SAELens / sparsify / Gemma Scope layouts.
+W_dec [d_sae, d_out]; formats/ converts to the SAELens / sparsify / Gemma Scope layouts.
+
+Saving and loading go through the format registry (formats/registry.py), training through
+train_loop.py: both import this module, never the other way at import time (see fit/save/load).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .. import ops
 from .base import Decomposition
+from .code import SparseCode
+from .kinds import KINDS, get_kind
 
-__all__ = ["SAE", "SparseCode", "KINDS"]
-
-KINDS = ("topk", "batchtopk", "jumprelu", "relu")
-_FIRST_WIDTH = 256   # first code width tried by the threshold kinds' encode
-
-
-@dataclass
-class SparseCode:
-    """A batch of sparse codes.
-
-    values  [N, k] (dtype of the SAE) and indices [N, k] int32; index -1 marks an empty slot
-    (value 0). Rows are sorted by value, descending, filled slots first. For ``topk`` k is
-    the SAE's k (a slot may hold a valid index with value 0 when fewer than k latents are
-    positive). For the other kinds the code is padded: k is the largest number of active
-    latents of any row in the batch (at least 1) and shorter rows end in -1 slots; they are
-    found with the top-k kernel at width 256, widened x4 while a row fills it, so memory
-    follows the code's width, not d_sae.
-    """
-
-    values: torch.Tensor
-    indices: torch.Tensor
-    d_sae: int
-
-    def to_dense(self) -> torch.Tensor:
-        """-> [N, d_sae] dense activations (empty slots dropped)."""
-        N = self.values.shape[0]
-        dense = torch.zeros(N, self.d_sae + 1, dtype=self.values.dtype, device=self.values.device)
-        idx = torch.where(self.indices >= 0, self.indices.long(), self.d_sae)
-        dense.scatter_(1, idx, self.values)
-        return dense[:, : self.d_sae]
-
-    @property
-    def l0(self) -> torch.Tensor:
-        """[N] number of active (nonzero) latents per row."""
-        return ((self.indices >= 0) & (self.values != 0)).sum(1)
+__all__ = ["SAE", "SparseCode", "KINDS", "init_rows"]
 
 
 _INIT_BLOCK = 4096    # rows per independently seeded block of the initial dictionary
@@ -120,12 +85,11 @@ class SAE(nn.Module, Decomposition):
                  hookpoint_out=None, apply_b_dec_to_input=None, dtype=torch.float32,
                  device=None, init: bool = True):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        spec = get_kind(kind)
         self.d_in = _check_int(d_in, "d_in")
         self.d_sae = _check_int(d_sae, "d_sae")
         self.d_out = self.d_in if d_out is None else _check_int(d_out, "d_out")
-        if kind in ("topk", "batchtopk"):
+        if spec.uses_k:
             if k is None:
                 raise ValueError(f"k is required for kind={kind!r}")
             _check_int(k, "k")
@@ -148,11 +112,11 @@ class SAE(nn.Module, Decomposition):
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae, **fk))
         self.W_dec = nn.Parameter(torch.zeros(self.d_sae, self.d_out, **fk))
         self.b_dec = nn.Parameter(torch.zeros(self.d_out, **fk))
-        if kind == "jumprelu":
-            self.threshold = nn.Parameter(torch.full((self.d_sae,), 1e-3, **fk))
-        elif kind == "batchtopk":
-            # running estimate of the smallest selected activation (see train_step)
-            self.register_buffer("threshold", torch.zeros((), **fk))
+        if spec.threshold == "per_latent":
+            self.threshold = nn.Parameter(torch.full((self.d_sae,), spec.threshold_init, **fk))
+        elif spec.threshold == "scalar":
+            # learned outside the gradient (e.g. batchtopk's running estimate): a buffer
+            self.register_buffer("threshold", torch.full((), spec.threshold_init, **fk))
         else:
             self.threshold = None
         self.extra_cfg: dict = {}  # fields read from a foreign cfg.json, written back on save
@@ -160,6 +124,11 @@ class SAE(nn.Module, Decomposition):
             self.init_weights()
 
     # ------------------------------------------------------------------ properties
+    @property
+    def kind_spec(self):
+        """This SAE's Kind (decompose/kinds): its encode, training forward, format names."""
+        return KINDS[self.kind]
+
     @property
     def hookpoint_in(self):
         return self.hookpoint
@@ -214,9 +183,6 @@ class SAE(nn.Module, Decomposition):
             raise ValueError(f"{name} must have shape [N, d_in={self.d_in}], got {list(x.shape)}")
         return x.to(device=self.device, dtype=self.dtype)
 
-    def _enc_bias_in(self):
-        return self.b_dec if self.apply_b_dec_to_input else None
-
     def preactivation(self, x):
         """x [N, d_in] -> pre [N, d_sae] (dense; for training the dense kinds and tests)."""
         x = self._check_x(x)
@@ -226,30 +192,7 @@ class SAE(nn.Module, Decomposition):
 
     def encode(self, x) -> SparseCode:
         """x [N, d_in] -> SparseCode (see SparseCode for the padded form of non-TopK kinds)."""
-        x = self._check_x(x)
-        if self.kind == "topk":
-            v, i = ops.topk_encode(x, self.W_enc, self.b_enc, self.k,
-                                   b_dec=self._enc_bias_in(), activation="relu")
-            return SparseCode(v, i, self.d_sae)
-        if self.kind == "batchtopk":
-            thr = self.threshold.expand(self.d_sae)
-        elif self.kind == "jumprelu":
-            thr = self.threshold
-        else:  # relu: only strictly positive latents are active
-            thr = torch.zeros(self.d_sae, dtype=self.dtype, device=self.device)
-        # every active latent, in a code only as wide as needed: start at k = 256 and widen
-        # (x4) only while some row fills every slot; never a [N, d_sae] buffer for a sparse
-        # SAE (a JumpReLU SAE of 1M latents fires ~100 per token)
-        k = min(self.d_sae, _FIRST_WIDTH)
-        while True:
-            v, i = ops.topk_encode(x, self.W_enc, self.b_enc, k, b_dec=self._enc_bias_in(),
-                                   activation="relu", threshold=thr.detach())
-            width = int((i >= 0).sum(1).max()) if i.shape[0] else 0
-            if width < k or k == self.d_sae:
-                break
-            k = min(self.d_sae, 4 * k)
-        width = max(width, 1)
-        return SparseCode(v[:, :width], i[:, :width], self.d_sae)
+        return self.kind_spec.encode(self, self._check_x(x))
 
     def decode(self, code) -> torch.Tensor:
         """SparseCode (or dense acts [N, d_sae]) -> x_hat [N, d_out]."""
@@ -269,18 +212,37 @@ class SAE(nn.Module, Decomposition):
 
     # ------------------------------------------------------------------ decomposition API
     def fit(self, data, **options) -> "SAE":
-        """Train in place on data (tensor, iterable of tensors or store); see train_sae."""
-        from .train import train_sae
-        train_sae(data, saes=[self], **options)
+        """Train in place on data (tensor, (x, y) pair, iterable of batches or store);
+        options: those of train_sae / TrainConfig."""
+        from .train_config import TrainConfig
+        from .train_loop import run_training
+
+        run_training(data, TrainConfig.from_kwargs(**options), saes=[self])
         return self
 
     def save(self, path: str | os.PathLike, format: str = "saelens") -> None:
-        """Write a directory in the SAELens (default), sparsify or gemmascope layout."""
-        from .interop import save_sae
-        save_sae(self, path, format=format)
+        """Write the directory path in a writable registered format (saelens, sparsify,
+        gemmascope, ...; see decompose/formats)."""
+        from pathlib import Path
+
+        # the registry module only: importing it runs formats/__init__, which registers the
+        # built-in formats (they import this module, so it is imported here, not at the top)
+        from .formats.registry import get_format
+
+        fmt = get_format(format, writing=True)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        fmt.save(self, p)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device=None, dtype=None) -> "SAE":
-        """Read an SAELens dir, a sparsify dir or a Gemma Scope params.npz (or its dir)."""
-        from .interop import load_sae
-        return load_sae(path, device=device, dtype=dtype)
+        """Read an SAE in any registered format (detected: SAELens dir, sparsify dir, Gemma
+        Scope params.npz or its dir, ...)."""
+        from pathlib import Path
+
+        from .formats.registry import detect
+
+        fmt = detect(path)
+        return fmt.load(Path(path), device=device, dtype=dtype)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .interop import _write_safetensors
+from .._io import write_safetensors_atomic
 
 CHECKPOINT = "checkpoint.safetensors"
 VERSION = 1
@@ -51,7 +51,7 @@ def save_checkpoint(out_dir, saes, opts, last_fired, loop: dict, run: dict | Non
         tensors[f"fired{s}"] = fired
     meta = dict(loop, version=VERSION, configs=[sae_config(s) for s in saes],
                 param_groups=groups, run=run or {})
-    _write_safetensors(Path(out_dir) / name, tensors, {"state": json.dumps(meta)})
+    write_safetensors_atomic(Path(out_dir) / name, tensors, {"state": json.dumps(meta)})
 
 
 def _check_run(f, found: list, want: list, found_run: dict, run: dict) -> None:

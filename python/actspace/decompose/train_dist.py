@@ -58,7 +58,7 @@ class RankSlices:
 
     def iter_batches(self, batch_size, *, shuffle=False, seed=0, start_batch=0, device=None,
                      dtype=None, **kw):
-        if hasattr(self.source, "batch_indices") and hasattr(self.source, "_gather"):
+        if hasattr(self.source, "batch_indices") and hasattr(self.source, "gather_rows"):
             yield from self._store_batches(batch_size, shuffle, seed, start_batch, device,
                                            dtype, **kw)
             return
@@ -87,7 +87,7 @@ class RankSlices:
             if item[0] == "range":
                 x = store.read(item[1] + ab[0], item[1] + ab[1])
             else:
-                x = store._gather(item[1][ab[0]:ab[1]])
+                x = store.gather_rows(item[1][ab[0]:ab[1]])
             if dtype is not None:
                 x = x.to(dtype)
             if device is not None:
@@ -149,13 +149,12 @@ class DataParallel:
     def shard_saes(self, saes):
         return saes
 
-    def build_saes(self, specs, device, dtype):
-        """Whole SAEs from train._sae_specs (seeded: the same on every rank)."""
-        from .sae import SAE
-
+    def build_saes(self, specs, device, dtype, sae_class):
+        """Whole SAEs of sae_class from train_loop.sae_specs (seeded: the same on every
+        rank). The class is passed in: this module sits below the SAE class (SAE.fit)."""
         out = []
         for s in specs:
-            sae = SAE(s["d_in"], s["d_sae"], s["kind"], s["k"], d_out=s["d_out"],
+            sae = sae_class(s["d_in"], s["d_sae"], s["kind"], s["k"], d_out=s["d_out"],
                       hookpoint=s["hookpoint"], hookpoint_out=s["hookpoint_out"], dtype=dtype,
                       device=device, init=False)
             sae.init_weights(seed=s["seed"])

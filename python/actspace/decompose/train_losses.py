@@ -1,16 +1,10 @@
-"""Training forward passes and losses of every SAE kind (used by train.py).
+"""The training loss shared by every SAE kind (used by train_loop.py); each kind's own
+forward and sparsity penalty live in its file (kinds/<kind>.py).
 
 Losses are in units of a variance (the batch's; AuxK's: the residual's), so their
 coefficients do not depend on the scale of the activations:
 
-    loss = FVU + sparsity term (+ auxk_coeff · AuxK for topk / batchtopk)
-
-- topk       runs on ops.topk_encode / ops.sparse_decode (the fast, differentiable ops);
-- batchtopk  dense pre-activations, top k·N over the batch; updates the inference threshold;
-- jumprelu   straight-through estimators for the threshold (rectangle kernel of width
-             ``bandwidth``), L0 penalty ``l0_coeff`` (Rajamanoharan et al. 2024);
-- relu       L1 penalty ``l1_coeff`` on the activations divided by the RMS norm of the
-             centred batch (decoder rows are unit-norm, so this is the usual L1·‖W_dec‖).
+    loss = FVU + the kind's sparsity term (+ auxk_coeff · AuxK for kinds with auxk=True)
 
 AuxK (Gao et al. 2024; ``normalized_mse`` in openai/sparse_autoencoder): the k_aux largest
 pre-activations among dead latents reconstruct the residual e = y - ŷ (detached), and the loss
@@ -28,41 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
-
-
-class _JumpReLU(torch.autograd.Function):
-    """out = z · H(z - θ); d/dθ by the pseudo-derivative -(θ/ε)·K((z-θ)/ε), K rectangular."""
-
-    @staticmethod
-    def forward(ctx, z, theta, eps):  # z [N, M], theta [M]
-        ctx.save_for_backward(z, theta)
-        ctx.eps = eps
-        return z * (z > theta)
-
-    @staticmethod
-    def backward(ctx, g):
-        z, theta = ctx.saved_tensors
-        eps = ctx.eps
-        near = ((z - theta).abs() < eps / 2).to(g.dtype)
-        grad_theta = (-(theta / eps) * near * g).sum(0)
-        return g * (z > theta), grad_theta, None
-
-
-class _Step(torch.autograd.Function):
-    """H(z - θ); zero gradient to z, pseudo-derivative -(1/ε)·K((z-θ)/ε) to θ."""
-
-    @staticmethod
-    def forward(ctx, z, theta, eps):
-        ctx.save_for_backward(z, theta)
-        ctx.eps = eps
-        return (z > theta).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        z, theta = ctx.saved_tensors
-        eps = ctx.eps
-        near = ((z - theta).abs() < eps / 2).to(g.dtype)
-        return torch.zeros_like(z), (-(1.0 / eps) * near * g).sum(0), None
+from .kinds import KINDS
 
 
 @dataclass
@@ -74,7 +34,8 @@ class StepOut:
     fired: torch.Tensor       # [d_sae] bool: latents active in this batch
 
 
-def _fvu(err, total_var):
+def fvu_loss(err, total_var):
+    """Σ err² / total_var (a scalar, differentiable in err)."""
     return err.pow(2).sum() / total_var
 
 
@@ -100,7 +61,7 @@ def auxk_fvu(e_hat, residual, denominator=None):
     den = centered_sum_sq(residual) if denominator is None else denominator
     if not bool(den > 0):
         return None
-    return _fvu(e_hat - residual, den)
+    return fvu_loss(e_hat - residual, den)
 
 
 def _auxk(sae, x, residual, dead, k_aux, denominator_of=None):
@@ -118,67 +79,32 @@ def _auxk(sae, x, residual, dead, k_aux, denominator_of=None):
     return auxk_fvu(e_hat, residual, None if denominator_of is None else denominator_of(residual))
 
 
-def train_forward(sae, x, y, *, dead=None, k_aux=256, auxk_coeff=1 / 32, l1_coeff=1.0,
-                  l0_coeff=1e-3, bandwidth=1e-3, threshold_momentum=0.9,
-                  auxk_denominator=None) -> StepOut:
-    """One training forward of sae on x [N, d_in] against target y [N, d_out].
+def train_forward(sae, x, y, *, dead=None, k_aux=None, auxk_coeff=1 / 32,
+                  auxk_denominator=None, **kind_options) -> StepOut:
+    """One training forward of sae on x [N, d_in] against target y [N, d_out]: the kind's
+    own forward and sparsity penalty (kinds/<kind>.py), then FVU and, for kinds with AuxK,
+    the AuxK loss on the dead latents (dead [d_sae] bool).
 
+    kind_options: the kind's options (l1_coeff, l0_coeff, bandwidth, threshold_momentum,
+    ...; missing ones take the kind's defaults). k_aux None: d_in // 2.
     auxk_denominator: residual [N, d_out] -> the AuxK denominator, for data parallelism
     (default: the residual's own centred sum of squares, see auxk_fvu)."""
+    spec = KINDS[sae.kind]
+    opts = {o.name: o.default for o in spec.options}
+    opts.update({n: v for n, v in kind_options.items() if n in opts})
     total_var = centered_sum_sq(y).clamp_min(torch.finfo(y.dtype).tiny)
-    N = x.shape[0]
-    sparsity = None
-    if sae.kind == "topk":
-        b_dec_in = sae.b_dec if sae.apply_b_dec_to_input else None
-        v, i = ops.topk_encode(x, sae.W_enc, sae.b_enc, sae.k, b_dec=b_dec_in, activation="relu")
-        y_hat = ops.sparse_decode(v, i, sae.W_dec, sae.b_dec)
-        active = (v > 0) & (i >= 0)
-        fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
-        fired[i[active].long()] = True
-        l0 = active.sum() / N
-    else:
-        pre = sae.preactivation(x)  # [N, d_sae]
-        if sae.kind == "batchtopk":
-            z = torch.relu(pre)
-            flat_v, flat_i = z.flatten().topk(min(sae.k * N, z.numel()), sorted=False)
-            mask = torch.zeros_like(z, dtype=torch.bool).flatten()
-            mask[flat_i] = True
-            mask = mask.view_as(z) & (z > 0)
-            acts = z * mask
-            with torch.no_grad():  # running estimate of the smallest selected activation
-                sel = flat_v[flat_v > 0]
-                if sel.numel():
-                    m = sel.min().to(sae.threshold.dtype)
-                    first = bool(sae.threshold == 0)
-                    sae.threshold.copy_(m if first else threshold_momentum * sae.threshold
-                                        + (1 - threshold_momentum) * m)
-        elif sae.kind == "jumprelu":
-            # the estimators take the raw pre-activation, as in the paper and SAELens: fed
-            # relu(pre), every latent with pre <= 0 would sit at 0, inside the kernel window
-            # of a threshold below bandwidth / 2, and pull on it (spurious -θ/ε and -1/ε
-            # pseudo-derivatives from latents nowhere near firing).
-            # Forward unchanged: threshold >= 0, so pre · H(pre - θ) = relu(pre) · H(...)
-            acts = _JumpReLU.apply(pre, sae.threshold, bandwidth)
-            mask = pre > sae.threshold
-            sparsity = l0_coeff * _Step.apply(pre, sae.threshold, bandwidth).sum(1).mean()
-        else:  # relu + L1
-            acts = torch.relu(pre)
-            mask = acts > 0
-            rms = (total_var / N).sqrt().detach()
-            sparsity = l1_coeff * acts.sum(1).mean() / rms
-        y_hat = acts @ sae.W_dec + sae.b_dec
-        fired = mask.any(0)
-        l0 = mask.sum() / N
-    err = y - y_hat
-    fvu = _fvu(err, total_var)
-    loss = fvu if sparsity is None else fvu + sparsity
+    out = spec.train_forward(sae, x, total_var, opts)
+    err = y - out.y_hat
+    fvu = fvu_loss(err, total_var)
+    loss = fvu if out.sparsity is None else fvu + out.sparsity
     aux = None
-    if sae.kind in ("topk", "batchtopk") and dead is not None and auxk_coeff > 0:
-        aux = _auxk(sae, x, err.detach(), dead, k_aux, auxk_denominator)
+    if spec.auxk and dead is not None and auxk_coeff > 0:
+        aux = _auxk(sae, x, err.detach(), dead, k_aux or max(sae.d_in // 2, 1),
+                    auxk_denominator)
         if aux is not None:
             loss = loss + auxk_coeff * aux
-    return StepOut(loss, float(fvu.detach()), float(l0),
-                   0.0 if aux is None else float(aux.detach()), fired)
+    return StepOut(loss, float(fvu.detach()), float(out.l0),
+                   0.0 if aux is None else float(aux.detach()), out.fired)
 
 
 @torch.no_grad()
@@ -198,22 +124,21 @@ def fold_decoder_norm(sae) -> bool:
     W_dec[m] /= n_m and W_enc[m], b_enc[m], threshold[m] *= n_m, so pre-activations and
     activations grow by n_m and every product activation · W_dec[m] is unchanged.
 
-    Exact for relu and jumprelu. TopK and BatchTopK rank latents by activation, and after
-    the fold the ranking is by activation · n_m (the contribution's size): unchanged when
-    every row has the same norm; otherwise the selection changes and a warning says so
-    (BatchTopK's scalar threshold is then scaled by the mean norm). -> True when the row
-    norms were uneven."""
+    The kind rescales its threshold (Kind.fold_threshold). Exact for relu and jumprelu.
+    Kinds that select by rank (TopK, BatchTopK: Kind.selects_by_rank) rank latents by
+    activation, and after the fold by activation · n_m (the contribution's size): unchanged
+    when every row has the same norm; otherwise the selection changes and a warning says so.
+    -> True when the row norms were uneven."""
     n = sae.W_dec.norm(dim=1)                                           # [d_sae]
     n = torch.where(n > 0, n, torch.ones_like(n))                       # zero rows: as is
     uneven = bool(n.max() - n.min() > 1e-4 * n.max())
+    spec = KINDS[sae.kind]
     sae.W_dec.div_(n[:, None])
     sae.W_enc.mul_(n[:, None])
     sae.b_enc.mul_(n)
-    if sae.kind == "jumprelu":
-        sae.threshold.mul_(n)
-    elif sae.kind == "batchtopk":
-        sae.threshold.mul_(n.mean())
-    if uneven and sae.kind in ("topk", "batchtopk"):
+    if spec.fold_threshold is not None:
+        spec.fold_threshold(sae, n)
+    if uneven and spec.selects_by_rank:
         warnings.warn(f"train_sae: the {sae.kind} SAE's decoder rows have different norms "
                       f"({float(n.min()):.3g}..{float(n.max()):.3g}); folding them into the "
                       "encoder makes it select latents by activation x row norm, so its "

@@ -34,9 +34,8 @@ import torch
 
 from .. import distributed as D
 from .. import ops
-from .sae import SAE
 from .train_dist import DataParallel
-from .train_losses import StepOut, _fvu, auxk_fvu
+from .train_losses import StepOut, auxk_fvu, fvu_loss
 
 __all__ = ["LatentParallel", "shard_bounds"]
 
@@ -48,12 +47,13 @@ def shard_bounds(M: int, rank: int, world: int) -> tuple[int, int]:
     return lo, lo + sizes[rank]
 
 
-def _sae_like(cfg: dict, d_sae: int, k: int, dtype, device) -> SAE:
-    """A topk SAE of width d_sae with the other fields of cfg (see shard_saes)."""
-    sae = SAE(cfg["d_in"], d_sae, "topk", k, d_out=cfg["d_out"], hookpoint=cfg["hookpoint"],
-              hookpoint_out=cfg["hookpoint_out"],
-              apply_b_dec_to_input=cfg["apply_b_dec_to_input"], dtype=dtype, device=device,
-              init=False)    # every weight is written by the caller
+def _sae_like(cfg: dict, d_sae: int, k: int, dtype, device):
+    """A topk SAE (of class cfg["sae_class"]) of width d_sae with the other fields of cfg
+    (see shard_saes)."""
+    sae = cfg["sae_class"](cfg["d_in"], d_sae, "topk", k, d_out=cfg["d_out"],
+                           hookpoint=cfg["hookpoint"], hookpoint_out=cfg["hookpoint_out"],
+                           apply_b_dec_to_input=cfg["apply_b_dec_to_input"], dtype=dtype,
+                           device=device, init=False)    # every weight is written by the caller
     sae.extra_cfg = dict(cfg["extra_cfg"])
     return sae
 
@@ -110,7 +110,7 @@ class LatentParallel(DataParallel):
                              f"processes ({self.world})")
         return shard_bounds(d_sae, self.rank, self.world)
 
-    def build_saes(self, specs, device, dtype):
+    def build_saes(self, specs, device, dtype, sae_class):
         """This rank's slices, drawn directly (init_rows): the whole dictionary is never
         allocated, yet each slice equals those rows of the single-process SAE."""
         shards = []
@@ -118,7 +118,8 @@ class LatentParallel(DataParallel):
             lo, hi = self._bounds_of(s["kind"], s["d_sae"])
             cfg = {"d_in": s["d_in"], "d_sae": s["d_sae"], "k": s["k"], "d_out": s["d_out"],
                    "hookpoint": s["hookpoint"], "hookpoint_out": s["hookpoint_out"],
-                   "apply_b_dec_to_input": None, "extra_cfg": {}}    # None: SAE's default
+                   "apply_b_dec_to_input": None, "extra_cfg": {},    # None: SAE's default
+                   "sae_class": sae_class}
             part = _sae_like(cfg, hi - lo, min(s["k"], hi - lo), dtype, device)
             cfg["apply_b_dec_to_input"] = part.apply_b_dec_to_input
             part.init_weights(seed=s["seed"], rows=(lo, hi))
@@ -136,7 +137,7 @@ class LatentParallel(DataParallel):
                    "d_out": sae.d_out if sae.is_transcoder else None,
                    "hookpoint": sae.hookpoint, "hookpoint_out": sae.hookpoint_out,
                    "apply_b_dec_to_input": sae.apply_b_dec_to_input,
-                   "extra_cfg": dict(sae.extra_cfg)}
+                   "extra_cfg": dict(sae.extra_cfg), "sae_class": type(sae)}
             part = _sae_like(cfg, hi - lo, min(sae.k, hi - lo), sae.dtype, sae.device)
             with torch.no_grad():
                 for name in ("W_enc", "b_enc", "W_dec"):
@@ -278,7 +279,7 @@ class LatentParallel(DataParallel):
         dist.all_reduce(n_active)
         l0 = float(n_active) / N
         err = y - y_hat
-        fvu = _fvu(err, total_var)
+        fvu = fvu_loss(err, total_var)
         loss, aux = fvu, None
         if dead is not None and auxk_coeff > 0:
             aux = self._auxk(sae, x, err.detach(), dead, k_aux, lo, b_dec_in)

@@ -107,10 +107,22 @@ def _check_model(m: dict) -> None:
                          f"got {m['device']!r}")
 
 
-def _check_sae(s: dict) -> None:
-    from ..decompose.sae import KINDS
+def _kind_option_defaults() -> dict:
+    """Each SAE kind's own training options (decompose/kinds), keys of the sae section."""
+    from ..decompose.kinds import all_options
 
-    _choice(s["kind"], KINDS, "sae.kind")
+    return {n: o.default for n, o in all_options().items()}
+
+
+def _check_sae(s: dict) -> None:
+    from ..decompose.kinds import KINDS, all_options
+
+    _choice(s["kind"], tuple(KINDS), "sae.kind")
+    for name, opt in all_options().items():
+        try:
+            opt.check(s[name])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config: sae.{e}") from None
     if s["hookpoints"] is not None:
         _str_list(s["hookpoints"], "sae.hookpoints")
     for key in ("k", "batch_size", "epochs", "log_every", "dead_tokens", "checkpoint_every"):
@@ -153,6 +165,8 @@ def resolve_config(raw: dict) -> dict:
     for sec, dflt in _SECTIONS_OPTIONAL.items():   # optional sections get their own defaults
         if raw.get(sec) is not None:
             base[sec] = dflt
+    if raw.get("sae", base["sae"]) is not None:    # the kinds' options are sae keys too
+        base["sae"] = {**base["sae"], **_kind_option_defaults()}
     cfg = _merge(base, raw, "")
     _check_model(cfg["model"])
     src = cfg["texts"]["source"]

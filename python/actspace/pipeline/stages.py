@@ -209,19 +209,29 @@ def _snmf(ctx: _Context, hp: str) -> dict:
     return {"rel_error": float(model.history_[-1]) if model.history_ else None}
 
 
+def sae_train_config(cfg: dict, hp: str, out_dir: str, progress: bool = True):
+    """The TrainConfig of the resolved config's sae section for hookpoint hp: the one place
+    the pipeline's keys map to training options (the kinds' options pass through)."""
+    from ..decompose.kinds import all_options
+    from ..decompose.train_config import TrainConfig
+
+    s = cfg["sae"]
+    return TrainConfig(
+        kind=s["kind"], d_sae=s["d_sae"],
+        expansion_factor=None if s["d_sae"] else s["expansion_factor"], k=s["k"],
+        hookpoint=hp, batch_size=s["batch_size"], epochs=s["epochs"], lr=s["lr"],
+        seed=s["seed"], out_dir=out_dir, log_every=s["log_every"],
+        dead_tokens=s["dead_tokens"], checkpoint_every=s["checkpoint_every"],
+        device=cfg["model"]["device"], progress=progress,
+        kind_options={n: s[n] for n in all_options()})
+
+
 def _train(ctx: _Context, hp: str) -> dict:
     from ..decompose.train import train_sae
 
-    s = ctx.cfg["sae"]
-    _, hist = train_sae(ctx.store(hp), kind=s["kind"], d_sae=s["d_sae"],
-                        expansion_factor=None if s["d_sae"] else s["expansion_factor"],
-                        k=s["k"], hookpoint=hp, batch_size=s["batch_size"],
-                        epochs=s["epochs"], lr=s["lr"], seed=s["seed"],
-                        out_dir=os.path.join(ctx.out, "sae", _dirname(hp)),
-                        log_every=s["log_every"], dead_tokens=s["dead_tokens"],
-                        checkpoint_every=s["checkpoint_every"],
-                        device=ctx.cfg["model"]["device"], progress=ctx.progress)
-    last = hist[-1] if hist else {}
+    res = train_sae(ctx.store(hp), sae_train_config(
+        ctx.cfg, hp, os.path.join(ctx.out, "sae", _dirname(hp)), ctx.progress))
+    last = res.history[-1] if res.history else {}
     return {"steps": last.get("step"), "fvu": last.get("fvu"), "l0": last.get("l0")}
 
 

@@ -35,20 +35,33 @@ Configs whose maths actspace does not implement are refused on load rather than 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from .interop import _build, _expect, _int_field, _read_cfg, _read_safetensors, \
-    _write_json, _write_safetensors
 
-__all__ = ["load_saelens", "save_saelens", "LAYOUT_VERSION"]
+from ..._io import write_json_atomic, write_safetensors_atomic
+from ..kinds import KINDS
+from .common import build_sae, cfg_dtype, expect_tensor, int_field, read_cfg, read_weights
+from .registry import Format, register
+
+__all__ = ["load_saelens", "save_saelens", "config", "architecture", "LAYOUT_VERSION",
+           "WEIGHTS", "FORMAT"]
 
 LAYOUT_VERSION = "6.0.0"   # the sae_lens_version written into metadata (6.x layout)
 WEIGHTS = "sae_weights.safetensors"
+UNIT_NORM_TOL = 1e-5       # decoder rows this close to unit norm make rescaling a no-op
 
-# SAELens architecture -> the actspace kind it computes
-_ARCH_KIND = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu",
-              "transcoder": "relu", "jumprelu_transcoder": "jumprelu",
-              "topk_transcoder": "topk"}          # the last one: actspace's own, see above
-_TRANSCODER_ARCHS = ("transcoder", "jumprelu_transcoder", "topk_transcoder")
+
+def _arch_table() -> tuple[dict, set]:
+    """(SAELens architecture -> actspace kind, transcoder architectures), from the kinds'
+    declared names (saelens_native: the architecture reads back as that kind)."""
+    kinds, transcoders = {}, set()
+    for spec in KINDS.values():
+        if spec.saelens and spec.saelens_native:
+            kinds.setdefault(spec.saelens, spec.name)
+        if spec.saelens_transcoder and spec.saelens_native:
+            kinds.setdefault(spec.saelens_transcoder, spec.name)
+            transcoders.add(spec.saelens_transcoder)
+    return kinds, transcoders
 # legacy 5.x key -> current name (SAEConfig.from_dict's rename table)
 _LEGACY_KEYS = {"hook_point": "hook_name", "hook_point_layer": "hook_layer",
                 "hook_point_head_index": "hook_head_index", "activation_fn": "activation_fn_str"}
@@ -92,20 +105,26 @@ def _refuse_unimplemented(cfg, src):
         raise ValueError(
             f"{src}: normalize_activations={norm!r} is not supported (only 'none'): the SAE "
             "expects normalized inputs that actspace would not produce")
-    for flag in ("finetuning_scaling_factor", "rescale_acts_by_decoder_norm"):
-        if cfg.get(flag):
-            raise ValueError(f"{src}: {flag}={cfg[flag]!r} is not supported (only false)")
+    if cfg.get("finetuning_scaling_factor"):
+        raise ValueError(f"{src}: finetuning_scaling_factor="
+                         f"{cfg['finetuning_scaling_factor']!r} is not supported (only false)")
     reshape = cfg.get("reshape_activations", "none")
     if reshape not in ("none", "hook_z", None):   # hook_z only flattens the heads: same maths
         raise ValueError(f"{src}: reshape_activations={reshape!r} is not supported")
 
 
 def _kind(cfg, native6, src):
-    arch = cfg.get("architecture", "standard")
-    base = _ARCH_KIND.get(arch) if isinstance(arch, str) else None
+    arch_kind, _ = _arch_table()
+    if native6 and "architecture" not in cfg:
+        # SAELens 6 refuses such a file; reading it as "standard" would run TopK weights
+        # as a ReLU SAE (every positive latent active) without a word
+        raise ValueError(f"{src}: missing field 'architecture' (a SAELens 6 cfg.json names its "
+                         f"architecture: one of {', '.join(arch_kind)})")
+    arch = cfg.get("architecture", "standard")      # 5.x files before the field: standard
+    base = arch_kind.get(arch) if isinstance(arch, str) else None
     if base is None:
         raise ValueError(f"{src}: unsupported architecture {arch!r} (supported: "
-                         f"{', '.join(_ARCH_KIND)})")
+                         f"{', '.join(arch_kind)})")
     # 6.x ignores activation_fn*; 5.x computes with it (TopK under "standard" too, and a
     # ReLU under "topk"), so a 5.x file must pair them as SAELens itself writes them
     act = None if native6 else cfg.get("activation_fn_str", cfg.get("activation_fn"))
@@ -114,24 +133,56 @@ def _kind(cfg, native6, src):
     elif act not in (None, "relu") or (act == "relu" and base == "topk"):
         raise ValueError(f"{src}: unsupported activation {act!r} for architecture {arch!r}")
     kind = cfg.get("actspace_kind", base)
-    if kind != base and not (kind == "batchtopk" and base == "jumprelu"):
+    spec = KINDS.get(kind) if isinstance(kind, str) else None
+    if kind != base and (spec is None or arch not in (spec.saelens, spec.saelens_transcoder)):
         raise ValueError(f"{src}: actspace_kind={kind!r} does not match architecture {arch!r}")
     return arch, kind
 
 
-def load_saelens(p, device, dtype):
-    cfg, src = _read_cfg(p), f"SAELens {str(p)!r}"
+def _rescale_folded(cfg, arch, kind, W_enc, b_enc, W_dec, src):
+    """SAELens TopK's rescale_acts_by_decoder_norm: it ranks and emits relu(pre)·‖W_dec[m]‖
+    and decodes with the unit rows W_dec[m]/‖W_dec[m]‖. With unit rows (what its
+    save_inference_model writes) that is plain TopK: accepted as is. Otherwise the norms n
+    are folded exactly: W_enc[m], b_enc[m] *= n[m], W_dec[m] /= n[m] (same codes, same
+    reconstruction). Any other architecture with the flag is refused by name.
+    -> (W_enc [d_sae, d_in], b_enc, W_dec), maybe folded."""
+    flag = cfg.get("rescale_acts_by_decoder_norm")
+    if not flag:
+        return W_enc, b_enc, W_dec
+    if KINDS[kind].saelens != "topk":
+        raise ValueError(f"{src}: rescale_acts_by_decoder_norm={flag!r} is not supported for "
+                         f"architecture {arch!r} (only for topk)")
+    n = W_dec.double().norm(dim=1)                                      # [d_sae]
+    if bool(((n - 1).abs() <= UNIT_NORM_TOL).all()):
+        return W_enc, b_enc, W_dec
+    if not bool((n > 0).all()):
+        raise ValueError(f"{src}: rescale_acts_by_decoder_norm=True with a zero decoder row "
+                         f"in {WEIGHTS} tensor 'W_dec' (the rescaling divides by it)")
+    return ((W_enc.double() * n[:, None]).to(W_enc.dtype), (b_enc.double() * n).to(b_enc.dtype),
+            (W_dec.double() / n[:, None]).to(W_dec.dtype))
+
+
+def detect_saelens(p: Path) -> bool:
+    return p.is_dir() and (p / WEIGHTS).is_file()
+
+
+def load_saelens(p: Path, *, device=None, dtype=None):
+    """The SAELens directory p (cfg.json + sae_weights.safetensors) as an SAE."""
+    p = Path(p)
+    cfg, src = read_cfg(p / "cfg.json"), f"SAELens {str(p / 'cfg.json')!r}"
     meta = cfg.get("metadata") or {}
     if not isinstance(meta, dict):
         raise ValueError(f"{src}: field 'metadata' must be an object, got {meta!r}")
     native6 = _declares_v6(cfg, meta)
     _refuse_unimplemented(cfg, src)
     arch, kind = _kind(cfg, native6, src)
-    transcoder = arch in _TRANSCODER_ARCHS
-    d_in, d_sae = _int_field(cfg, "d_in", src), _int_field(cfg, "d_sae", src)
-    d_out = _int_field(cfg, "d_out", src) if transcoder else (cfg.get("d_out") or d_in)
+    spec = KINDS[kind]
+    transcoder = arch in _arch_table()[1]
+    file_dtype = cfg_dtype(cfg, src)
+    d_in, d_sae = int_field(cfg, "d_in", src), int_field(cfg, "d_sae", src)
+    d_out = int_field(cfg, "d_out", src) if transcoder else (cfg.get("d_out") or d_in)
     k = None
-    if kind in ("topk", "batchtopk"):
+    if spec.uses_k:
         kw = cfg.get("activation_fn_kwargs") or {}
         # 6.x reads the top-level k; a 5.x file (and 6.x converting one) activation_fn_kwargs
         k = cfg.get("k", kw.get("k")) if native6 else kw.get("k", cfg.get("k"))
@@ -145,45 +196,59 @@ def load_saelens(p, device, dtype):
         raise ValueError(f"{src}: apply_b_dec_to_input=True is not valid for architecture "
                          f"{arch!r} (a transcoder never subtracts b_dec from its input)")
 
-    t = _read_safetensors(p / WEIGHTS)
+    wsrc = f"SAELens {str(p / WEIGHTS)!r}"
+    t = read_weights(p / WEIGHTS)
     sf = t.get("scaling_factor")   # SAELens drops an all-ones scaling_factor; so do we
     if sf is not None and bool((sf == 1).all()):
         del t["scaling_factor"]
-    names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if kind in (
-        "jumprelu", "batchtopk") else set())
+    names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if spec.threshold else set())
     extra = sorted(set(t) - names)
     if extra:
-        raise ValueError(f"{src}: unexpected tensor(s) {extra} in {WEIGHTS} for architecture "
+        raise ValueError(f"{wsrc}: unexpected tensor(s) {extra} for architecture "
                          f"{arch!r} (expected {sorted(names)})")
-    W_enc = _expect(t, "W_enc", (d_in, d_sae), src).T
-    b_enc = _expect(t, "b_enc", (d_sae,), src)
-    W_dec = _expect(t, "W_dec", (d_sae, d_out), src)
-    b_dec = _expect(t, "b_dec", (d_out,), src)
+    W_enc = expect_tensor(t, "W_enc", (d_in, d_sae), wsrc).T
+    b_enc = expect_tensor(t, "b_enc", (d_sae,), wsrc)
+    W_dec = expect_tensor(t, "W_dec", (d_sae, d_out), wsrc)
+    b_dec = expect_tensor(t, "b_dec", (d_out,), wsrc)
+    W_enc, b_enc, W_dec = _rescale_folded(cfg, arch, kind, W_enc, b_enc, W_dec, src)
     thr = None
-    if kind in ("jumprelu", "batchtopk"):
-        thr = _expect(t, "threshold", (d_sae,), src)
-        if kind == "batchtopk":  # saved as a JumpReLU with one threshold for every latent
+    if spec.threshold:
+        thr = expect_tensor(t, "threshold", (d_sae,), wsrc)
+        if spec.threshold == "scalar":  # saved as a JumpReLU with one threshold for all
             if not bool((thr == thr[0]).all()):
-                raise ValueError(f"{src}: batchtopk 'threshold' must be one value for all latents")
+                raise ValueError(f"{wsrc}: {kind} tensor 'threshold' must be one value for all "
+                                 "latents")
             thr = thr[0].clone()
-    sae = _build(d_in, d_sae, kind, k, d_out, _hook(cfg, meta, "hook_name", src, "hook_point"),
-                 _hook(cfg, meta, "hook_name_out", src), apply, W_enc, b_enc, W_dec, b_dec,
-                 thr, dtype, device)
+    sae = build_sae(d_in=d_in, d_sae=d_sae, kind=kind, k=k, d_out=d_out,
+                    hookpoint=_hook(cfg, meta, "hook_name", src, "hook_point"),
+                    hookpoint_out=_hook(cfg, meta, "hook_name_out", src),
+                    apply_b_dec_to_input=apply, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec,
+                    b_dec=b_dec, threshold=thr, dtype=dtype or file_dtype, device=device)
+    if not native6 and "reshape_activations" not in cfg and _reshapes_heads(sae.hookpoint):
+        # SAELens 5 reshapes a hook_z SAE's input by the hook name alone; 6.x wants it said
+        cfg = dict(cfg, reshape_activations="hook_z")
     sae.extra_cfg = cfg
     return sae
+
+
+def _reshapes_heads(hook_name) -> bool:
+    """SAELens 5 (and 6 converting a 5.x file) flattens the heads of a hook name ending in
+    "_z" (attention's per-head z, [..., n_heads, d_head])."""
+    return isinstance(hook_name, str) and hook_name.endswith("_z")
 
 
 # ------------------------------------------------------------------ save
 def architecture(sae) -> str:
     """The SAELens architecture name sae is written under (ValueError if it has none)."""
-    if not sae.is_transcoder:
-        return {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",
-                "batchtopk": "jumprelu"}[sae.kind]   # BatchTopK infers as a JumpReLU
-    if sae.apply_b_dec_to_input:
+    spec = KINDS[sae.kind]
+    arch = spec.saelens_transcoder if sae.is_transcoder else spec.saelens
+    if arch is None:
+        raise ValueError(f"format='saelens' has no architecture for kind={sae.kind!r}"
+                         f"{' transcoders' if sae.is_transcoder else ''}")
+    if sae.is_transcoder and sae.apply_b_dec_to_input:
         raise ValueError("format='saelens': a transcoder there never subtracts b_dec from its "
                          "input, but this one has apply_b_dec_to_input=True")
-    return {"relu": "transcoder", "jumprelu": "jumprelu_transcoder",
-            "batchtopk": "jumprelu_transcoder", "topk": "topk_transcoder"}[sae.kind]
+    return arch
 
 
 def _layer_of(hook_name):
@@ -219,13 +284,16 @@ def config(sae) -> dict:
     for key, default in _PROVENANCE.items():
         cfg[key] = cfg.get(key, meta.get(key, default))
     cfg.setdefault("hook_layer", meta.get("hook_layer", _layer_of(sae.hookpoint)))
-    topk = sae.kind == "topk"
+    topk = arch in ("topk", "topk_transcoder")
+    reshape = cfg.get("reshape_activations") or meta.get("reshape_activations")
+    if not reshape:   # no file said it: SAELens 5's rule (see _reshapes_heads)
+        reshape = "hook_z" if _reshapes_heads(sae.hookpoint) else "none"
     cfg.update({
         "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae,
         "dtype": str(sae.dtype).removeprefix("torch."), "device": "cpu",
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "none", "finetuning_scaling_factor": False,
-        "reshape_activations": cfg.get("reshape_activations") or "none",
+        "reshape_activations": reshape,
         "activation_fn_str": "topk" if topk else "relu",
         "activation_fn_kwargs": {"k": sae.k} if topk else {},
         "hook_name": sae.hookpoint or "",   # 5.x needs a string even when it is unknown
@@ -246,13 +314,15 @@ def config(sae) -> dict:
     return cfg
 
 
-def save_saelens(sae, p):
+def save_saelens(sae, p: Path) -> None:
+    """Write sae into the directory p as cfg.json + sae_weights.safetensors."""
     cfg = config(sae)   # first: an SAE SAELens cannot hold fails before any file is written
     t = {"W_enc": sae.W_enc.T, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    if sae.kind == "jumprelu":
-        t["threshold"] = sae.threshold
-    elif sae.kind == "batchtopk":  # SAELens serves BatchTopK as JumpReLU at one threshold
+    if KINDS[sae.kind].threshold:   # a scalar one: served as JumpReLU at one threshold
         t["threshold"] = sae.threshold.expand(sae.d_sae)
-    _write_safetensors(p / WEIGHTS, t)
-    _write_json(p / "cfg.json", cfg)
+    write_safetensors_atomic(Path(p) / WEIGHTS, t)
+    write_json_atomic(Path(p) / "cfg.json", cfg, indent=2)
+
+
+FORMAT = register(Format("saelens", detect_saelens, load_saelens, save_saelens))
 

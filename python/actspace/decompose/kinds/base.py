@@ -1,0 +1,139 @@
+"""What one SAE kind declares (``Kind``), and the encode helper the threshold kinds share.
+
+A kind is everything that differs between SAE architectures: whether it has a fixed k, the
+shape of its threshold, how it encodes, its training forward and sparsity penalty, what
+happens to its threshold when decoder norms are folded into the encoder, and its names in
+foreign formats. The SAE class, the trainer, the CLI, the pipeline config and the formats
+read these fields and never test a kind's name. See kinds/__init__.py for how to add one.
+
+This module imports no other kind (each kind file imports only this one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ... import ops
+from ..code import SparseCode
+
+__all__ = ["Option", "TrainOut", "Kind", "encode_above", "FIRST_WIDTH"]
+
+FIRST_WIDTH = 256   # first code width tried by encode_above
+
+
+@dataclass(frozen=True)
+class Option:
+    """A training option of a kind (a flag of ``actspace train``, a key of the pipeline's
+    ``sae`` section, a keyword of ``train_sae``; held in ``TrainConfig.kind_options``).
+
+    type: int or float; minimum / maximum: inclusive bounds checked by TrainConfig (None:
+    unbounded); default None means "automatic" (the kind decides) and is always allowed."""
+    name: str
+    default: Any
+    help: str
+    type: type = float
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def check(self, value) -> None:
+        """ValueError/TypeError naming the option when value is not acceptable."""
+        if value is None and self.default is None:
+            return
+        ok_type = (isinstance(value, int) and not isinstance(value, bool)) if self.type is int \
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok_type:
+            raise TypeError(f"{self.name} must be {'an int' if self.type is int else 'a number'}"
+                            f", got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"{self.name} must be >= {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{self.name} must be <= {self.maximum}, got {value!r}")
+
+
+@dataclass
+class TrainOut:
+    """A kind's training forward on one batch (the trainer adds FVU and AuxK)."""
+    y_hat: torch.Tensor              # [N, d_out], differentiable
+    fired: torch.Tensor              # [d_sae] bool: latents active in the batch
+    l0: torch.Tensor                 # scalar: mean active latents per row
+    sparsity: torch.Tensor | None    # differentiable penalty added to the loss, or None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One SAE architecture. Fields (those after ``train_forward`` have defaults):
+
+    name             the ``kind=`` string (SAE, train_sae, --kind, pipeline sae.kind)
+    summary          one line for help texts
+    uses_k           k is required (and <= d_sae); else k must be None
+    threshold        None, "per_latent" (an nn.Parameter [d_sae]) or "scalar" (a buffer [])
+    encode(sae, x [N, d_in]) -> SparseCode
+    train_forward(sae, x [N, d_in], total_var (scalar, the batch's centred sum of squares),
+                  opts: Mapping of option name -> value) -> TrainOut
+    options          the kind's own training options (Option), with defaults
+    threshold_init   initial threshold value (when threshold is not None)
+    auxk             train with the AuxK loss on dead latents (options auxk_coeff, k_aux)
+    after_step(sae)  in-place fix-up after every optimizer step (e.g. clamp thresholds)
+    fold_threshold(sae, n [d_sae])  the decoder row norms n are being folded into the
+                     encoder (W_enc[m], b_enc[m] *= n[m]): rescale the threshold to match
+    selects_by_rank  selection ranks latents (TopK-like): folding uneven decoder norms
+                     changes its codes (a warning says so)
+    saelens          SAELens architecture written for this kind (None: not storable)
+    saelens_transcoder  the same for a transcoder (None: not storable as one)
+    saelens_native   reading `saelens` back (without actspace_kind) means this kind; False
+                     for a kind stored under another's name (batchtopk as jumprelu)
+    sparsify         sparsify's ``activation`` for this kind (None: not storable there)
+    gemmascope       storable in Gemma Scope's params.npz (JumpReLU maths)
+    """
+    name: str
+    summary: str
+    uses_k: bool
+    threshold: str | None
+    encode: Callable[[Any, torch.Tensor], SparseCode]
+    train_forward: Callable[[Any, torch.Tensor, torch.Tensor, Mapping[str, Any]], TrainOut]
+    options: tuple[Option, ...] = ()
+    threshold_init: float = 0.0
+    auxk: bool = False
+    after_step: Callable[[Any], None] | None = None
+    fold_threshold: Callable[[Any, torch.Tensor], None] | None = None
+    selects_by_rank: bool = False
+    saelens: str | None = None
+    saelens_transcoder: str | None = None
+    saelens_native: bool = True
+    sparsify: str | None = None
+    gemmascope: bool = False
+    extra: dict = field(default_factory=dict)   # free room for later kinds; unused here
+
+    def __post_init__(self):
+        if self.threshold not in (None, "per_latent", "scalar"):
+            raise ValueError(f"kind {self.name!r}: threshold must be None, 'per_latent' or "
+                             f"'scalar', got {self.threshold!r}")
+        names = [o.name for o in self.options]
+        if len(set(names)) != len(names):
+            raise ValueError(f"kind {self.name!r}: duplicate option names {names}")
+
+
+def encode_above(sae, x, threshold) -> SparseCode:
+    """Every latent with relu(pre) > threshold [d_sae] (a JumpReLU-style code), in a code
+    only as wide as needed: start at width 256 and widen (x4) only while some row fills every
+    slot; never a [N, d_sae] buffer (a JumpReLU SAE of 1M latents fires ~100 per token)."""
+    b_dec = sae.b_dec if sae.apply_b_dec_to_input else None
+    k = min(sae.d_sae, FIRST_WIDTH)
+    while True:
+        v, i = ops.topk_encode(x, sae.W_enc, sae.b_enc, k, b_dec=b_dec, activation="relu",
+                               threshold=threshold.detach())
+        width = int((i >= 0).sum(1).max()) if i.shape[0] else 0
+        if width < k or k == sae.d_sae:
+            break
+        k = min(sae.d_sae, 4 * k)
+    width = max(width, 1)
+    return SparseCode(v[:, :width], i[:, :width], sae.d_sae)
+
+
+# the AuxK options every kind with auxk=True declares (shared so their defaults agree)
+AUXK_OPTIONS = (
+    Option("auxk_coeff", 1 / 32, "AuxK loss weight (0: off)", float, minimum=0),
+    Option("k_aux", None, "dead latents in the AuxK loss (default d_in/2)", int, minimum=1),
+)
