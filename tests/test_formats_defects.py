@@ -236,3 +236,22 @@ def test_cfg_dtype_is_honoured_and_checked(tmp_path):
     _v6(tmp_path / "i", _weights(), dtype="int8")
     with pytest.raises(ValueError, match="'dtype' is 'int8'"):
         acts.SAE.load(tmp_path / "i")
+
+
+# ------------------------------------------------------------------ issue 20, item 7: GGUF
+def test_malformed_gguf_is_refused_naming_the_file(tmp_path):
+    from actspace.steer.gguf import read_control_vector, write_control_vector
+
+    good = tmp_path / "v.gguf"
+    write_control_vector(good, {1: np.ones(8, np.float32), 2: np.zeros(8, np.float32)}, "m")
+    data = good.read_bytes()
+    for cut in (10, 30, 60, 100):
+        bad = tmp_path / f"cut{cut}.gguf"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=rf"cut{cut}\.gguf"):
+            read_control_vector(bad)
+    huge = bytearray(data)
+    huge[16:24] = (2 ** 40).to_bytes(8, "little")        # n_kv: far more than the file holds
+    (tmp_path / "huge.gguf").write_bytes(bytes(huge))
+    with pytest.raises(ValueError, match=r"huge\.gguf: malformed GGUF"):
+        read_control_vector(tmp_path / "huge.gguf")

@@ -71,13 +71,20 @@ class _Reader:
         self.data, self.pos = data, 0
 
     def take(self, fmt: str):
+        if self.pos + struct.calcsize(fmt) > len(self.data):
+            raise ValueError(f"ends at byte {len(self.data)}, inside a field at byte {self.pos}")
         vals = struct.unpack_from(fmt, self.data, self.pos)
         self.pos += struct.calcsize(fmt)
         return vals[0] if len(vals) == 1 else vals
 
     def string(self) -> str:
         n = self.take("<Q")
-        s = self.data[self.pos:self.pos + n].decode("utf-8")
+        if self.pos + n > len(self.data):
+            raise ValueError(f"a string of {n} bytes at byte {self.pos} runs past the end")
+        try:
+            s = self.data[self.pos:self.pos + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"a string at byte {self.pos} is not UTF-8") from None
         self.pos += n
         return s
 
@@ -100,23 +107,36 @@ def read_gguf(path) -> tuple[dict, dict[str, np.ndarray]]:
         raise ValueError(f"{path}: not a GGUF file (magic {data[:4]!r})")
     r = _Reader(data)
     r.pos = 4
-    version, n_tensors, n_kv = r.take("<IQQ")
-    if version not in (2, 3):
-        raise ValueError(f"{path}: GGUF version {version} not supported (2 or 3)")
-    meta = {}
-    for _ in range(n_kv):
-        key = r.string()
-        meta[key] = r.value(r.take("<I"))
-    infos = []
-    for _ in range(n_tensors):
-        name = r.string()
-        nd = r.take("<I")
-        dims = [r.take("<Q") for _ in range(nd)]
-        ttype, off = r.take("<IQ")
-        if ttype != _GGML_F32:
-            raise ValueError(f"{path}: tensor {name!r} has ggml type {ttype}, only F32 is supported")
-        infos.append((name, dims, off))
-    align = int(meta.get("general.alignment", _ALIGN))
+    where = "the header"
+    try:   # a truncated or corrupt file: an error naming it and where, never struct.error
+        version, n_tensors, n_kv = r.take("<IQQ")
+        if version not in (2, 3):
+            raise ValueError(f"{path}: GGUF version {version} not supported (2 or 3)")
+        meta = {}
+        for i in range(n_kv):
+            where = f"metadata entry {i}"
+            key = r.string()
+            where = f"metadata entry {key!r}"
+            meta[key] = r.value(r.take("<I"))
+        infos = []
+        for i in range(n_tensors):
+            where = f"tensor info {i}"
+            name = r.string()
+            where = f"tensor info {name!r}"
+            nd = r.take("<I")
+            dims = [r.take("<Q") for _ in range(nd)]
+            ttype, off = r.take("<IQ")
+            if ttype != _GGML_F32:
+                raise ValueError(f"{path}: tensor {name!r} has ggml type {ttype}, only F32 "
+                                 "is supported")
+            infos.append((name, dims, off))
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: malformed GGUF file ({where}: {e})") from None
+    align = meta.get("general.alignment", _ALIGN)
+    if isinstance(align, bool) or not isinstance(align, int) or align <= 0:
+        raise ValueError(f"{path}: malformed GGUF file (general.alignment={align!r})")
     base = r.pos + (-r.pos % align)
     tensors = {}
     for name, dims, off in infos:
