@@ -28,12 +28,11 @@ def main(argv=None):
     store = acts.ActivationStore.open(res["stores"][hp])
     print(f"{len(store)} activations of {hp}")
 
-    res = acts.train_sae(store, kind="topk", d_sae=2048, k=32, batch_size=512,
+    run = acts.train_sae(store, kind="topk", d_sae=2048, k=32, batch_size=512,
                          steps=args.steps, lr=1e-3, hookpoint=hp,
                          out_dir=os.path.join(out, "sae"), progress=False,
                          log_every=50)
-
-    sae, history = res.sae, res.history
+    sae, history = run.sae, run.history           # run.saes for a sweep
     for h in history[::2]:
         print(f"  step {h['step']:4d}  fvu {h['fvu']:.3f}  l0 {h['l0']:.1f}  "
               f"dead {h['dead_fraction']:.2f}")
