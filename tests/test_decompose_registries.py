@@ -24,16 +24,17 @@ def test_builtin_kinds_declare_everything_their_readers_need():
 
 
 def _abs_kind():
-    """A toy kind written as a user would: relu(|pre|) keeping the k largest per row."""
+    """A toy kind written as a user would: |pre| · scale (its own parameter [d_sae]) keeping
+    the k largest per row."""
     from actspace import ops
 
     def encode(sae, x):
-        pre = sae.preactivation(x).abs()
+        pre = sae.preactivation(x).abs() * sae.scale
         v, i = pre.topk(sae.k, dim=1)
         return SparseCode(v, i.to(torch.int32), sae.d_sae)
 
     def train_forward(sae, x, total_var, opts):
-        pre = sae.preactivation(x).abs()
+        pre = sae.preactivation(x).abs() * sae.scale
         v, i = pre.topk(sae.k, dim=1)
         y_hat = ops.sparse_decode(v, i.to(torch.int32), sae.W_dec, sae.b_dec)
         fired = torch.zeros(sae.d_sae, dtype=torch.bool)
@@ -44,7 +45,7 @@ def _abs_kind():
     return Kind(name="abstopk", summary="toy", uses_k=True, threshold=None, encode=encode,
                 train_forward=train_forward,
                 options=(Option("abs_penalty", 0.0, "toy penalty", float, minimum=0),),
-                saelens="abstopk_actspace")
+                saelens="abstopk_actspace", extra_params=(("scale", ("d_sae",), 1.0),))
 
 
 @pytest.fixture
@@ -59,6 +60,7 @@ def abs_kind():
 def test_a_registered_kind_reaches_sae_training_cli_pipeline_and_formats(abs_kind, tmp_path):
     x = torch.randn(300, 8)
     sae = acts.SAE(8, 16, "abstopk", 3)
+    assert isinstance(sae.scale, torch.nn.Parameter) and torch.equal(sae.scale, torch.ones(16))
     code = sae.encode(x[:5])
     assert code.values.shape == (5, 3)
     res = acts.train_sae(x, kind="abstopk", d_sae=16, k=3, batch_size=100, progress=False,
@@ -87,6 +89,8 @@ def test_a_registered_kind_reaches_sae_training_cli_pipeline_and_formats(abs_kin
         "abstopk_actspace"
     back = acts.SAE.load(tmp_path / "s")
     assert back.kind == "abstopk" and torch.equal(back.W_enc, res.sae.W_enc)
+    assert torch.equal(back.scale, res.sae.scale) and not torch.equal(back.scale,
+                                                                     torch.ones(16))
     with pytest.raises(ValueError, match="stores kinds"):
         res.sae.save(tmp_path / "sp", format="sparsify")
 

@@ -119,6 +119,9 @@ class SAE(nn.Module, Decomposition):
             self.register_buffer("threshold", torch.full((), spec.threshold_init, **fk))
         else:
             self.threshold = None
+        for name, shape, value in spec.extra_params:     # the kind's own parameters
+            self.register_parameter(name, nn.Parameter(
+                torch.full(spec.extra_shape(shape, self), value, **fk)))
         self.extra_cfg: dict = {}  # fields read from a foreign cfg.json, written back on save
         if init:    # init=False: the caller writes every weight (loading, sharding)
             self.init_weights()

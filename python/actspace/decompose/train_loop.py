@@ -136,6 +136,8 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
             raise ValueError("steps is required when the number of batches is unknown")
         steps = per_epoch * epochs
     if saes is None:
+        if sae_class is None:
+            raise ValueError("run_training: give saes=[...] to train, or sae_class to build")
         d_in = getattr(source, "d", None)
         if d_in is None:  # peek at one batch for the width
             x0, y0 = split_batch(next(iter(source.iter_batches(batch_size))))

@@ -86,9 +86,11 @@ def cfg_dtype(cfg: dict, src: str) -> torch.dtype | None:
 
 
 def build_sae(*, d_in, d_sae, kind, k, d_out, hookpoint, hookpoint_out, apply_b_dec_to_input,
-              W_enc, b_enc, W_dec, b_dec, threshold=None, dtype=None, device=None) -> SAE:
-    """An SAE holding these tensors (ops layout: W_enc [d_sae, d_in], W_dec [d_sae, d_out]),
-    cast to dtype (default: W_enc's) and moved to device (default CPU)."""
+              W_enc, b_enc, W_dec, b_dec, threshold=None, dtype=None, device=None,
+              extra: dict | None = None) -> SAE:
+    """An SAE holding these tensors (ops layout: W_enc [d_sae, d_in], W_dec [d_sae, d_out];
+    extra: the kind's own parameters by name, see Kind.extra_params), cast to dtype
+    (default: W_enc's) and moved to device (default CPU)."""
     dtype = dtype or W_enc.dtype
     sae = SAE(d_in, d_sae, kind, k, d_out=d_out, hookpoint=hookpoint,
               hookpoint_out=hookpoint_out, apply_b_dec_to_input=apply_b_dec_to_input,
@@ -96,5 +98,6 @@ def build_sae(*, d_in, d_sae, kind, k, d_out, hookpoint, hookpoint_out, apply_b_
     state = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if threshold is not None:
         state["threshold"] = threshold
+    state.update(extra or {})
     sae.load_state_dict({n: t.to(dtype) for n, t in state.items()}, strict=True, assign=True)
     return sae.to(device or "cpu")

@@ -202,6 +202,7 @@ def load_saelens(p: Path, *, device=None, dtype=None):
     if sf is not None and bool((sf == 1).all()):
         del t["scaling_factor"]
     names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if spec.threshold else set())
+    names |= {n for n, _, _ in spec.extra_params}
     extra = sorted(set(t) - names)
     if extra:
         raise ValueError(f"{wsrc}: unexpected tensor(s) {extra} for architecture "
@@ -219,11 +220,15 @@ def load_saelens(p: Path, *, device=None, dtype=None):
                 raise ValueError(f"{wsrc}: {kind} tensor 'threshold' must be one value for all "
                                  "latents")
             thr = thr[0].clone()
+    dims = {"d_in": d_in, "d_sae": d_sae, "d_out": d_out}
+    extra = {n: expect_tensor(t, n, tuple(dims[d] for d in shape), wsrc)
+             for n, shape, _ in spec.extra_params}
     sae = build_sae(d_in=d_in, d_sae=d_sae, kind=kind, k=k, d_out=d_out,
                     hookpoint=_hook(cfg, meta, "hook_name", src, "hook_point"),
                     hookpoint_out=_hook(cfg, meta, "hook_name_out", src),
                     apply_b_dec_to_input=apply, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec,
-                    b_dec=b_dec, threshold=thr, dtype=dtype or file_dtype, device=device)
+                    b_dec=b_dec, threshold=thr, dtype=dtype or file_dtype, device=device,
+                    extra=extra)
     if not native6 and "reshape_activations" not in cfg and _reshapes_heads(sae.hookpoint):
         # SAELens 5 reshapes a hook_z SAE's input by the hook name alone; 6.x wants it said
         cfg = dict(cfg, reshape_activations="hook_z")
@@ -320,6 +325,8 @@ def save_saelens(sae, p: Path) -> None:
     t = {"W_enc": sae.W_enc.T, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     if KINDS[sae.kind].threshold:   # a scalar one: served as JumpReLU at one threshold
         t["threshold"] = sae.threshold.expand(sae.d_sae)
+    for name, _, _ in KINDS[sae.kind].extra_params:
+        t[name] = getattr(sae, name)
     write_safetensors_atomic(Path(p) / WEIGHTS, t)
     write_json_atomic(Path(p) / "cfg.json", cfg, indent=2)
 

@@ -10,7 +10,7 @@ This module imports no other kind (each kind file imports only this one).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -86,6 +86,11 @@ class Kind:
                      for a kind stored under another's name (batchtopk as jumprelu)
     sparsify         sparsify's ``activation`` for this kind (None: not storable there)
     gemmascope       storable in Gemma Scope's params.npz (JumpReLU maths)
+    extra_params     the kind's own parameters beyond W_enc, b_enc, W_dec, b_dec, threshold:
+                     (name, shape, initial value) with shape a tuple of "d_in" / "d_sae" /
+                     "d_out" (e.g. a gated SAE's ("b_gate", ("d_sae",), 0.0)); the SAE
+                     registers each as an nn.Parameter, and the SAELens format writes and
+                     reads each as a tensor of that name and shape
     """
     name: str
     summary: str
@@ -104,7 +109,11 @@ class Kind:
     saelens_native: bool = True
     sparsify: str | None = None
     gemmascope: bool = False
-    extra: dict = field(default_factory=dict)   # free room for later kinds; unused here
+    extra_params: tuple[tuple[str, tuple[str, ...], float], ...] = ()
+
+    def extra_shape(self, name_shape: tuple[str, ...], sae) -> tuple[int, ...]:
+        """The concrete shape of an extra parameter of sae (see extra_params)."""
+        return tuple(getattr(sae, dim) for dim in name_shape)
 
     def __post_init__(self):
         if self.threshold not in (None, "per_latent", "scalar"):
