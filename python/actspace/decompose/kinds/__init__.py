@@ -6,14 +6,17 @@ every kind (``d_out`` / ``hookpoint_out``). Readers of the registry, which never
 kind's name themselves:
 
 - ``SAE`` (decompose/sae.py): k required or refused (uses_k), the threshold parameter or
-  buffer (threshold, threshold_init), ``encode``;
+  buffer (threshold, threshold_init), the kind's own parameters (extra_params), ``encode``;
 - the trainer (train_losses.py, train_loop.py): ``train_forward``, AuxK (auxk),
   ``after_step``, decoder-norm folding (fold_threshold, selects_by_rank), and the options
   (``TrainConfig.kind_options`` is filled from every kind's ``options``);
 - ``actspace train --kind`` and its per-kind flags (cli/train_cmd.py), the pipeline's
   ``sae.kind`` and its per-kind keys (pipeline/config.py, pipeline/stages.py);
 - the foreign formats (formats/saelens.py, sparsify.py, gemmascope.py): saelens,
-  saelens_transcoder, saelens_native, sparsify, gemmascope.
+  saelens_transcoder, saelens_native (and extra_params as tensors), sparsify, gemmascope.
+
+Not yet expressible (extend Kind when a kind needs it): options that are not one int or
+float (e.g. a list of group sizes), a decode that differs from code @ W_dec + b_dec.
 
 Adding a kind: write ``kinds/<name>.py`` defining ``KIND = Kind(...)`` (encode,
 train_forward and whichever optional fields apply; import only from .base, ..code and
