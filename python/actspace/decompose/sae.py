@@ -9,8 +9,9 @@ A transcoder is the same class with ``d_out != d_in`` (or ``hookpoint_out`` set)
 one hookpoint and reconstructs another. Parameters use the ops layout: W_enc [d_sae, d_in],
 W_dec [d_sae, d_out]; formats/ converts to the SAELens / sparsify / Gemma Scope layouts.
 
-Saving and loading go through the format registry (formats/registry.py), training through
-train_loop.py: both import this module, never the other way at import time (see fit/save/load).
+save / load look formats up in formats/registry.py, which imports nothing (the format
+modules import this one and register themselves there); fit runs train_loop.py, which never
+imports this module (train.py hands it the class). So neither forms an import cycle.
 """
 from __future__ import annotations
 
