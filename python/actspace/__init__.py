@@ -33,6 +33,11 @@ _LAZY = {
     "ablate": "actspace.steer.interventions",
     "steer_with_sae": "actspace.steer.interventions",
     "steering_sweep": "actspace.steer.sweep",
+    # attribution
+    "attribute": "actspace.attribution.api",
+    "attribute_edges": "actspace.attribution.edges",
+    "metrics": "actspace.attribution.metrics",
+    "Attribution": "actspace.attribution.result",
 }
 
 __all__ = ["__version__", "build_info", *_LAZY]

@@ -1,0 +1,1 @@
+"""Assets shipped inside the package."""
