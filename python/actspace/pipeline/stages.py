@@ -9,7 +9,8 @@ that needs it actually runs (a rerun of a finished directory loads nothing).
 Layout of OUT: config.json, stores/<hookpoint>/ (activation stores with their stats),
 stats/<hookpoint>.json, pca/<hookpoint>/, snmf/<hookpoint>/, sae/<hookpoint>/ (training
 dir: sae/, history.json), eval/<hookpoint>.json, latents/<hookpoint>/ (latent store,
-top_examples.json), cards/<hookpoint>.json, steer/ (vector, sweep.json), stages/,
+top_examples.json), cards/<hookpoint>.json, steer/ (vector, sweep.json), attribution/
+(top.json), stages/,
 report.html.
 """
 from __future__ import annotations
@@ -112,6 +113,7 @@ _STAGE_INPUTS = {
     "encode": ("sae", "latents"),
     "cards": ("latents",),
     "steer": (*_MODEL, "steering"),
+    "attribution": (*_MODEL, "sae", "attribution"),
     "report": (),
 }
 
@@ -288,9 +290,41 @@ def _steer(ctx: _Context) -> dict:
     d = os.path.join(ctx.out, "steer")
     os.makedirs(d, exist_ok=True)
     vec.save(os.path.join(d, "vector"))
-    write_json_atomic(os.path.join(d, "sweep.json"),
-                      {"hookpoint": hp, "alpha_units": st["alpha_units"], "rows": list(rows)})
+    sweep = {"hookpoint": hp, "alpha_units": st["alpha_units"], "rows": list(rows)}
+    if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        sweep["samples"] = _steered_samples(model, tok, vec, st)
+    write_json_atomic(os.path.join(d, "sweep.json"), sweep)
     return {"hookpoint": hp, "points": len(rows)}
+
+
+def _attribute(ctx: _Context, sae_hps: list[str]) -> dict:
+    from ..attribution.summary import attribution_summary
+
+    at = ctx.cfg["attribution"]
+    hps = at["hookpoints"] or sae_hps
+    saes = {hp: ctx.sae(hp) for hp in hps}
+    summary = attribution_summary(ctx.model, ctx.tokenizer, at, saes)
+    write_json_atomic(os.path.join(ctx.out, "attribution", "top.json"), summary)
+    return {"prompts": len(at["prompts"]), "hookpoints": len(hps)}
+
+
+def _steered_samples(model, tok, vec, st, n_prompts: int = 3, new_tokens: int = 40):
+    """Greedy continuations of the first neutral prompts, unsteered and at the largest
+    alpha of the sweep (causal LMs): what steering does to generated text."""
+    import torch
+
+    alpha = max(st["alphas"])
+    out = []
+    for prompt in st["neutral"][:n_prompts]:
+        enc = tok([prompt], return_tensors="pt").to(model.device)
+        row = {"prompt": prompt}
+        for key, a in (("plain", 0.0), ("steered", alpha)):
+            with torch.no_grad(), vec.apply(model, a, alpha_units=st["alpha_units"]):
+                ids = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id or tok.eos_token_id)
+            row[key] = tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out.append({**row, "alpha": alpha})
+    return out
 
 
 def _report(ctx: _Context) -> dict:
@@ -327,6 +361,14 @@ def run_pipeline(cfg: dict, out_dir, *, progress: bool = True, log=print) -> lis
                  (f"cards/{name}", lambda hp=hp: _cards(ctx, hp))]
     if cfg["steering"] is not None:
         plan.append(("steer", lambda: _steer(ctx)))
+    if cfg["attribution"] is not None:
+        for hp in cfg["attribution"]["hookpoints"] or []:
+            if hp not in sae_hps:
+                raise ValueError(f"config: attribution.hookpoints has {hp!r}, which has no SAE "
+                                 f"(sae.hookpoints: {sae_hps})")
+        if not sae_hps:
+            raise ValueError("config: attribution needs trained SAEs (an sae section)")
+        plan.append(("attribution", lambda: _attribute(ctx, sae_hps)))
     plan.append(("report", lambda: _report(ctx)))
     for name, fn in plan:
         recs.append(run_stage(out, name, fn, log))

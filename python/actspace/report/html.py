@@ -15,6 +15,7 @@ import re
 from html import escape
 
 from . import figures
+from .attribution import attribution_section, card_anchor
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;
@@ -177,7 +178,8 @@ def _sae_section(out: str, name: str, evals: dict, cards: dict) -> str:
         parts.append(_img(figures.firing_histogram(c["frequency"]), f"firing frequency {name}"))
         parts.append("<h4>Feature cards</h4>")
         for card in c["cards"]:
-            parts.append(f"<div class='card'><b>latent {card['latent']}</b> "
+            parts.append(f"<div class='card' id='{card_anchor(name, card['latent'])}'>"
+                         f"<b>latent {card['latent']}</b> "
                          f"<span class='muted'>fires on {card['frequency'] * 100:.3g}% of "
                          f"tokens, mean activation {card['mean_activation']:.3g}</span>")
             parts += [_highlight(ex) for ex in card["examples"]]
@@ -198,7 +200,11 @@ def _steer_section(out: str) -> str:
             f"{escape(sw['alpha_units'])} units. Effect: projection of the final hidden state "
             "on the same contrast at the last layer.</p>"
             + _img(figures.steering(rows, cost, sw["alpha_units"]), "steering sweep")
-            + _table([tuple(r[k] for k in keys) for r in rows], tuple(keys)))
+            + _table([tuple(r[k] for k in keys) for r in rows], tuple(keys))
+            + (_table([(s["prompt"], s["plain"], s["steered"]) for s in sw["samples"]],
+                      ("prompt", "generated (alpha 0)",
+                       f"generated (alpha {_text(sw['samples'][0]['alpha'])})"))
+               if sw.get("samples") else ""))
 
 
 def _stages_table(out: str) -> str:
@@ -231,7 +237,7 @@ def render(out_dir) -> str:
     if names:
         body.append("<h2>Sparse autoencoders</h2>")
         body += [_sae_section(out, n, evals, cards) for n in names]
-    body += [_steer_section(out), _stages_table(out)]
+    body += [_steer_section(out), attribution_section(out, cards), _stages_table(out)]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             "<title>actspace report</title>"
