@@ -136,7 +136,8 @@ def test_latent_scores_are_projected_gradients(tiny, tok, sae32):
         h.remove()
     (logits[0, -1, ord(")")] - logits[0, -1, ord(",")]).backward()
     G = held["x"].grad[0].double()                                      # [T, d]
-    dense = sae32.encode(held["x"][0].detach()).to_dense().double()    # [T, M]
+    with torch.no_grad():
+        dense = sae32.encode(held["x"][0].detach()).to_dense().double()  # [T, M]
     want = (G @ sae32.W_dec.detach().double().T) * dense               # [T, M]
     for r in res.top(10, kinds="latent"):
         assert abs(r["score"] - float(want[r["position"], r["index"]])) < 1e-5
