@@ -24,9 +24,9 @@ def test_shipped_lm_files():
 def test_demo_causal_quick(tmp_path):
     out = str(tmp_path / "out")
     assert main(["demo", "--causal", "--quick", "--out", out, "--no-progress"]) == 0
-    ev = json.load(open(os.path.join(out, "eval", "transformer.h.2.json")))
+    ev = json.load(open(os.path.join(out, "eval", "transformer.h.2.json")))["downstream"]
     assert ev["task"] == "causal_lm" and ev["ce_sae_with_error"] == ev["ce_clean"]
-    assert ev["ce_clean"] < ev["ce_zero_ablation"]
+    assert ev["ce_clean"] < ev["ce_sae"] < ev["ce_zero_ablation"]
     sweep = json.load(open(os.path.join(out, "steer", "sweep.json")))
     assert sweep["samples"] and all(s["plain"] and s["steered"] for s in sweep["samples"])
     top = json.load(open(os.path.join(out, "attribution", "top.json")))
