@@ -83,6 +83,7 @@ def test_minilm_top_latents_matter(minilm):
     prompts = _texts(6, 90, start=20000)
     top, rand = _top_vs_random(model, tok, prompts, acts.metrics.cosine(target), sae,
                                "encoder.layer.3")
+    print(f"MiniLM: top-10 ablation {top:.4g}, random-10 {rand:.4g}, ratio {top / rand:.3g}")
     assert top >= 5 * rand, (top, rand)
 
 
@@ -123,6 +124,8 @@ def test_pydoc_lm_top_latents_matter(pydoc_lm):
                               "transformer.h.2")
         tops.append(t)
         rands.append(r)
+    print(f"pydoc LM: top-10 ablation {sum(tops) / 6:.4g}, random-10 {sum(rands) / 6:.4g}, "
+          f"ratio {sum(tops) / sum(rands):.3g}")
     assert sum(tops) >= 5 * sum(rands), (tops, rands)
 
 
