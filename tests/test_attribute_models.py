@@ -29,9 +29,9 @@ def _train_sae(model, tok, hookpoint, texts, d_sae, k, steps):
             xs.append(cap[hookpoint][enc["attention_mask"].bool()])
             cap.clear()
     x = torch.cat(xs)
-    sae, _ = acts.train_sae(x, d_sae=d_sae, k=k, batch_size=256, steps=steps, seed=0,
-                            progress=False, log_every=10 ** 9)
-    return sae.eval()
+    res = acts.train_sae(x, d_sae=d_sae, k=k, batch_size=256, steps=steps, seed=0,
+                         progress=False, log_every=10 ** 9)
+    return res.sae.eval()
 
 
 def _ablated_metric(model, tok, prompt, rows, sae, hookpoint, metric_fn):
