@@ -193,3 +193,17 @@ def test_unknown_word_named(tok):
     with pytest.raises(ValueError, match="not in the vocabulary|tokens"):
         acts.attribute(model, mtok, ["hi"], acts.metrics.logit_diff("qqqzzxj", "a"),
                        neurons=["encoder.layer.0"])
+
+
+def test_mean_baseline_from_activation_stats(tok):
+    torch.manual_seed(0)
+    model = LinearLM().eval()
+    x = torch.randn(50, 16)
+    st = acts.ActivationStats(16)
+    st.update(x)
+    a = acts.attribute(model, tok, ["def f(x"], METRIC, neurons=["proj"], baseline="mean",
+                       stats={"proj": st})
+    b = acts.attribute(model, tok, ["def f(x"], METRIC, neurons=["proj"], baseline="mean",
+                       stats={"proj": x.double().mean(0)})
+    torch.testing.assert_close(a.columns["score"], b.columns["score"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.columns["baseline"][:16], x.mean(0), atol=1e-5, rtol=1e-4)
