@@ -6,7 +6,8 @@ transformers = pytest.importorskip("transformers")
 
 from actspace.steer.vector import SteeringVector  # noqa: E402
 from actspace.steer.interventions import ablate  # noqa: E402
-from actspace.capture.hookpoints import first_tensor, layer_hookpoint, replace_first_tensor, resolve  # noqa: E402
+from actspace.model.hookpoints import layer_hookpoint, resolve  # noqa: E402
+from actspace.model.hooks import first_tensor, replace_first_tensor  # noqa: E402
 
 D = 32
 
