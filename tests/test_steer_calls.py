@@ -103,8 +103,11 @@ def test_t5_encoder_padding_and_decoder_tokens(t5):
         for d in dec:
             _only_where(d, torch.ones(2, 1, dtype=torch.bool), 3.0)
     # an embedding both stacks share: each call takes the state of the stack calling it
-    hp, own = "encoder.embed_tokens", t5.decoder.embed_tokens
+    own = t5.decoder.embed_tokens
     t5.decoder.embed_tokens = t5.encoder.embed_tokens
+    # its name: "encoder.embed_tokens", or "shared" where transformers (< 5) builds both
+    # stacks on the shared embedding module itself
+    hp = next(n for n, m in t5.named_modules() if m is t5.encoder.embed_tokens)
     try:
         emb = _deltas(t5, hp, lambda: SteeringVector({hp: torch.ones(D)}).apply(t5, 3.0), gen)
     finally:

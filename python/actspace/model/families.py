@@ -27,6 +27,7 @@ class Family:
     attn_out_proj: str        # attention's output projection: its input is the heads' z
     ln2: str | None           # the norm whose input is resid_mid and output the MLP's input
     mlp_down: str             # the MLP's last linear: its input is the hidden activation
+    mlp_block: str = "mlp"    # the MLP module itself: its input is the MLP's input
 
 
 _LLAMA_LIKE = Family("model.layers", "self_attn", "mlp", "self_attn.o_proj",
@@ -39,7 +40,7 @@ FAMILIES: dict[str, Family] = {
     # BERT adds the residual inside attention.output / output (dense -> LayerNorm(x + .)):
     # its attention and MLP outputs before the residual are those .dense modules
     "bert": Family("encoder.layer", "attention.output.dense", "output.dense",
-                   "attention.output.dense", None, "output.dense"),
+                   "attention.output.dense", None, "output.dense", "intermediate"),
     "gpt2": Family("transformer.h", "attn", "mlp", "attn.c_proj", "ln_2", "mlp.c_proj"),
     # use_parallel_residual (Pythia): no resid_mid, the MLP reads resid_pre
     "gpt_neox": Family("gpt_neox.layers", "attention", "mlp", "attention.dense",
