@@ -146,6 +146,7 @@ def test_sparsify_and_gemmascope_names(tiny):
     gs = f"layer_{N}/width_16k/average_l0_82"
     assert hookpoint_for(model, gs, site="res") == resid
     assert hookpoint_for(model, f"gemma-scope-2b-pt-res/{gs}") == resid
+    assert hookpoint_for(model, f"layer_{N}_width_16k_l0_small", site="res") == resid
     assert hookpoint_for(model, f"gemma-scope-2b-pt-mlp/{gs}") == layer_hookpoint(model, N, "mlp")
     att = map_hook_name(model, f"gemma-scope-2b-pt-att/{gs}")
     assert att == map_hook_name(model, f"blocks.{N}.attn.hook_z").__class__(

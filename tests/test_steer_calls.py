@@ -158,10 +158,13 @@ def test_generate_wrapper_comes_and_goes(lm):
     v = SteeringVector({hookpoint: torch.ones(D)})
     assert "generate" not in lm.__dict__
     a, b = v.apply(lm, 1.0, positions="generated"), v.apply(lm, 1.0, positions="prompt")
+    assert "generate" not in lm.__dict__          # built, not entered: nothing installed
+    a.__enter__()
+    b.__enter__()
     assert "generate" in lm.__dict__
-    a.remove()
+    a.__exit__(None, None, None)                  # exits out of nesting order
     assert "generate" in lm.__dict__
-    b.remove()
+    b.__exit__(None, None, None)
     assert "generate" not in lm.__dict__
     with a:            # re-entered: wrapped again, unwrapped on exit
         assert "generate" in lm.__dict__

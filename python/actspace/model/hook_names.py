@@ -60,7 +60,7 @@ _TL_SITES = {
 _GEMMASCOPE_SITES = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z",
                      "mlp_in": "hook_mlp_in"}
 _TL_NAME = re.compile(r"blocks\.(\d+)\.(.+)")
-_GS_NAME = re.compile(r"(?:(?P<prefix>.*)/)?layer_(?P<layer>\d+)(?:/.*)?")
+_GS_NAME = re.compile(r"(?:(?P<prefix>.*)/)?layer_(?P<layer>\d+)(?:[/_].*)?")
 _GS_SITE = re.compile(r"(?:^|[-_/])(res|mlp|att)(?:$|[-_/])")
 
 
