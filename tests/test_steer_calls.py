@@ -7,7 +7,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from actspace.steer.vector import SteeringVector  # noqa: E402
-from actspace.capture.hookpoints import first_tensor, layer_hookpoint, resolve  # noqa: E402
+from actspace.model.hookpoints import layer_hookpoint, resolve  # noqa: E402
+from actspace.model.hooks import first_tensor  # noqa: E402
 
 D = 32
 
@@ -102,8 +103,11 @@ def test_t5_encoder_padding_and_decoder_tokens(t5):
         for d in dec:
             _only_where(d, torch.ones(2, 1, dtype=torch.bool), 3.0)
     # an embedding both stacks share: each call takes the state of the stack calling it
-    hp, own = "encoder.embed_tokens", t5.decoder.embed_tokens
+    own = t5.decoder.embed_tokens
     t5.decoder.embed_tokens = t5.encoder.embed_tokens
+    # its name: "encoder.embed_tokens", or "shared" where transformers (< 5) builds both
+    # stacks on the shared embedding module itself
+    hp = next(n for n, m in t5.named_modules() if m is t5.encoder.embed_tokens)
     try:
         emb = _deltas(t5, hp, lambda: SteeringVector({hp: torch.ones(D)}).apply(t5, 3.0), gen)
     finally:
@@ -154,10 +158,13 @@ def test_generate_wrapper_comes_and_goes(lm):
     v = SteeringVector({hookpoint: torch.ones(D)})
     assert "generate" not in lm.__dict__
     a, b = v.apply(lm, 1.0, positions="generated"), v.apply(lm, 1.0, positions="prompt")
+    assert "generate" not in lm.__dict__          # built, not entered: nothing installed
+    a.__enter__()
+    b.__enter__()
     assert "generate" in lm.__dict__
-    a.remove()
+    a.__exit__(None, None, None)                  # exits out of nesting order
     assert "generate" in lm.__dict__
-    b.remove()
+    b.__exit__(None, None, None)
     assert "generate" not in lm.__dict__
     with a:            # re-entered: wrapped again, unwrapped on exit
         assert "generate" in lm.__dict__

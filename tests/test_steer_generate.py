@@ -6,7 +6,8 @@ transformers = pytest.importorskip("transformers")
 
 from actspace.steer.vector import SteeringVector  # noqa: E402
 from actspace.steer.interventions import ablate  # noqa: E402
-from actspace.capture.hookpoints import first_tensor, layer_hookpoint, replace_first_tensor, resolve  # noqa: E402
+from actspace.model.hookpoints import layer_hookpoint, resolve  # noqa: E402
+from actspace.model.hooks import first_tensor, replace_first_tensor  # noqa: E402
 
 D = 32
 
@@ -49,7 +50,9 @@ def _positions(am):
 class _Positions:
     """Records the position_ids of every forward of the model while active, placed at the
     absolute columns they cover (from the cache length), so a full forward can reproduce
-    exactly what generate did - even HF's right-padding positions - in every cache mode."""
+    exactly what generate did - even HF's right-padding positions - in every cache mode.
+    The hook sits on the base model: transformers < 5 runs chunked prefill through
+    `self.forward`, which bypasses the task model's own hooks."""
 
     def __init__(self, model):
         self.model, self.cols = model, {}
@@ -57,12 +60,14 @@ class _Positions:
     def _hook(self, mod, args, kw):
         cache = kw.get("cache", kw.get("past_key_values"))
         past = int(cache.get_seq_length()) if cache is not None else 0
-        pos = kw["position_ids"]
+        ids = kw["input_ids"] if kw.get("input_ids") is not None else args[0]
+        # transformers < 5 gives chunked-prefill chunks position_ids [1, T] (no padding shift)
+        pos = kw["position_ids"].expand(ids.shape[0], -1)
         for j in range(pos.shape[1]):
             self.cols[past + j] = pos[:, j]
 
     def __enter__(self):
-        self.h = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.h = self.model.base_model.register_forward_pre_hook(self._hook, with_kwargs=True)
         return self
 
     def __exit__(self, *exc):

@@ -7,7 +7,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import actspace as acts  # noqa: E402
-from actspace.capture.hookpoints import layer_hookpoint  # noqa: E402
+from actspace.model.hookpoints import layer_hookpoint  # noqa: E402
 from test_steer_generate import D, _batch, _check_generate, _generate, _gpt2, _llama, _steer_mask  # noqa: E402
 
 

@@ -8,7 +8,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import actspace as acts  # noqa: E402
-from actspace.capture.hookpoints import first_tensor, resolve  # noqa: E402
+from actspace.model.hookpoints import resolve  # noqa: E402
+from actspace.model.hooks import first_tensor  # noqa: E402
 
 D = 16
 HP = "model.layers.1"

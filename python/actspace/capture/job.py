@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 
 from .. import distributed as _dist
-from .hookpoints import resolve
+from ..model.hookpoints import resolve
 from .hooks import Capture
 from .ranks import finalize, make_writer
 from .store import hookpoint_dirname

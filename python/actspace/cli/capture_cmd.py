@@ -68,7 +68,7 @@ def _run(args) -> int:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from ..capture.hookpoints import layer_hookpoint
+    from ..model.hookpoints import layer_hookpoint
     from ..capture.job import capture_to_store
     from ..distributed import default_device, is_main
 

@@ -88,7 +88,7 @@ def _positions(spec: str):
 
 
 def run(args) -> int:
-    from ..capture.hookpoints import layer_hookpoint
+    from ..model.hookpoints import layer_hookpoint
     from ..steer.sweep import steering_sweep
     from ..steer.vector import SteeringVector
 

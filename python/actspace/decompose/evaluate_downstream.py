@@ -19,40 +19,18 @@ import contextlib
 
 import torch
 
-from ..capture.hookpoints import first_tensor, replace_first_tensor, resolve_one
-from ..capture.padding import pad_rows, real_position_ids, takes_position_ids
+from ..model.hooks import output_tensor, replacing
+from ..model.padding import pad_rows, real_position_ids, takes_position_ids
 from .latents import _reconstruct
 
 SPLICES = ("sae", "sae_with_error", "zero_ablation", "mean_ablation")
 
 
-@contextlib.contextmanager
 def splice(model: torch.nn.Module, hookpoint: str, fn):
-    """Replace the tensor at hookpoint by fn(x) while inside the block. fn takes and returns
-    [..., d]; the hook hands it the first tensor of the module's output (side "output") or
-    its first positional/keyword tensor input (side "input")."""
-    hp = resolve_one(model, hookpoint)
-    if hp.side == "output":
-        def hook(module, args, output):
-            return replace_first_tensor(output, fn(first_tensor(output)))
-        handle = hp.module.register_forward_hook(hook)
-    else:
-        def hook(module, args, kwargs):
-            for i, a in enumerate(args):
-                if isinstance(a, torch.Tensor):
-                    return args[:i] + (fn(a),) + args[i + 1:], kwargs
-            # HF layers may get their stream as hidden_states=...; else the first tensor kwarg
-            keys = sorted(kwargs, key=lambda k: k != "hidden_states")
-            for key in keys:
-                a = kwargs[key]
-                if isinstance(a, torch.Tensor):
-                    return args, {**kwargs, key: fn(a)}
-            raise TypeError(f"hookpoint {hp.name}: the module got no tensor input")
-        handle = hp.module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield hp
-    finally:
-        handle.remove()
+    """Replace the tensor at hookpoint by fn(x) while inside the block (the hookpoint's value
+    as actspace.model.hooks defines it, input or output side). fn takes and returns
+    [..., d]. Yields the resolved Hookpoint."""
+    return replacing(model, hookpoint, fn)
 
 
 def _splice_fn(kind: str, sae, mean: torch.Tensor | None, sae_input=None, keep=None):
@@ -203,7 +181,7 @@ def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
             n_pos += int(mask.sum())
         else:
             w = mask.unsqueeze(-1).to(torch.float64)
-            pool_clean = (first_tensor(clean).to(torch.float64) * w).sum(1) / w.sum(1)
+            pool_clean = (output_tensor(clean).to(torch.float64) * w).sum(1) / w.sum(1)
             n_seq += pool_clean.shape[0]
         del clean
         for kind in kinds:           # one spliced output alive at a time (vocab-sized)
@@ -215,7 +193,7 @@ def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
                 sums[kind] += ce_sum(lp)
                 kl[kind] += (lp_clean.exp() * (lp_clean - lp)).sum().item()
             else:
-                pooled = (first_tensor(out).to(torch.float64) * w).sum(1) / w.sum(1)
+                pooled = (output_tensor(out).to(torch.float64) * w).sum(1) / w.sum(1)
                 cos = torch.nn.functional.cosine_similarity(pooled, pool_clean, dim=-1)
                 sums[kind] += cos.sum().item()
                 rel[kind] += ((pooled - pool_clean).norm(dim=-1)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..capture.hookpoints import first_tensor, resolve
+from ..model.hookpoints import resolve
+from ..model.hooks import read_hook
 
 
 class ModelSource:
@@ -40,14 +41,9 @@ class ModelSource:
         """-> list of [T, d] activations (one per hookpoint) of the non-padding tokens."""
         got = [None] * len(self.hooks)
         handles = []
-        for j, hp in enumerate(self.hooks):
-            def keep(value, j=j):
-                got[j] = first_tensor(value).detach()
-            if hp.side == "output":
-                handles.append(hp.module.register_forward_hook(lambda m, a, o, f=keep: f(o)))
-            else:
-                handles.append(hp.module.register_forward_pre_hook(lambda m, a, f=keep: f(a)))
         try:
+            for j, hp in enumerate(self.hooks):
+                handles.append(read_hook(hp, lambda x, j=j: got.__setitem__(j, x.detach())))
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                                    max_length=self.max_length)
             dev = next(self.model.parameters()).device

@@ -142,7 +142,7 @@ def _check_sae(s: dict) -> None:
 
 
 def _check_steering(st: dict) -> None:
-    from ..steer.vector import _METHODS
+    from ..steer.vector import METHODS
 
     for key in ("positive", "negative", "neutral"):
         _str_list(st[key], f"steering.{key}")
@@ -151,7 +151,7 @@ def _check_steering(st: dict) -> None:
         raise ValueError(f"config: steering.alphas must be a list of numbers, "
                          f"got {st['alphas']!r}")
     _choice(st["alpha_units"], ("norm", "raw"), "steering.alpha_units")
-    _choice(st["method"], _METHODS, "steering.method")
+    _choice(st["method"], METHODS, "steering.method")
     if st["layer"] is not None and st["hookpoint"] is not None:
         raise ValueError("config: give steering.layer or steering.hookpoint, not both")
     if st["layer"] is not None and not _is_int(st["layer"]):

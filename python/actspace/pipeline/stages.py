@@ -164,7 +164,7 @@ def check_config(out: str, cfg: dict) -> None:
 
 
 def _capture(ctx: _Context) -> dict:
-    from ..capture.hookpoints import layer_hookpoint
+    from ..model.hookpoints import layer_hookpoint
     from ..capture.job import capture_to_store
 
     cfg, c = ctx.cfg, ctx.cfg["capture"]
@@ -269,7 +269,7 @@ def _cards(ctx: _Context, hp: str) -> dict:
 
 
 def _steer(ctx: _Context) -> dict:
-    from ..capture.hookpoints import layer_hookpoint, num_layers
+    from ..model.hookpoints import layer_hookpoint, num_layers
     from ..steer.sweep import steering_sweep
     from ..steer.vector import SteeringVector
 

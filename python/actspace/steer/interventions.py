@@ -1,6 +1,6 @@
 """Interventions beyond adding a vector: directional ablation and SAE-feature steering.
 
-Both return the same removable, exception-safe context (steer._hooks.Intervention) as
+Both return the same removable, exception-safe context (steer.editing.Intervention) as
 `SteeringVector.apply`, so they nest with it and respect padding and positions the same way.
 
 `steer_with_sae` edits in the dense latent basis without reconstructing the activation:
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._hooks import Intervention, masked_update, work_dtype
+from .editing import Intervention, masked_update, work_dtype
 
 
 def _directions(direction, hookpoint) -> dict[str, torch.Tensor]:
@@ -71,7 +71,7 @@ def _check_sae(sae):
 def _sae_sites(model, sae) -> tuple[str, str]:
     """(hookpoint read, hookpoint edited): the same for an SAE; hookpoint and hookpoint_out
     for a transcoder, which reads one activation and writes (replaces) a later one."""
-    from ..capture.hookpoints import resolve_one
+    from ..model.hookpoints import resolve_one
     names = []
     for attr in ("hookpoint", "hookpoint_out"):
         spec = getattr(sae, attr, None)

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from . import _activations as A
+from . import activations as A
 
 
 class SweepResult(list):
@@ -25,8 +25,8 @@ class SweepResult(list):
     def to_json(self, path=None) -> str:
         text = json.dumps(list(self), indent=1)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            from .._io import write_atomic
+            write_atomic(path, text.encode())
         return text
 
     def table(self) -> str:
@@ -116,7 +116,8 @@ def steering_sweep(model, tokenizer, vector, alphas, *, neutral_texts, target=No
                    progress: bool = False) -> SweepResult:
     """Rows {alpha, hookpoint, effect?, kl, perplexity} (causal LMs) or {..., cos_change}
     (encoders), one per alpha (per hookpoint with per_hookpoint=True)."""
-    from ..capture.hookpoints import first_tensor, resolve
+    from ..model.hookpoints import resolve_one
+    from ..model.hooks import read_hook
     from .vector import SteeringVector
     if not isinstance(vector, SteeringVector):
         raise TypeError(f"vector must be a SteeringVector, got {type(vector).__name__}")
@@ -133,16 +134,11 @@ def steering_sweep(model, tokenizer, vector, alphas, *, neutral_texts, target=No
     batches = [A.tokenize(tokenizer, texts[s:s + batch_size], device, model)
                for s in range(0, len(texts), batch_size)]
     readout = {}
-    read_module = resolve(model, read_hp)[0] if read_hp else None
+    read_at = resolve_one(model, read_hp, "target['hookpoint']") if read_hp else None
 
     def run(batch):
         # the readout hook is registered after any steering hook, so it reads steered values
-        h = None
-        if read_module is not None:
-            hook = (lambda m, a, o: readout.__setitem__("x", first_tensor(o))) if read_module.side == "output" \
-                else (lambda m, a: readout.__setitem__("x", first_tensor(a)))
-            h = (read_module.module.register_forward_hook(hook) if read_module.side == "output"
-                 else read_module.module.register_forward_pre_hook(hook))
+        h = None if read_at is None else read_hook(read_at, lambda x: readout.__setitem__("x", x))
         try:
             return model(**batch, output_hidden_states=True) if want_hidden else model(**batch)
         finally:

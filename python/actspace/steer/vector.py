@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from . import _activations as A
-from ._hooks import Intervention, add_direction, work_dtype
+from . import activations as A
+from .editing import Intervention, add_direction, work_dtype
 
-_METHODS = ("mean", "pca", "pca_centered", "probe")
+METHODS = ("mean", "pca", "pca_centered", "probe")
 _FORMAT = 1
 
 
@@ -43,7 +43,7 @@ def _model_name(model) -> str:
 
 def _layer_of(model, hookpoint: str):
     """Decoder-layer index whose residual output `hookpoint` is (None if it is not one)."""
-    from ..capture.hookpoints import layer_hookpoint, num_layers
+    from ..model.hookpoints import layer_hookpoint, num_layers
     try:
         n = num_layers(model)
     except (ValueError, KeyError, AttributeError):
@@ -57,12 +57,11 @@ def _layer_of(model, hookpoint: str):
 def _layer_from_name(hookpoint: str):
     """Layer index of a residual-stream hookpoint named <layer list>.<i> for a layer list
     of a known family (model.layers, transformer.h, encoder.layer, ...), else None."""
-    from ..capture.hookpoints import _FAMILIES
+    from ..model.families import layer_list_names
     path, dot, idx = hookpoint.rpartition(".")
     if not dot or not idx.isdigit():
         return None
-    lists = {p for fam in _FAMILIES.values() for p in (fam[0], fam[0].split(".", 1)[-1])}
-    return int(idx) if path in lists else None
+    return int(idx) if path in layer_list_names() else None
 
 
 def _split_inputs(positive, negative):
@@ -124,9 +123,9 @@ class SteeringVector:
                       progress: bool = False) -> "SteeringVector":
         """Direction(s) from positive vs negative texts (two lists, or one list of pairs)
         read at `hookpoint` (a name, glob or list: one vector per hookpoint)."""
-        from ..capture.hookpoints import resolve
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        from ..model.hookpoints import resolve
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         pos, neg = _split_inputs(positive, negative)
         if method in ("probe", "pca_centered") and min(len(pos), len(neg)) < 2:
             raise ValueError(f"method={method!r} needs at least 2 positive and 2 negative texts")
@@ -212,7 +211,7 @@ class SteeringVector:
     # ---------------------------------------------------------------- files
     def save(self, path) -> None:
         """`path` (.safetensors: one tensor per hookpoint) and `path` with .json (provenance)."""
-        from ..capture.writer import write_atomic, write_safetensors_atomic
+        from .._io import write_atomic, write_safetensors_atomic
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": _FORMAT, "hookpoints": self.hookpoints, "provenance": self.provenance}
@@ -274,7 +273,7 @@ class SteeringVector:
         from .gguf import read_control_vector
         directions, meta = read_control_vector(path)
         if model is not None:
-            from ..capture.hookpoints import layer_hookpoint
+            from ..model.hookpoints import layer_hookpoint
             names = {l: layer_hookpoint(model, l, "resid") for l in directions}
         else:
             names = {l: f"model.layers.{l}" for l in directions}

@@ -1,9 +1,10 @@
 """Hookpoint names: `module.path[:input|:output]`, globs, and per-family layer helpers.
 
 A hookpoint names a module from `model.named_modules()` and which side of it to read or
-change: its output (default; the first tensor of a tuple output) or its input (the first
-positional tensor argument). Every layer of actspace that touches a model (capture,
-steering, SAE splicing in evaluation) resolves names here, so they mean the same thing.
+change: its output (default) or its input (suffix ":input"); which tensor of that side is
+"the" value is decided once, in `actspace.model.hooks`. Every layer of actspace that
+touches a model (capture, steering, SAE splicing, on-the-fly training, attribution)
+resolves names here, so they mean the same thing.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import re
 from dataclasses import dataclass
 
 import torch
+
+from .families import family_of
 
 
 @dataclass(frozen=True)
@@ -87,64 +90,11 @@ def resolve_one(model: torch.nn.Module, spec: str, what: str = "hookpoint") -> H
     return hps[0]
 
 
-def first_tensor(value):
-    """The tensor a hookpoint reads: value itself, or the first tensor of a tuple/list/
-    ModelOutput (e.g. a decoder layer returning (hidden_states, attn_weights))."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            if isinstance(v, torch.Tensor):
-                return v
-    if hasattr(value, "to_tuple"):
-        return first_tensor(value.to_tuple())
-    raise TypeError(f"hookpoint value has no tensor (got {type(value).__name__})")
-
-
-def replace_first_tensor(value, new: torch.Tensor):
-    """value with its first tensor replaced by new (same container type)."""
-    if isinstance(value, torch.Tensor):
-        return new
-    if isinstance(value, (tuple, list)):
-        items = list(value)
-        for i, v in enumerate(items):
-            if isinstance(v, torch.Tensor):
-                items[i] = new
-                return type(value)(items) if isinstance(value, list) else tuple(items)
-    raise TypeError(f"cannot replace the tensor in a {type(value).__name__}")
-
-
 # ------------------------------------------------------------------ per-family layer names
-# (layer-list path, attention site, mlp site) by the model's config.model_type; the sites
-# are the modules whose outputs are added to the residual stream, so that for the pre-norm
-# families resid == resid_pre + attn + mlp
-_POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
-_FAMILIES = {
-    # BERT adds the residual inside attention.output / output (dense -> LayerNorm(x + .)):
-    # its attention and MLP outputs before the residual are those .dense modules
-    "bert": ("encoder.layer", "attention.output.dense", "output.dense"),
-    "gpt2": ("transformer.h", "attn", "mlp"),
-    "gpt_neox": ("gpt_neox.layers", "attention", "mlp"),
-    "llama": ("model.layers", "self_attn", "mlp"),
-    "mistral": ("model.layers", "self_attn", "mlp"),
-    "qwen2": ("model.layers", "self_attn", "mlp"),
-    "qwen3": ("model.layers", "self_attn", "mlp"),
-    "gemma": ("model.layers", "self_attn", "mlp"),
-    # Gemma 2/3 normalise each sublayer's output (post_attention_layernorm,
-    # post_feedforward_layernorm) before the residual add: those norms' outputs are the
-    # sites (in Llama, post_attention_layernorm is the MLP's input norm instead)
-    "gemma2": ("model.layers",) + _POST_NORMS,
-    "gemma3_text": ("model.layers",) + _POST_NORMS,
-    "gemma3": ("model.language_model.layers",) + _POST_NORMS,   # multimodal: text tower
-}
-
-
-def _layer_list(model: torch.nn.Module) -> str:
-    mtype = getattr(getattr(model, "config", None), "model_type", None)
-    if mtype not in _FAMILIES:
-        raise ValueError(f"no layer naming known for model_type {mtype!r}; known: "
-                         f"{sorted(_FAMILIES)} (pass module paths instead)")
-    path = _FAMILIES[mtype][0]
+def layer_list(model: torch.nn.Module) -> str:
+    """Module path of the model's list of layers ("model.layers", or "layers" on a bare
+    base model)."""
+    path = family_of(model).layers
     modules = dict(model.named_modules())
     # a bare base model (BertModel, GPT2Model ...) lacks the task-head prefix
     for cand in (path, path.split(".", 1)[-1]):
@@ -154,7 +104,7 @@ def _layer_list(model: torch.nn.Module) -> str:
 
 
 def num_layers(model: torch.nn.Module) -> int:
-    return len(dict(model.named_modules())[_layer_list(model)])
+    return len(dict(model.named_modules())[layer_list(model)])
 
 
 def layer_hookpoint(model: torch.nn.Module, layer: int, site: str = "resid") -> str:
@@ -163,11 +113,11 @@ def layer_hookpoint(model: torch.nn.Module, layer: int, site: str = "resid") -> 
     'mlp' are the sublayer outputs exactly as they are added to the residual stream
     (after Gemma 2/3's post-sublayer norms), so resid == resid_pre + attn + mlp in the
     pre-norm families."""
-    mtype = model.config.model_type
-    layers = _layer_list(model)
+    fam = family_of(model)
+    layers = layer_list(model)
     n = num_layers(model)
-    if not -n <= layer < n:
-        raise ValueError(f"layer must be in [-{n}, {n}), got {layer}")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+        raise ValueError(f"layer must be an int in [-{n}, {n}), got {layer!r}")
     layer %= n
     base = f"{layers}.{layer}"
     if site == "resid":
@@ -175,7 +125,7 @@ def layer_hookpoint(model: torch.nn.Module, layer: int, site: str = "resid") -> 
     if site == "resid_pre":
         return f"{base}:input"
     if site == "attn":
-        return f"{base}.{_FAMILIES[mtype][1]}"
+        return f"{base}.{fam.attn}"
     if site == "mlp":
-        return f"{base}.{_FAMILIES[mtype][2]}"
+        return f"{base}.{fam.mlp}"
     raise ValueError(f"site must be 'resid', 'resid_pre', 'attn' or 'mlp', got {site!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..capture.hooks import Capture
-from ..capture.padding import pad_rows, real_position_ids, takes_position_ids
+from ..model.padding import pad_rows, real_position_ids, takes_position_ids
 
 
 def check_texts(texts, name: str) -> list[str]:

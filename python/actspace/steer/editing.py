@@ -1,15 +1,17 @@
 """The one hook machine every steering intervention runs on.
 
 An intervention is an edit function applied to the activation at one or more hookpoints.
-This module installs it (forward hooks for output hookpoints, forward pre-hooks for input
-hookpoints) together with the hooks `_calls` needs to tell the edit which tokens it may
+This module installs it (through actspace.model.hooks.replace_hook, the hook primitive
+all of actspace shares) together with the hooks `calls` needs to tell the edit which tokens it may
 touch: pre/post hooks on the model's entry modules (padding mask, KV-cache length of the
 calls now running) and a wrapper around `model.generate` (the prompt length),
 so the edit is exact in batched, padded, KV-cached, chunked or cache-free generation.
 
-Hooks are removed on ``__exit__`` (also after an exception) or by ``remove()``, and
-reinstalled when a removed intervention is entered again; several interventions nest and
-compose (hooks run in the order they were installed).
+Hooks exist only inside ``with``: they are installed on ``__enter__`` (building an
+intervention changes nothing in the model, so one made and never entered leaves no hook
+behind), removed on ``__exit__`` (also after an exception) or by ``remove()``, and
+installed again when the intervention is entered again; several interventions nest and
+compose (hooks run in the order they were entered).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from typing import Callable
 
 import torch
 
-from ..capture.hookpoints import first_tensor, replace_first_tensor, resolve
-from ._calls import EntryCalls, GenerateTracker, StepInfo, check_positions, step_info
+from ..model.hookpoints import resolve
+from ..model.hooks import replace_hook
+from .calls import EntryCalls, GenerateTracker, StepInfo, check_positions, step_info
 
 __all__ = ["StepInfo", "EditFn", "Intervention", "masked_update", "work_dtype", "add_direction"]
 
@@ -27,12 +30,13 @@ EditFn = Callable[[torch.Tensor, StepInfo, str], "torch.Tensor | None"]
 
 
 class Intervention:
-    """Hooks installed at construction; a context manager that removes them on exit.
+    """A context manager whose hooks exist while it is entered.
 
         with Intervention(model, ["model.layers.3"], edit, positions="all"):
             model.generate(...)
 
-    Entering it again after it was removed reinstalls the hooks (same edit, same model).
+    Construction checks the arguments and resolves the hookpoints but installs nothing;
+    entering it again after exit reinstalls the hooks (same edit, same model).
     """
 
     def __init__(self, model: torch.nn.Module, hookpoints, edit: EditFn, positions="all"):
@@ -44,21 +48,15 @@ class Intervention:
         self.positions = positions
         self._edit = edit
         self._handles: list = []
-        self._calls = EntryCalls(model)
+        self.calls = EntryCalls(model)
         self._generate: GenerateTracker | None = None
-        self._install()
 
     def _install(self) -> None:
         try:
-            self._calls.stack.clear()   # calls left over from a forward that hooks were removed in
-            self._handles += self._calls.install()
+            self.calls.stack.clear()   # calls left over from a forward that hooks were removed in
+            self._handles += self.calls.install()
             for hp in self.hookpoints:
-                if hp.side == "output":
-                    h = hp.module.register_forward_hook(self._make_out_hook(hp.name))
-                else:
-                    h = hp.module.register_forward_pre_hook(self._make_in_hook(hp.name),
-                                                            with_kwargs=True)
-                self._handles.append(h)
+                self._handles.append(replace_hook(hp, lambda x, name=hp.name: self._apply(x, name)))
             self._generate = GenerateTracker.attach(self.model)
         except BaseException:
             self.remove()
@@ -66,27 +64,9 @@ class Intervention:
 
     def _apply(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
         prompt = self._generate.current() if self._generate is not None else None
-        info = step_info(x, self._calls.current(), prompt, self.positions)
+        info = step_info(x, self.calls.current(), prompt, self.positions)
         # no `mask.any()` test: it would synchronise a GPU at every hooked layer
         return None if info.skip else self._edit(x, info, name)
-
-    def _make_out_hook(self, name):
-        def hook(module, args, output):
-            x = first_tensor(output)
-            new = self._apply(x, name)
-            return None if new is None else replace_first_tensor(output, new)
-        return hook
-
-    def _make_in_hook(self, name):
-        def hook(module, args, kwargs):
-            if any(isinstance(a, torch.Tensor) for a in args):
-                new = self._apply(first_tensor(args), name)
-                return None if new is None else (replace_first_tensor(args, new), kwargs)
-            if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-                new = self._apply(kwargs["hidden_states"], name)
-                return None if new is None else (args, {**kwargs, "hidden_states": new})
-            raise TypeError(f"hookpoint {name!r}: the module was called with no tensor input")
-        return hook
 
     def remove(self) -> None:
         while self._handles:
@@ -100,7 +80,7 @@ class Intervention:
         return bool(self._handles)
 
     def __enter__(self):
-        if not self.active:   # a used context entered again: install the hooks anew
+        if not self.active:   # nested re-entry of an active context installs nothing more
             self._install()
         return self
 

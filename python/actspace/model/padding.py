@@ -1,5 +1,5 @@
 """Token rows -> one padded batch, shared by evaluation (decompose.evaluate_downstream) and
-steering (steer._activations), so both pad, mask and position tokens the same way.
+steering (steer.activations), so both pad, mask and position tokens the same way.
 
 Padding follows tokenizer.padding_side; the pad id is the tokenizer's pad token, else its
 eos token, else 0 (padded positions are masked, so any id does; the caller's tokenizer is
