@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..capture.padding import pad_id, pad_rows, real_position_ids, takes_position_ids
+from ..model.padding import pad_id, pad_rows, real_position_ids, takes_position_ids
 
 __all__ = ["PromptBatch", "token_rows", "make_batch"]
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..capture.hookpoints import first_tensor
+from ..model.hooks import first_tensor
 
 __all__ = ["Metric", "logit_diff", "logprob", "projection", "cosine", "custom", "as_metric",
            "last_positions", "token_id"]

@@ -3,8 +3,8 @@
 Every attribution method is a forward in which some hookpoints are changed: a zero probe
 added (x + p, bit-identical output, p.grad = the hookpoint gradient), the value moved along
 a path to its baseline (integrated gradients), or one node patched (exact). All of them go
-through `replace_at`, which wraps the project's hookpoint splice (evaluate_downstream's,
-resolved by capture.hookpoints), so attribution adds no hook mechanism of its own.
+through `replace_at`, which is the model layer's replace primitive (`model.hooks.replacing`),
+so attribution adds no hook mechanism of its own.
 
 The SAE splice with its error term is implicit here: at a hookpoint x = x̂ + err exactly
 (err = x - x̂ held), so the model's output is unchanged, and the gradient of the metric
@@ -19,15 +19,15 @@ from typing import Callable
 
 import torch
 
-from ..capture.hookpoints import resolve_one
-from ..decompose.evaluate_downstream import splice
+from ..model.hookpoints import resolve_one
+from ..model.hooks import replacing
 
 __all__ = ["replace_at", "check_hookpoint", "forward_with"]
 
 
 def replace_at(model: torch.nn.Module, hookpoint: str, fn: Callable):
     """Context: the tensor at hookpoint becomes fn(x [B, T, d]) during forwards."""
-    return splice(model, hookpoint, fn)
+    return replacing(model, hookpoint, fn)
 
 
 def check_hookpoint(model: torch.nn.Module, hookpoint: str, what: str) -> str:
