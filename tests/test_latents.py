@@ -213,7 +213,7 @@ def test_encode_store_empty_shard_and_padded_codes(tmp_path):
     """A store may hold an empty shard (the capture writer never writes one, another writer
     might); a non-TopK SAE's codes vary in width per batch and are padded with -1."""
     from actspace import SAE
-    from actspace.capture.writer import write_json_atomic, write_safetensors_atomic
+    from actspace._io import write_json_atomic, write_safetensors_atomic
     store, shards = random_store(tmp_path / "acts", d=16, sizes=(9, 6))
     man = json.loads((store / "manifest.json").read_text())
     empty = {"acts": torch.zeros(0, 16), "token_ids": torch.zeros(0, dtype=torch.int32),

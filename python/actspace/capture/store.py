@@ -8,7 +8,8 @@ Format (version 1) -- one directory per hookpoint:
                                            "version": 1, "model", "revision", "hookpoint",
                                            "tokenizer", "d", "dtype", "total_rows",
                                            "docs_done", "complete", "config",
-                                           "shards": [{"file", "rows", "sha256",
+                                           "counts": {"documents", "truncated", ...},
+                                           "shards": [{"file", "rows", "sha256", "xxh3_64",
                                                        "first_doc", "last_doc"}, ...]}
         shard-000000.safetensors          acts [rows, d] (dtype), token_ids [rows] int32,
         shard-000001.safetensors          doc_ids [rows] int64 (index of the document in the
@@ -30,16 +31,23 @@ A shard is written to a temporary name, fsynced, renamed and only then recorded 
 manifest (replaced atomically), and shards end at document boundaries: a killed job leaves
 a valid store, and `docs_done` says where a rerun resumes. Files not in the manifest are
 leftovers of an interrupted write and are ignored (and overwritten on resume).
+
+Reads check what they read: the first read of a shard in a process reads the whole file
+once, hashes it as it arrives (xxh3_64, recorded at write time; the sha256 for stores
+written before it) and checks its tensors' rows against the manifest, raising an error that
+names the shard; later reads of it in the process trust it (the check is keyed by the
+file's inode, size and mtime). `ActivationStore.open(path, verify=False)` skips the checks.
 """
 from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import os
 from collections import OrderedDict
 
 import torch
+
+from .._io import CHECKSUM, read_json, read_verified, safetensors_views
 
 FORMAT = "actspace.activation_store"
 VERSION = 1
@@ -47,6 +55,8 @@ MANIFEST = "manifest.json"
 STATS = "stats"
 # on-disk dtype of each per-row field next to acts (whose dtype the manifest names)
 FIELD_DTYPES = {"token_ids": torch.int32, "doc_ids": torch.int64, "positions": torch.int32}
+# shards checked in this process: (path, device, inode, size, mtime_ns, checksum)
+_CHECKED: set = set()
 
 
 def hookpoint_dirname(name: str) -> str:
@@ -55,15 +65,24 @@ def hookpoint_dirname(name: str) -> str:
 
 
 class ActivationStore:
-    """A read-only view of a store directory; shards are memory-mapped (safetensors)."""
+    """A read-only view of a store directory; shards are memory-mapped (safetensors).
 
-    def __init__(self, path, manifest: dict):
+    verify: check each shard (checksum, rows) on its first read in this process (see the
+    module docstring); False reads without checking."""
+
+    def __init__(self, path, manifest: dict, *, verify: bool = True):
         self.path = os.fspath(path)
         self.manifest = manifest
         self.shards = manifest["shards"]
+        self.verify_reads = bool(verify)
         self._starts = [0]
         for s in self.shards:
-            self._starts.append(self._starts[-1] + int(s["rows"]))
+            rows = s.get("rows")
+            if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+                raise ValueError(f"{os.path.join(self.path, MANIFEST)}: shard "
+                                 f"{s.get('file')!r} has rows={rows!r}, not a count; the "
+                                 f"manifest is damaged (recapture or restore it)")
+            self._starts.append(self._starts[-1] + rows)
         self._handles: dict[int, object] = {}
 
     def __getstate__(self) -> dict:
@@ -75,27 +94,27 @@ class ActivationStore:
         return state
 
     @classmethod
-    def open(cls, path) -> "ActivationStore":
-        """Open a store directory, or a capture out_dir holding exactly one store."""
+    def open(cls, path, *, verify: bool = True) -> "ActivationStore":
+        """Open a store directory, or a capture out_dir holding exactly one store.
+        verify=False: read shards without checking them (see the class docstring)."""
         path = os.fspath(path)
         mpath = os.path.join(path, MANIFEST)
         if not os.path.exists(mpath):
             subs = sorted(s for s in (os.listdir(path) if os.path.isdir(path) else [])
                           if os.path.exists(os.path.join(path, s, MANIFEST)))
             if len(subs) == 1:
-                return cls.open(os.path.join(path, subs[0]))
+                return cls.open(os.path.join(path, subs[0]), verify=verify)
             if subs:
                 raise ValueError(f"{path!r} holds several stores, open one of: "
                                  f"{[os.path.join(path, s) for s in subs]}")
             raise FileNotFoundError(f"no activation store at {path!r} (no {MANIFEST})")
-        with open(mpath) as f:
-            man = json.load(f)
+        man = read_json(mpath, "activation store manifest")
         if man.get("format") != FORMAT:
             raise ValueError(f"{mpath} is not an actspace activation store")
         if man.get("version", 0) > VERSION:
             raise ValueError(f"{mpath} has format version {man['version']}; this actspace "
                              f"reads up to {VERSION}")
-        return cls(path, man)
+        return cls(path, man, verify=verify)
 
     # ------------------------------------------------------------------ metadata
     def __len__(self) -> int:
@@ -115,11 +134,16 @@ class ActivationStore:
 
     @property
     def stats(self):
-        """The ActivationStats saved with the store, or None."""
+        """The ActivationStats saved with the store, or None when there are none or they
+        do not cover every row (a checkpoint of a job that is still running or was
+        killed: rerun the capture, or recompute with `actspace stats --recompute`)."""
         from ..stats.activation import ActivationStats
 
         p = os.path.join(self.path, STATS)
-        return ActivationStats.load(p) if os.path.exists(p + ".json") else None
+        if not os.path.exists(p + ".safetensors"):
+            return None
+        st = ActivationStats.load(p)
+        return st if st.rows == len(self) else None
 
     def __repr__(self) -> str:
         return (f"ActivationStore({self.path!r}, rows={len(self)}, d={self.d}, "
@@ -135,8 +159,68 @@ class ActivationStore:
             self._handles[i] = h
         return h
 
+    def _checked(self, i: int) -> dict | None:
+        """Shard i's tensors (views of the bytes read), read whole and checked, when this
+        process has not checked the file yet; None when it has, or when verify is off.
+        A corrupt or missing shard, or one whose rows differ from the manifest's, raises
+        an error naming it."""
+        if not self.verify_reads:
+            return None
+        s = self.shards[i]
+        p = os.path.join(self.path, s["file"])
+        what = f"shard {s['file']} of activation store {self.path}"
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: {what} is missing") from None
+        key = (os.path.abspath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+               s.get(CHECKSUM) or s.get("sha256"))
+        if key in _CHECKED:
+            return None
+        tensors = safetensors_views(read_verified(p, s, what), p)
+        bad = self._shape_problem(i, {k: list(t.shape) for k, t in tensors.items()})
+        if bad:
+            raise ValueError(f"{p}: {what} does not match the manifest ({bad}); the "
+                             f"manifest or the shard was altered: recapture or restore it")
+        _CHECKED.add(key)
+        return tensors
+
+    def _shape_problem(self, i: int, shapes: dict) -> str | None:
+        """What is wrong with shard i's tensor shapes (name -> shape) against the manifest's
+        rows and d, or None."""
+        rows = int(self.shards[i]["rows"])
+        want = {"acts": [rows, self.d], **{k: [rows] for k in FIELD_DTYPES}}
+        for name, shape in want.items():
+            if name in shapes and shapes[name] != shape:
+                return f"{name} has shape {shapes[name]}, the manifest says {shape}"
+        if "acts" not in shapes:
+            return "no acts tensor"
+        return None
+
+    def _part(self, s: int, field: str, lo: int, hi: int, held: dict) -> torch.Tensor:
+        """Rows [lo, hi) (local) of shard s's field: from held[s] (a checked shard kept by
+        the caller), else checked now (and kept in held, replacing what it held), else
+        from the memory map."""
+        t = held.get(s)
+        if t is None:
+            t = self._checked(s)
+            if t is not None:
+                held.clear()
+                held[s] = t
+        if t is not None:
+            return t[field][lo:hi]
+        return self._handle(s).get_slice(field)[lo:hi]
+
     def read(self, start: int, stop: int, field: str = "acts") -> torch.Tensor:
         """Rows [start, stop) of one field: acts [n, d], token_ids, doc_ids or positions [n]."""
+        return self._read(start, stop, field, None)
+
+    def _read(self, start: int, stop: int, field: str, held: dict | None) -> torch.Tensor:
+        """read(); held: {shard: tensors} of the shard a sequential reader is in (its
+        batches are then views of that shard's bytes), None for a lone read (a part taken
+        from a just-checked shard is copied, so it does not keep the whole shard alive)."""
+        lone = held is None
+        held = {} if lone else held
         if field != "acts" and field not in FIELD_DTYPES:
             raise ValueError(f"field must be 'acts' or one of {list(FIELD_DTYPES)}, "
                              f"got {field!r}")
@@ -148,7 +232,11 @@ class ActivationStore:
         while start < stop:
             lo, hi = self._starts[s], self._starts[s + 1]
             end = min(stop, hi)
-            parts.append(self._handle(s).get_slice(field)[start - lo:end - lo])
+            part = self._part(s, field, start - lo, end - lo, held)
+            if lone and held:          # just checked: keep the rows, not the whole shard
+                part = part.clone() if part.shape[0] < hi - lo else part
+                held.clear()
+            parts.append(part)
             start, s = end, s + 1
         if not parts:
             shape = (0, self.d) if field == "acts" else (0,)
@@ -169,8 +257,9 @@ class ActivationStore:
         raise TypeError(f"store index must be an int or a slice, got {type(key).__name__}")
 
     def shard(self, i: int, field: str = "acts") -> torch.Tensor:
-        """One whole field of shard i."""
-        return self._handle(i).get_tensor(field)
+        """One whole field of shard i (checked on its first read in the process)."""
+        t = self._checked(i)
+        return t[field] if t is not None else self._handle(i).get_tensor(field)
 
     # ------------------------------------------------------------------ iteration
     def batch_indices(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -242,12 +331,13 @@ class ActivationStore:
         # when the iterator finishes or is dropped, and sized by rows, not by shard count
         cache = _ShardCache(self, buffer_size + self._largest_shard()) if shuffle else None
         pin = device is not None and device.type == "cuda"
+        held: dict = {}          # the checked shard an in-order iteration is in
         for i, item in enumerate(self.batch_indices(batch_size, shuffle=shuffle, seed=seed,
                                                     buffer_size=buffer_size,
                                                     drop_last=drop_last)):
             if i < start_batch:
                 continue
-            x = (self.read(item[1], item[2]) if item[0] == "range"
+            x = (self._read(item[1], item[2], "acts", held) if item[0] == "range"
                  else self.gather_rows(item[1], cache))
             if dtype is not None:
                 x = x.to(dtype)
@@ -261,20 +351,31 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ integrity
     def verify(self) -> list[str]:
-        """Re-hash every shard; returns the names of missing or corrupt shards ([] = ok)."""
+        """Re-hash every shard (sha256) and check its tensors' shapes against the manifest's
+        rows and d; returns the names of missing, corrupt or mis-counted shards, and
+        "manifest.json" when its total_rows is not the sum of the shards' rows ([] = ok)."""
+        from safetensors import safe_open
+
         bad = []
-        for s in self.shards:
+        for i, s in enumerate(self.shards):
             p = os.path.join(self.path, s["file"])
             h = hashlib.sha256()
             try:
                 with open(p, "rb") as f:
                     for block in iter(lambda: f.read(1 << 22), b""):
                         h.update(block)
-            except OSError:
+                if h.hexdigest() != s["sha256"]:
+                    bad.append(s["file"])
+                    continue
+                with safe_open(p, framework="pt") as f:
+                    shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            except Exception:        # unreadable, or a safetensors error: it is bad
                 bad.append(s["file"])
                 continue
-            if h.hexdigest() != s["sha256"]:
+            if self._shape_problem(i, shapes):
                 bad.append(s["file"])
+        if int(self.manifest.get("total_rows", len(self))) != len(self):
+            bad.append(MANIFEST)
         return bad
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..capture.writer import write_json_atomic, write_safetensors_atomic
+from .._io import write_json_atomic, write_safetensors_atomic
 from .latent_examples import top_examples
 
 FORMAT = "actspace.latent_store"     # manifest "format" (the activation store has its own)

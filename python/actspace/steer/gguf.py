@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from ..capture.writer import write_atomic
+from .._io import write_atomic
 
 _MAGIC = b"GGUF"
 _ALIGN = 32

@@ -212,7 +212,7 @@ class SteeringVector:
     # ---------------------------------------------------------------- files
     def save(self, path) -> None:
         """`path` (.safetensors: one tensor per hookpoint) and `path` with .json (provenance)."""
-        from ..capture.writer import write_atomic, write_safetensors_atomic
+        from .._io import write_atomic, write_safetensors_atomic
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": _FORMAT, "hookpoints": self.hookpoints, "provenance": self.provenance}
