@@ -137,7 +137,7 @@ def test_massive_top_tokens_table(tmp_path):
     page = render(make_outdir(str(tmp_path)))
     # the threshold stated, the tokens listed (escaped, quoted), the massive one marked
     assert "above 5 × the median channel RMS (1), i.e. above 5; 1 channel(s)" in page
-    rows = re.findall(r"<tr><td>(&quot;.*?&quot;)</td>(.*?)</tr>", page)
+    rows = re.findall(r"<tr><td><bdi>(&quot;.*?&quot;)</bdi></td>(.*?)</tr>", page)
     assert [r[0] for r in rows] == ["&quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot;",
                                     "&quot; and&quot;"]
     assert rows[0][1].endswith("<td>massive</td>") and rows[1][1].endswith("<td></td>")

@@ -12,7 +12,6 @@ This module imports nothing from actspace (it sits below every layer).
 from __future__ import annotations
 
 import errno
-import glob
 import hashlib
 import json
 import os
@@ -275,22 +274,35 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(directory, recursive: bool = False) -> list[str]:
-    """Remove ``*.tmp.<pid>`` files in directory whose writing process is dead (or is this
-    process: a file of ours that is not being written now is a leftover of a failed write).
-    Call it while holding the directory's writer lock. Returns the removed paths."""
-    pattern = os.path.join(os.fspath(directory), "**" if recursive else "", "*.tmp.*")
+    """Remove ``*.tmp.<pid>`` files (hidden ones included) in directory, and in its
+    subdirectories when recursive, whose writing process is dead (or is this process: a
+    file of ours that is not being written now is a leftover of a failed write). Call it
+    while holding the directory's writer lock, or where every writer's pid is on this
+    machine. Returns the removed paths."""
+    directory = os.fspath(directory)
+    if recursive:
+        folders = [root for root, _, _ in os.walk(directory)]
+    else:
+        folders = [directory] if os.path.isdir(directory) else []
     removed = []
-    for p in glob.glob(pattern, recursive=recursive):
-        m = _TMP_RE.search(p)
-        if not m or not os.path.isfile(p):
-            continue
-        if pid_alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
-            continue
+    for folder in folders:
         try:
-            os.unlink(p)
-            removed.append(p)
+            names = os.listdir(folder)
         except OSError:
-            pass
+            continue
+        for name in names:
+            m = _TMP_RE.search(name)
+            p = os.path.join(folder, name)
+            if not m or not os.path.isfile(p):
+                continue
+            pid = int(m.group(1))
+            if pid != os.getpid() and pid_alive(pid):
+                continue
+            try:
+                os.unlink(p)
+                removed.append(p)
+            except OSError:
+                pass
     return removed
 
 
