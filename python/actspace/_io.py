@@ -241,8 +241,9 @@ def save_pair(path, tensors: dict, meta: dict) -> None:
     write_json_atomic(js, meta)
 
 
-def load_pair(path, fmt: str, what: str) -> tuple[dict, dict]:
-    """(meta, tensors) written by save_pair; ValueError unless meta["format"] == fmt.
+def load_pair(path, fmt: str | None, what: str) -> tuple[dict, dict]:
+    """(meta, tensors) written by save_pair; ValueError unless meta["format"] == fmt
+    (fmt None: the caller checks the meta itself).
     The meta comes from the safetensors header; files written before it was stored there
     fall back to the .json beside them."""
     st, js = _pair_paths(path)
@@ -254,7 +255,7 @@ def load_pair(path, fmt: str, what: str) -> tuple[dict, dict]:
             raise ValueError(f"{st}: corrupt {what} metadata ({e})") from None
     else:
         meta = read_json(js, f"actspace {what} file")
-    if meta.get("format") != fmt:
+    if fmt is not None and meta.get("format") != fmt:
         raise ValueError(f"{st} is not an actspace {what} file")
     return meta, tensors
 

@@ -101,7 +101,8 @@ def feature_cards(sae, store, latent_dir, tokenizer, n_cards: int) -> dict:
     context rows are re-encoded from the activation store, so every token gets a value)."""
     import torch
 
-    from ..decompose.latents import LatentStats, _code_parts, _sae_apply_dtype
+    from ..decompose.latents import _sae_apply_dtype
+    from ..stats.latent import LatentStats, code_parts as _code_parts
 
     stats = LatentStats.load(latent_dir)
     with open(os.path.join(latent_dir, "top_examples.json"), encoding="utf-8") as f:
