@@ -22,7 +22,7 @@ from typing import Callable
 __all__ = ["fsync_dir", "tmp_name", "atomic_write", "write_atomic", "write_json_atomic",
            "write_safetensors_atomic", "save_pair", "load_pair", "read_json",
            "read_safetensors", "remove_stale_temporaries", "pid_alive", "ensure_writable_dir",
-           "CHECKSUM", "checksum_bytes", "write_safetensors_checked", "read_verified", "safetensors_views"]
+           "CHECKSUM", "checksum_bytes", "write_safetensors_checked", "verify_file"]
 
 _TMP_RE = re.compile(r"\.tmp\.(\d+)$")
 
@@ -117,7 +117,7 @@ def write_safetensors_checked(path, tensors: dict, metadata: dict | None = None)
 #: speed, so checking a shard while it is read costs under 10% of the read (bench/RESULTS.md,
 #: "Shard integrity"); sha256 (1-2 GB/s) and zlib.crc32 (3-4 GB/s) cost 40-80%
 CHECKSUM = "xxh3_64"
-_READ_CHUNK = 1 << 20        # bytes read then hashed while still in the CPU cache
+_READ_CHUNK = 1 << 22        # bytes hashed per call
 
 
 def checksum_bytes(data) -> str:
@@ -127,10 +127,13 @@ def checksum_bytes(data) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
-def read_verified(path, expected: dict, what: str = "file") -> bytearray:
-    """The whole file path, read in chunks that are hashed as they arrive (one pass over
-    the bytes), checked against expected: {CHECKSUM: hex} or, for files written before it
-    was recorded, {"sha256": hex}. A mismatch is a ValueError naming the file."""
+def verify_file(path, expected: dict, what: str = "file") -> None:
+    """Check file path against expected: {CHECKSUM: hex} or, for files written before it
+    was recorded, {"sha256": hex}; a mismatch is a ValueError naming the file and a missing
+    file a FileNotFoundError. The file is hashed through a memory map, without copying it:
+    the pages it brings into the page cache are the ones the read that follows uses."""
+    import mmap
+
     path = os.fspath(path)
     if expected.get(CHECKSUM):
         import xxhash
@@ -141,52 +144,21 @@ def read_verified(path, expected: dict, what: str = "file") -> bytearray:
     else:
         raise ValueError(f"{path}: no checksum recorded for this {what}")
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            buf = bytearray(size)
-            mv, at = memoryview(buf), 0
-            while at < size:
-                n = f.readinto(mv[at:at + _READ_CHUNK])
-                if not n:
-                    break
-                h.update(mv[at:at + n])
-                at += n
+            if size:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    mv = memoryview(m)
+                    try:
+                        for at in range(0, size, _READ_CHUNK):
+                            h.update(mv[at:at + _READ_CHUNK])
+                    finally:
+                        mv.release()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: {what} is missing") from None
-    if at != size or h.hexdigest() != want:
+    if h.hexdigest() != want:
         raise ValueError(f"{path}: {what} is corrupt ({algo} {h.hexdigest()} does not "
                          f"match the recorded {want}); restore or recreate it")
-    return buf
-
-
-_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-              "BOOL": "bool"}
-
-
-def safetensors_views(buf: bytearray, path: str = "<buffer>") -> dict:
-    """The tensors of a safetensors file held in buf, as views of buf (no copy): the file
-    was just read and checked whole (read_verified), and safetensors.torch.load would copy
-    every byte once more. The format is an 8-byte little-endian header length, a JSON
-    header {name: {dtype, shape, data_offsets}}, then the data."""
-    import torch
-
-    try:
-        n = int.from_bytes(buf[:8], "little")
-        header = json.loads(bytes(buf[8:8 + n]))
-        out, base = {}, 8 + n
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = getattr(torch, _ST_DTYPES[info["dtype"]])
-            a, b = info["data_offsets"]
-            count = (b - a) // torch.empty((), dtype=dtype).element_size()
-            t = (torch.frombuffer(buf, dtype=dtype, count=count, offset=base + a) if count
-                 else torch.empty(0, dtype=dtype))
-            out[name] = t.view(info["shape"])
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    return out
 
 
 def read_json(path, what: str = "JSON file") -> dict:

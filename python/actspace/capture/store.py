@@ -32,11 +32,10 @@ manifest (replaced atomically), and shards end at document boundaries: a killed 
 a valid store, and `docs_done` says where a rerun resumes. Files not in the manifest are
 leftovers of an interrupted write and are ignored (and overwritten on resume).
 
-Reads check what they read: the first read of a shard in a process reads the whole file
-once, hashes it as it arrives (xxh3_64, recorded at write time; the sha256 for stores
-written before it) and checks its tensors' rows against the manifest, raising an error that
-names the shard; later reads of it in the process trust it (the check is keyed by the
-file's inode, size and mtime). `ActivationStore.open(path, verify=False)` skips the checks.
+Reads check what they read: the first read of a shard in a process hashes the whole file
+(xxh3_64, recorded at write time; the sha256 for stores written before it) and checks its
+tensors' rows against the manifest, raising an error that names the shard; later reads of
+it in the process trust it (the check is keyed by the file's inode, size and mtime). `ActivationStore.open(path, verify=False)` skips the checks.
 """
 from __future__ import annotations
 
@@ -47,7 +46,7 @@ from collections import OrderedDict
 
 import torch
 
-from .._io import CHECKSUM, read_json, read_verified, safetensors_views
+from .._io import CHECKSUM, read_json, verify_file
 
 FORMAT = "actspace.activation_store"
 VERSION = 1
@@ -159,13 +158,11 @@ class ActivationStore:
             self._handles[i] = h
         return h
 
-    def _checked(self, i: int) -> dict | None:
-        """Shard i's tensors (views of the bytes read), read whole and checked, when this
-        process has not checked the file yet; None when it has, or when verify is off.
-        A corrupt or missing shard, or one whose rows differ from the manifest's, raises
-        an error naming it."""
+    def _check(self, i: int) -> None:
+        """Check shard i (checksum, and its tensors' rows against the manifest) unless this
+        process already has, or verify is off; an error names the shard."""
         if not self.verify_reads:
-            return None
+            return
         s = self.shards[i]
         p = os.path.join(self.path, s["file"])
         what = f"shard {s['file']} of activation store {self.path}"
@@ -176,14 +173,14 @@ class ActivationStore:
         key = (os.path.abspath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                s.get(CHECKSUM) or s.get("sha256"))
         if key in _CHECKED:
-            return None
-        tensors = safetensors_views(read_verified(p, s, what), p)
-        bad = self._shape_problem(i, {k: list(t.shape) for k, t in tensors.items()})
+            return
+        verify_file(p, s, what)
+        h = self._handle(i)
+        bad = self._shape_problem(i, {k: list(h.get_slice(k).get_shape()) for k in h.keys()})
         if bad:
             raise ValueError(f"{p}: {what} does not match the manifest ({bad}); the "
                              f"manifest or the shard was altered: recapture or restore it")
         _CHECKED.add(key)
-        return tensors
 
     def _shape_problem(self, i: int, shapes: dict) -> str | None:
         """What is wrong with shard i's tensor shapes (name -> shape) against the manifest's
@@ -197,30 +194,8 @@ class ActivationStore:
             return "no acts tensor"
         return None
 
-    def _part(self, s: int, field: str, lo: int, hi: int, held: dict) -> torch.Tensor:
-        """Rows [lo, hi) (local) of shard s's field: from held[s] (a checked shard kept by
-        the caller), else checked now (and kept in held, replacing what it held), else
-        from the memory map."""
-        t = held.get(s)
-        if t is None:
-            t = self._checked(s)
-            if t is not None:
-                held.clear()
-                held[s] = t
-        if t is not None:
-            return t[field][lo:hi]
-        return self._handle(s).get_slice(field)[lo:hi]
-
     def read(self, start: int, stop: int, field: str = "acts") -> torch.Tensor:
         """Rows [start, stop) of one field: acts [n, d], token_ids, doc_ids or positions [n]."""
-        return self._read(start, stop, field, None)
-
-    def _read(self, start: int, stop: int, field: str, held: dict | None) -> torch.Tensor:
-        """read(); held: {shard: tensors} of the shard a sequential reader is in (its
-        batches are then views of that shard's bytes), None for a lone read (a part taken
-        from a just-checked shard is copied, so it does not keep the whole shard alive)."""
-        lone = held is None
-        held = {} if lone else held
         if field != "acts" and field not in FIELD_DTYPES:
             raise ValueError(f"field must be 'acts' or one of {list(FIELD_DTYPES)}, "
                              f"got {field!r}")
@@ -232,11 +207,8 @@ class ActivationStore:
         while start < stop:
             lo, hi = self._starts[s], self._starts[s + 1]
             end = min(stop, hi)
-            part = self._part(s, field, start - lo, end - lo, held)
-            if lone and held:          # just checked: keep the rows, not the whole shard
-                part = part.clone() if part.shape[0] < hi - lo else part
-                held.clear()
-            parts.append(part)
+            self._check(s)
+            parts.append(self._handle(s).get_slice(field)[start - lo:end - lo])
             start, s = end, s + 1
         if not parts:
             shape = (0, self.d) if field == "acts" else (0,)
@@ -258,8 +230,8 @@ class ActivationStore:
 
     def shard(self, i: int, field: str = "acts") -> torch.Tensor:
         """One whole field of shard i (checked on its first read in the process)."""
-        t = self._checked(i)
-        return t[field] if t is not None else self._handle(i).get_tensor(field)
+        self._check(i)
+        return self._handle(i).get_tensor(field)
 
     # ------------------------------------------------------------------ iteration
     def batch_indices(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -331,13 +303,12 @@ class ActivationStore:
         # when the iterator finishes or is dropped, and sized by rows, not by shard count
         cache = _ShardCache(self, buffer_size + self._largest_shard()) if shuffle else None
         pin = device is not None and device.type == "cuda"
-        held: dict = {}          # the checked shard an in-order iteration is in
         for i, item in enumerate(self.batch_indices(batch_size, shuffle=shuffle, seed=seed,
                                                     buffer_size=buffer_size,
                                                     drop_last=drop_last)):
             if i < start_batch:
                 continue
-            x = (self._read(item[1], item[2], "acts", held) if item[0] == "range"
+            x = (self.read(item[1], item[2]) if item[0] == "range"
                  else self.gather_rows(item[1], cache))
             if dtype is not None:
                 x = x.to(dtype)

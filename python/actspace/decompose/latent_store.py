@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._io import (read_json, read_verified, safetensors_views, write_json_atomic,
-                   write_safetensors_checked)
+from .._io import read_json, verify_file, write_json_atomic, write_safetensors_checked
 
 FORMAT = "actspace.latent_store"     # manifest "format" (the activation store has its own)
 FORMAT_VERSION = 1
@@ -67,22 +66,24 @@ def load_shard(root, entry: dict, keys=None, verify: bool = True) -> dict:
     """The tensors of the shard a manifest entry names (only keys, when given): read whole,
     checked against the entry's checksum and rows (ValueError naming the file) unless
     verify=False."""
-    path = Path(root) / entry["file"]
-    if not verify:
-        from safetensors import safe_open
+    from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            names = set(f.keys())
-            return {k: f.get_tensor(k) for k in (keys or names) if k in names}
+    path = Path(root) / entry["file"]
+    if verify:
+        verify_file(path, entry, f"latent shard {entry['file']} of {root}")
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        tensors = {k: f.get_tensor(k) for k in (keys or names) if k in names}
+    if not verify:
+        return tensors
     what = f"latent shard {entry['file']} of {root}"
-    tensors = safetensors_views(read_verified(path, entry, what), str(path))
     rows = entry.get("rows")
     for name, t in tensors.items():
         if t.dim() == 0 or t.shape[0] != rows:
             raise ValueError(f"{path}: {what} holds {name} of shape {list(t.shape)}, the "
                              f"manifest says {rows} rows; restore it or encode again into "
                              f"a new directory")
-    return {k: v for k, v in tensors.items() if keys is None or k in keys}
+    return tensors
 
 
 def iter_shards(root, keys=None, verify: bool = True):
