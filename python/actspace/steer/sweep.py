@@ -25,8 +25,8 @@ class SweepResult(list):
     def to_json(self, path=None) -> str:
         text = json.dumps(list(self), indent=1)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            from .._io import write_atomic
+            write_atomic(path, text.encode())
         return text
 
     def table(self) -> str:
