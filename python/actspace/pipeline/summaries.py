@@ -34,7 +34,8 @@ def layer_summary(store, stats_cfg: dict, tokenizer=None) -> dict:
 
     st = store.stats
     if st is None:
-        raise ValueError(f"store {store.path} has no saved statistics (capture with stats=True)")
+        raise ValueError(f"store {store.path} has no saved statistics covering its rows "
+                         "(capture with stats=True; rerun an interrupted capture to finish)")
     rms = (st.mean ** 2 + st.moments["m2"] / st.count.clamp_min(1)).sqrt()     # [d]
     out = {"hookpoint": store.hookpoint, "rows": len(store), "d": store.d,
            "norm": st.norm_stats, "channel_rms": rms.tolist(),
