@@ -188,7 +188,7 @@ class StoreWriter:
 
     def _remove_leftovers(self) -> None:
         """Temporary files of writers that died mid-write (named <file>.tmp.<pid>, see
-        actspace._io; and <file>.tmp of actspace before 0.2): under the lock, no live writer
+        actspace._io; and <file>.tmp of earlier versions): under the lock, no live writer
         of this store can own one, except another rank's, whose pid is alive."""
         remove_stale_temporaries(self.path)
         for name in os.listdir(self.path):
