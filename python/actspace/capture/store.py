@@ -186,9 +186,11 @@ class ActivationStore:
         """What is wrong with shard i's tensor shapes (name -> shape) against the manifest's
         rows and d, or None."""
         rows = int(self.shards[i]["rows"])
-        want = {"acts": [rows, self.d], **{k: [rows] for k in FIELD_DTYPES}}
+        d = self.manifest.get("d")      # a view made of a bare shard list has none
+        want = {"acts": [rows, int(d)] if d is not None else [rows],
+                **{k: [rows] for k in FIELD_DTYPES}}
         for name, shape in want.items():
-            if name in shapes and shapes[name] != shape:
+            if name in shapes and shapes[name][:len(shape)] != shape:
                 return f"{name} has shape {shapes[name]}, the manifest says {shape}"
         if "acts" not in shapes:
             return "no acts tensor"
