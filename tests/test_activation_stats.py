@@ -231,8 +231,8 @@ def test_stats_cli_on_a_store_it_cannot_write(tmp_path, monkeypatch, capsys):
     import json
     import os
 
+    from actspace import _io
     from actspace.capture.writer import StoreWriter
-    from actspace.cli import stats_cmd
     from actspace.cli.main import main as cli
 
     store = tmp_path / "s"
@@ -247,7 +247,7 @@ def test_stats_cli_on_a_store_it_cannot_write(tmp_path, monkeypatch, capsys):
             raise PermissionError(13, "Read-only file system", str(path))
         return real_open(path, mode, *a, **k)
 
-    monkeypatch.setattr(stats_cmd, "open", read_only, raising=False)
+    monkeypatch.setattr(_io, "open", read_only, raising=False)   # every write goes there
     assert cli(["stats", str(store)]) == 0
     out = capsys.readouterr()
     assert "rows (tokens)" in out.out and "pass --json PATH" in out.err

@@ -11,7 +11,7 @@ import torch
 import actspace as acts
 from _models import load_minilm
 from actspace.decompose.evaluate import evaluate_sae
-from actspace.decompose.latents import LatentStats
+from actspace.stats.latent import LatentStats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

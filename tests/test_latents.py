@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from _saeeval_helpers import basis_sae, random_store
+from actspace.decompose import latent_store as LS
 from actspace.decompose import latents as L
-from actspace.decompose.latents import LatentStats, encode_store
+from actspace.decompose.latents import encode_store
+from actspace.stats.latent import LatentStats
 
 
 @pytest.fixture(autouse=True)
@@ -151,7 +153,7 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
     store, _ = random_store(tmp_path / "acts", d=16, sizes=(20, 30, 25))
     sae = basis_sae(16, k=4)
     clean = encode_store(sae, store, tmp_path / "clean", batch_size=8)
-    real = L.write_safetensors_atomic
+    real = LS.write_safetensors_checked
     calls = []
 
     def failing(path, tensors, metadata=None):
@@ -161,13 +163,13 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real(path, tensors, metadata)
 
-    monkeypatch.setattr(L, "write_safetensors_atomic", failing)
+    monkeypatch.setattr(LS, "write_safetensors_checked", failing)
     with pytest.raises(KeyboardInterrupt):
         encode_store(sae, store, tmp_path / "lat", batch_size=8)
     man, lat = _load_shards(tmp_path / "lat")      # previous manifest valid, shas match
     assert man["rows"] == 20 and len(man["shards"]) == 1 and not man["complete"]
     assert man["format"] == "actspace.latent_store"
-    monkeypatch.setattr(L, "write_safetensors_atomic", real)
+    monkeypatch.setattr(LS, "write_safetensors_checked", real)
     resumed = encode_store(sae, store, tmp_path / "lat", batch_size=8)
     man, lat = _load_shards(tmp_path / "lat")
     man_c, lat_c = _load_shards(tmp_path / "clean")
@@ -205,7 +207,7 @@ def test_encode_store_crash_then_resume(tmp_path, monkeypatch):
     f = tmp_path / "lat" / man["shards"][1]["file"]
     data = f.read_bytes()             # flip the last 8 bytes (they may be zeros already)
     f.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
-    with pytest.raises(ValueError, match="corrupted"):
+    with pytest.raises(ValueError, match=f"{man['shards'][1]['file']}.* corrupt"):
         encode_store(sae, store, tmp_path / "lat")
 
 
@@ -213,7 +215,7 @@ def test_encode_store_empty_shard_and_padded_codes(tmp_path):
     """A store may hold an empty shard (the capture writer never writes one, another writer
     might); a non-TopK SAE's codes vary in width per batch and are padded with -1."""
     from actspace import SAE
-    from actspace.capture.writer import write_json_atomic, write_safetensors_atomic
+    from actspace._io import write_json_atomic, write_safetensors_atomic
     store, shards = random_store(tmp_path / "acts", d=16, sizes=(9, 6))
     man = json.loads((store / "manifest.json").read_text())
     empty = {"acts": torch.zeros(0, 16), "token_ids": torch.zeros(0, dtype=torch.int32),

@@ -12,7 +12,7 @@ import actspace as acts
 from _models import minilm_dir
 from _saeeval_helpers import basis_sae
 from actspace.cli.main import main
-from actspace.decompose.latents import LatentStats
+from actspace.stats.latent import LatentStats
 
 HP = "encoder.layer.1"
 

@@ -11,8 +11,9 @@ import torch
 
 from _saeeval_helpers import basis_sae, write_store
 from actspace.cli.main import main
-from actspace.decompose import latents as L
-from actspace.decompose.latents import LatentStats, encode_store
+from actspace.decompose import latent_store as LS
+from actspace.decompose.latents import encode_store
+from actspace.stats.latent import LatentStats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,7 +93,7 @@ def test_nonfinite_rows_flagged_counted_and_skipped(tmp_path, capsys):
 def test_nonfinite_counts_survive_crash_and_resume(tmp_path, monkeypatch):
     store, x = _store(tmp_path / "acts")
     sae = basis_sae(8, k=3)
-    real = L.write_safetensors_atomic
+    real = LS.write_safetensors_checked
     calls = []
 
     def failing(path, tensors, metadata=None):
@@ -100,12 +101,12 @@ def test_nonfinite_counts_survive_crash_and_resume(tmp_path, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt("killed")
         return real(path, tensors, metadata)
-    monkeypatch.setattr(L, "write_safetensors_atomic", failing)
+    monkeypatch.setattr(LS, "write_safetensors_checked", failing)
     with pytest.raises(KeyboardInterrupt):
         encode_store(sae, store, tmp_path / "lat", batch_size=6)
     man = json.loads((tmp_path / "lat" / "manifest.json").read_text())
     assert man["nonfinite_rows"] == 2 and len(man["shards"]) == 1
-    monkeypatch.setattr(L, "write_safetensors_atomic", real)
+    monkeypatch.setattr(LS, "write_safetensors_checked", real)
     st = encode_store(sae, store, tmp_path / "lat", batch_size=6)   # shard 0 from disk
     _check(st, sae, x)
     assert json.loads((tmp_path / "lat" / "manifest.json").read_text())["nonfinite_rows"] == 3

@@ -67,7 +67,7 @@ def test_full_rank_round_trip_and_save(tmp_path):
 
 def test_loads_version1_pair(tmp_path):
     """Files written before PCA saved a directory: path.safetensors + path.json."""
-    from actspace.capture.writer import save_pair
+    from actspace._io import save_pair
 
     pca = acts.PCA(3).fit(data(n=200, d=6))
     tensors = {"mean": pca.mean_, "components": pca.components_,

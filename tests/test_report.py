@@ -36,8 +36,14 @@ addEventListener('load',function(){
  var imgs=Array.prototype.slice.call(document.images);
  var broken=imgs.filter(function(i){return !(i.complete&&i.naturalWidth>0);}).length;
  var r=document.createElement('pre');r.id='__result';r.style.display='none';
+ var exs=Array.prototype.slice.call(document.querySelectorAll('.ex')).map(function(e){
+  return Array.prototype.slice.call(e.querySelectorAll('span')).map(function(s){
+   return s.getBoundingClientRect().left;});});
+ var tables=Array.prototype.slice.call(document.querySelectorAll('table')).map(function(t){
+  return t.getBoundingClientRect().width;});
  r.textContent=JSON.stringify({images:imgs.length,broken:broken,errors:__errs,
-  alerts:__alerts,scripts:document.scripts.length,text:document.body.innerText});
+  alerts:__alerts,scripts:document.scripts.length,text:document.body.innerText,
+  example_span_lefts:exs,table_widths:tables,viewport:window.innerWidth});
  document.body.appendChild(r);});
 </script>"""
 
@@ -137,7 +143,7 @@ def test_massive_top_tokens_table(tmp_path):
     page = render(make_outdir(str(tmp_path)))
     # the threshold stated, the tokens listed (escaped, quoted), the massive one marked
     assert "above 5 × the median channel RMS (1), i.e. above 5; 1 channel(s)" in page
-    rows = re.findall(r"<tr><td>(&quot;.*?&quot;)</td>(.*?)</tr>", page)
+    rows = re.findall(r"<tr><td><bdi>(&quot;.*?&quot;)</bdi></td>(.*?)</tr>", page)
     assert [r[0] for r in rows] == ["&quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot;",
                                     "&quot; and&quot;"]
     assert rows[0][1].endswith("<td>massive</td>") and rows[1][1].endswith("<td></td>")
@@ -203,3 +209,48 @@ def test_hostile_report_in_chromium(tmp_path):
     assert res["images"] == 6 and res["broken"] == 0
     assert EVIL in res["text"] and QUOTES in res["text"]   # shown as text
     assert os.path.getsize(res["screenshot"]) > 10_000
+
+
+RLO = "\u202e"                       # RIGHT-TO-LEFT OVERRIDE
+LONG = "x" * 4990 + "END-OF-TOKEN"
+
+
+def bidi_outdir(root) -> str:
+    """An output directory whose example holds a right-to-left override token followed by
+    ordinary tokens, and whose top-token table holds a 5000-character token."""
+    out = make_outdir(root)
+    st = layer_stats("hp")
+    st["top_tokens"].append({"row": 11, "token_id": 5, "token": LONG, "channel": 1,
+                             "value": 1.0, "ratio": 1.0})
+    st["top_tokens"].append({"row": 12, "token_id": 6, "token": f"ab{RLO}cd", "channel": 1,
+                             "value": 1.0, "ratio": 1.0})
+    write_json_atomic(os.path.join(out, "stats", "hp.json"), st)
+    cards = json.load(open(os.path.join(out, "cards", "hp.json"), encoding="utf-8"))
+    cards["cards"][0]["examples"] = [{"value": 2.0, "centre": 1,
+                                      "tokens": ["one", f"{RLO}two", "three", "four", LONG],
+                                      "acts": [0.5, 2.0, 1.0, 0.1, 0.2]}]
+    write_json_atomic(os.path.join(out, "cards", "hp.json"), cards)
+    return out
+
+
+def test_bidi_controls_isolated_and_long_tokens_cut(tmp_path):
+    from actspace.report.html import TOKEN_CHARS
+
+    page = render(bidi_outdir(str(tmp_path)))
+    assert RLO not in page                                   # shown as an escape instead
+    assert '>\\u202etwo</bdi>' in page and "ab\\u202ecd" in page
+    assert LONG not in re.sub(r'title="[^"]*"', "", page)   # never as element text
+    shown = "x" * TOKEN_CHARS + "…"
+    assert f'title="0.2: {LONG}">{shown}</bdi>' in page     # example: activation + token
+    assert f'<bdi title="&quot;{LONG}&quot;">&quot;{"x" * (TOKEN_CHARS - 1)}…</bdi>' in page
+
+
+@needs_chromium
+def test_bidi_and_long_tokens_in_chromium(tmp_path):
+    res = check_in_chromium(write_report(bidi_outdir(str(tmp_path))), str(tmp_path),
+                            "bidi.png")
+    assert res["errors"] == [] and res["alerts"] == 0, res
+    lefts = res["example_span_lefts"][0]
+    assert len(lefts) == 5 and lefts == sorted(lefts), lefts   # reading order kept
+    assert max(res["table_widths"]) <= res["viewport"], res["table_widths"]
+    assert "END-OF-TOKEN" not in res["text"]

@@ -134,7 +134,7 @@ def test_safetensors_round_trip_exact(tmp_path, gpt2, tok):
     assert w.hookpoints == v.hookpoints and w.provenance == json.loads(json.dumps(v.provenance))
     for h in hps:
         assert torch.equal(w[h], v[h])
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 def test_gguf_round_trip_exact_and_header(tmp_path, gpt2):

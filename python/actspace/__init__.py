@@ -20,7 +20,7 @@ _LAZY = {
     "ActivationStore": "actspace.capture.store",
     # measurement
     "ActivationStats": "actspace.stats.activation",
-    "LatentStats": "actspace.decompose.latents",
+    "LatentStats": "actspace.stats.latent",
     # decomposition
     "SAE": "actspace.decompose.sae",
     "train_sae": "actspace.decompose.train",

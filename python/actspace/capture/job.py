@@ -95,11 +95,11 @@ class _WriterThread:
             if self.error is not None:
                 continue
             try:
-                per_hp, docs_end, event = item
+                per_hp, docs_end, counts, event = item
                 if event is not None:
                     event.synchronize()
                 for w, (acts, tok, doc, pos) in zip(self.writers, per_hp):
-                    w.append(acts, tok, doc, pos, docs_end)   # statistics fold at flush
+                    w.append(acts, tok, doc, pos, docs_end, counts)  # stats fold at flush
             except BaseException as e:   # re-raised in the main thread
                 self.error = e
 
@@ -140,8 +140,9 @@ def capture_to_store(model: torch.nn.Module, tokenizer, texts, hookpoints, out_d
     in eval mode and gets its modules' training flags back afterwards. shard_rows: rows per
     shard (cut at the next document boundary).
     Returns {"stores": {hookpoint: path}, "tokens", "documents", "truncated", "windowed",
-    "dropped_tokens", "resumed_from_doc"}; the counts cover this run (the manifests keep
-    the totals of finished runs under "counts").
+    "dropped_tokens", "resumed_from_doc"}; the counts cover this run (each manifest's
+    "counts" cover the whole store, updated with docs_done at every shard, so they stay
+    right across kills and resumes).
 
     Resume: rerun with the same model, texts and hookpoints after a kill; documents the
     stores already recorded are skipped. The stores may be out of step (a kill between two
@@ -256,6 +257,14 @@ def _run(model, tokenizer, texts, hps, writers, result, *, batch_size, max_lengt
     already = [w.complete for w in writers]   # ahead and finished: receives no new rows
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     counts = TokenCounts()
+    # counts of the documents before start_doc (the store behind recorded them with its
+    # docs_done): every manifest records base + this run's counts at each flush
+    base = behind.manifest.get("counts", {})
+
+    def store_counts() -> dict:
+        run = {"documents": counts.docs, "truncated": counts.truncated,
+               "windowed": counts.windowed, "dropped_tokens": counts.dropped_tokens}
+        return {k: add_counts(base.get(k, 0), v) for k, v in run.items()}
     from tqdm.auto import tqdm
 
     bar = tqdm(total=max_tokens, initial=stored, unit="tok", unit_scale=True,
@@ -304,7 +313,7 @@ def _run(model, tokenizer, texts, hps, writers, result, *, batch_size, max_lengt
                     acts = host
                     event = torch.cuda.Event()
                     event.record()
-                wt.put(([(a, tok, doc, pos) for a in acts], docs_end, event))
+                wt.put(([(a, tok, doc, pos) for a in acts], docs_end, store_counts(), event))
                 stored += n
                 result["tokens"] += n
                 bar.update(n)
@@ -343,13 +352,11 @@ def _run(model, tokenizer, texts, hps, writers, result, *, batch_size, max_lengt
     bar.close()
     result.update(documents=counts.docs, truncated=counts.truncated,
                   windowed=counts.windowed, dropped_tokens=counts.dropped_tokens)
+    total = store_counts()
     for w, was_complete in zip(writers, already):
         if was_complete:      # its counts already cover the finished run
             w.abort()
             continue
-        prev = w.manifest.get("counts", {})
-        total = {k: add_counts(prev.get(k, 0), result[k]) for k in
-                 ("documents", "truncated", "windowed", "dropped_tokens")}
         w.close(complete=True, extra={"counts": total})   # source or max_tokens done
 
 

@@ -21,13 +21,13 @@ order; across ranks documents interleave, so the store holds the same multiset o
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 from .. import distributed as D
+from .._io import read_json, write_json_atomic
 from .store import MANIFEST, STATS
 from .texts import add_counts
-from .writer import StoreWriter, write_json_atomic
+from .writer import StoreWriter
 
 
 class RankStoreWriter(StoreWriter):
@@ -48,13 +48,12 @@ def _check_layout(path: str, world: int) -> None:
     found = {}
     mpath = os.path.join(path, MANIFEST)
     if os.path.exists(mpath):
-        with open(mpath) as f:
-            found[MANIFEST] = json.load(f).get("world_size", 1)
+        found[MANIFEST] = read_json(mpath, "activation store manifest").get("world_size", 1)
     if os.path.isdir(path):
         for name in os.listdir(path):
             if name.startswith("manifest.r") and name.endswith(".json"):
-                with open(os.path.join(path, name)) as f:
-                    found[name] = json.load(f).get("world_size")
+                found[name] = read_json(os.path.join(path, name),
+                                        "activation store manifest").get("world_size")
     bad = {k: v for k, v in found.items() if v != world}
     if bad:
         raise ValueError(f"store {path!r} was captured by another number of processes "
@@ -74,8 +73,8 @@ def merged_manifest(path: str, world: int) -> dict:
     """The store manifest joining the partial manifests of ranks 0..world-1 of path."""
     parts = []
     for r in range(world):
-        with open(os.path.join(path, f"manifest.r{r}.json")) as f:
-            parts.append(json.load(f))
+        parts.append(read_json(os.path.join(path, f"manifest.r{r}.json"),
+                               "activation store manifest"))
     man = {k: v for k, v in parts[0].items() if k != "rank"}
     man["shards"] = [s for p in parts for s in p["shards"]]
     man["total_rows"] = sum(int(p["total_rows"]) for p in parts)
@@ -114,6 +113,7 @@ def finalize(paths: list[str], stats: list, result: dict) -> None:
             man = merged_manifest(path, D.world_size())
             if st is not None:
                 st.save(os.path.join(path, STATS),
-                        extra={"docs_done": man["docs_done"], "total_rows": man["total_rows"]})
+                        extra={"docs_done": man["docs_done"], "total_rows": man["total_rows"],
+                               "shards": len(man["shards"])})
             write_json_atomic(os.path.join(path, MANIFEST), man)
     D.barrier()                    # the store is readable on every rank when this returns

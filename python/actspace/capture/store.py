@@ -8,7 +8,8 @@ Format (version 1) -- one directory per hookpoint:
                                            "version": 1, "model", "revision", "hookpoint",
                                            "tokenizer", "d", "dtype", "total_rows",
                                            "docs_done", "complete", "config",
-                                           "shards": [{"file", "rows", "sha256",
+                                           "counts": {"documents", "truncated", ...},
+                                           "shards": [{"file", "rows", "sha256", "xxh3_64",
                                                        "first_doc", "last_doc"}, ...]}
         shard-000000.safetensors          acts [rows, d] (dtype), token_ids [rows] int32,
         shard-000001.safetensors          doc_ids [rows] int64 (index of the document in the
@@ -30,16 +31,22 @@ A shard is written to a temporary name, fsynced, renamed and only then recorded 
 manifest (replaced atomically), and shards end at document boundaries: a killed job leaves
 a valid store, and `docs_done` says where a rerun resumes. Files not in the manifest are
 leftovers of an interrupted write and are ignored (and overwritten on resume).
+
+Reads check what they read: the first read of a shard in a process hashes the whole file
+(xxh3_64, recorded at write time; the sha256 for stores written before it) and checks its
+tensors' rows against the manifest, raising an error that names the shard; later reads of
+it in the process trust it (the check is keyed by the file's inode, size and mtime). `ActivationStore.open(path, verify=False)` skips the checks.
 """
 from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import os
 from collections import OrderedDict
 
 import torch
+
+from .._io import CHECKSUM, read_json, verify_file
 
 FORMAT = "actspace.activation_store"
 VERSION = 1
@@ -47,6 +54,8 @@ MANIFEST = "manifest.json"
 STATS = "stats"
 # on-disk dtype of each per-row field next to acts (whose dtype the manifest names)
 FIELD_DTYPES = {"token_ids": torch.int32, "doc_ids": torch.int64, "positions": torch.int32}
+# shards checked in this process: (path, device, inode, size, mtime_ns, checksum)
+_CHECKED: set = set()
 
 
 def hookpoint_dirname(name: str) -> str:
@@ -55,15 +64,24 @@ def hookpoint_dirname(name: str) -> str:
 
 
 class ActivationStore:
-    """A read-only view of a store directory; shards are memory-mapped (safetensors)."""
+    """A read-only view of a store directory; shards are memory-mapped (safetensors).
 
-    def __init__(self, path, manifest: dict):
+    verify: check each shard (checksum, rows) on its first read in this process (see the
+    module docstring); False reads without checking."""
+
+    def __init__(self, path, manifest: dict, *, verify: bool = True):
         self.path = os.fspath(path)
         self.manifest = manifest
         self.shards = manifest["shards"]
+        self.verify_reads = bool(verify)
         self._starts = [0]
         for s in self.shards:
-            self._starts.append(self._starts[-1] + int(s["rows"]))
+            rows = s.get("rows")
+            if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+                raise ValueError(f"{os.path.join(self.path, MANIFEST)}: shard "
+                                 f"{s.get('file')!r} has rows={rows!r}, not a count; the "
+                                 f"manifest is damaged (recapture or restore it)")
+            self._starts.append(self._starts[-1] + rows)
         self._handles: dict[int, object] = {}
 
     def __getstate__(self) -> dict:
@@ -75,27 +93,27 @@ class ActivationStore:
         return state
 
     @classmethod
-    def open(cls, path) -> "ActivationStore":
-        """Open a store directory, or a capture out_dir holding exactly one store."""
+    def open(cls, path, *, verify: bool = True) -> "ActivationStore":
+        """Open a store directory, or a capture out_dir holding exactly one store.
+        verify=False: read shards without checking them (see the class docstring)."""
         path = os.fspath(path)
         mpath = os.path.join(path, MANIFEST)
         if not os.path.exists(mpath):
             subs = sorted(s for s in (os.listdir(path) if os.path.isdir(path) else [])
                           if os.path.exists(os.path.join(path, s, MANIFEST)))
             if len(subs) == 1:
-                return cls.open(os.path.join(path, subs[0]))
+                return cls.open(os.path.join(path, subs[0]), verify=verify)
             if subs:
                 raise ValueError(f"{path!r} holds several stores, open one of: "
                                  f"{[os.path.join(path, s) for s in subs]}")
             raise FileNotFoundError(f"no activation store at {path!r} (no {MANIFEST})")
-        with open(mpath) as f:
-            man = json.load(f)
+        man = read_json(mpath, "activation store manifest")
         if man.get("format") != FORMAT:
             raise ValueError(f"{mpath} is not an actspace activation store")
         if man.get("version", 0) > VERSION:
             raise ValueError(f"{mpath} has format version {man['version']}; this actspace "
                              f"reads up to {VERSION}")
-        return cls(path, man)
+        return cls(path, man, verify=verify)
 
     # ------------------------------------------------------------------ metadata
     def __len__(self) -> int:
@@ -115,11 +133,16 @@ class ActivationStore:
 
     @property
     def stats(self):
-        """The ActivationStats saved with the store, or None."""
+        """The ActivationStats saved with the store, or None when there are none or they
+        do not cover every row (a checkpoint of a job that is still running or was
+        killed: rerun the capture, or recompute with `actspace stats --recompute`)."""
         from ..stats.activation import ActivationStats
 
         p = os.path.join(self.path, STATS)
-        return ActivationStats.load(p) if os.path.exists(p + ".json") else None
+        if not os.path.exists(p + ".safetensors"):
+            return None
+        st = ActivationStats.load(p)
+        return st if st.rows == len(self) else None
 
     def __repr__(self) -> str:
         return (f"ActivationStore({self.path!r}, rows={len(self)}, d={self.d}, "
@@ -135,6 +158,44 @@ class ActivationStore:
             self._handles[i] = h
         return h
 
+    def _check(self, i: int) -> None:
+        """Check shard i (checksum, and its tensors' rows against the manifest) unless this
+        process already has, or verify is off; an error names the shard."""
+        if not self.verify_reads:
+            return
+        s = self.shards[i]
+        p = os.path.join(self.path, s["file"])
+        what = f"shard {s['file']} of activation store {self.path}"
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: {what} is missing") from None
+        key = (os.path.abspath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+               s.get(CHECKSUM) or s.get("sha256"))
+        if key in _CHECKED:
+            return
+        verify_file(p, s, what)
+        h = self._handle(i)
+        bad = self._shape_problem(i, {k: list(h.get_slice(k).get_shape()) for k in h.keys()})
+        if bad:
+            raise ValueError(f"{p}: {what} does not match the manifest ({bad}); the "
+                             f"manifest or the shard was altered: recapture or restore it")
+        _CHECKED.add(key)
+
+    def _shape_problem(self, i: int, shapes: dict) -> str | None:
+        """What is wrong with shard i's tensor shapes (name -> shape) against the manifest's
+        rows and d, or None."""
+        rows = int(self.shards[i]["rows"])
+        d = self.manifest.get("d")      # a view made of a bare shard list has none
+        want = {"acts": [rows, int(d)] if d is not None else [rows],
+                **{k: [rows] for k in FIELD_DTYPES}}
+        for name, shape in want.items():
+            if name in shapes and shapes[name][:len(shape)] != shape:
+                return f"{name} has shape {shapes[name]}, the manifest says {shape}"
+        if "acts" not in shapes:
+            return "no acts tensor"
+        return None
+
     def read(self, start: int, stop: int, field: str = "acts") -> torch.Tensor:
         """Rows [start, stop) of one field: acts [n, d], token_ids, doc_ids or positions [n]."""
         if field != "acts" and field not in FIELD_DTYPES:
@@ -148,6 +209,7 @@ class ActivationStore:
         while start < stop:
             lo, hi = self._starts[s], self._starts[s + 1]
             end = min(stop, hi)
+            self._check(s)
             parts.append(self._handle(s).get_slice(field)[start - lo:end - lo])
             start, s = end, s + 1
         if not parts:
@@ -169,7 +231,8 @@ class ActivationStore:
         raise TypeError(f"store index must be an int or a slice, got {type(key).__name__}")
 
     def shard(self, i: int, field: str = "acts") -> torch.Tensor:
-        """One whole field of shard i."""
+        """One whole field of shard i (checked on its first read in the process)."""
+        self._check(i)
         return self._handle(i).get_tensor(field)
 
     # ------------------------------------------------------------------ iteration
@@ -261,20 +324,31 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ integrity
     def verify(self) -> list[str]:
-        """Re-hash every shard; returns the names of missing or corrupt shards ([] = ok)."""
+        """Re-hash every shard (sha256) and check its tensors' shapes against the manifest's
+        rows and d; returns the names of missing, corrupt or mis-counted shards, and
+        "manifest.json" when its total_rows is not the sum of the shards' rows ([] = ok)."""
+        from safetensors import safe_open
+
         bad = []
-        for s in self.shards:
+        for i, s in enumerate(self.shards):
             p = os.path.join(self.path, s["file"])
             h = hashlib.sha256()
             try:
                 with open(p, "rb") as f:
                     for block in iter(lambda: f.read(1 << 22), b""):
                         h.update(block)
-            except OSError:
+                if h.hexdigest() != s["sha256"]:
+                    bad.append(s["file"])
+                    continue
+                with safe_open(p, framework="pt") as f:
+                    shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            except Exception:        # unreadable, or a safetensors error: it is bad
                 bad.append(s["file"])
                 continue
-            if h.hexdigest() != s["sha256"]:
+            if self._shape_problem(i, shapes):
                 bad.append(s["file"])
+        if int(self.manifest.get("total_rows", len(self))) != len(self):
+            bad.append(MANIFEST)
         return bad
 
 

@@ -12,12 +12,13 @@ only the shards recorded after the last checkpoint instead of the whole store.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
+import re
 
 import torch
 
+from .._io import (read_json, remove_stale_temporaries, write_json_atomic,
+                   write_safetensors_checked)
 from .store import FORMAT, MANIFEST, STATS, VERSION, ActivationStore
 
 try:
@@ -26,58 +27,8 @@ except ImportError:      # Windows: byte-range locks via msvcrt instead (see _tr
     fcntl = None
 
 LOCK = ".lock"
+_LEGACY_TMP = re.compile(r"^(manifest[.\w]*\.json|shard-[-\w]+\.safetensors|stats[.\w]*)\.tmp$")
 STATS_CHUNK = 8192       # rows per ActivationStats.update: bounds its float64 temporaries
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write bytes crash-safe: temp name, flush, fsync, rename, fsync the directory. On
-    failure (e.g. a full disk) the temp file is removed and the old file stays."""
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
-        raise OSError(e.errno, f"cannot write {path!r}: {why}; the store is left as it was "
-                               f"before this write") from e
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def write_json_atomic(path, obj) -> None:
-    """A JSON file (a manifest) written with write_atomic."""
-    write_atomic(path, json.dumps(obj, indent=1).encode())
-
-
-def write_safetensors_atomic(path, tensors: dict, metadata: dict | None = None) -> str:
-    """A safetensors shard (tensors moved to CPU, made contiguous) written with write_atomic;
-    returns its sha256 for the manifest."""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                metadata=metadata)
-    write_atomic(path, data)
-    return hashlib.sha256(data).hexdigest()
 
 
 def _try_lock(fd: int) -> bool:
@@ -137,6 +88,7 @@ class StoreWriter:
     _lock_fd: int | None = None
     stats = None                 # ActivationStats of the recorded rows (track_stats)
     _stats_saved = _stats_pending = 0   # shards in the last checkpoint; bytes written since
+    _counts_end = None           # document counts up to _docs_end (see append)
     #: checkpoint the statistics once the shards written since the last checkpoint hold
     #: this many times the statistics' own bytes: every flush unless a large covariance
     #: makes the state comparable to a shard, and then at most a 1/4 overhead
@@ -217,9 +169,9 @@ class StoreWriter:
     # ------------------------------------------------------------------ manifest
     def _load_or_new(self, meta: dict) -> dict:
         mpath = os.path.join(self.path, self.manifest_name)
+        self._remove_leftovers()
         if os.path.exists(mpath):
-            with open(mpath) as f:
-                man = json.load(f)
+            man = read_json(mpath, "activation store manifest")
             if man.get("format") != FORMAT:
                 raise ValueError(f"{mpath} is not an actspace activation store")
             for key in ("d", "dtype", "hookpoint", "model"):
@@ -234,6 +186,18 @@ class StoreWriter:
         self._write_manifest(man)
         return man
 
+    def _remove_leftovers(self) -> None:
+        """Temporary files of writers that died mid-write (named <file>.tmp.<pid>, see
+        actspace._io; and <file>.tmp of earlier versions): under the lock, no live writer
+        of this store can own one, except another rank's, whose pid is alive."""
+        remove_stale_temporaries(self.path)
+        for name in os.listdir(self.path):
+            if _LEGACY_TMP.match(name):
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except OSError:
+                    pass
+
     def _write_manifest(self, man: dict) -> None:
         write_json_atomic(os.path.join(self.path, self.manifest_name), man)
 
@@ -247,11 +211,16 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ append / flush
     def append(self, acts: torch.Tensor, token_ids: torch.Tensor, doc_ids: torch.Tensor,
-               positions: torch.Tensor, docs_end: int) -> tuple[torch.Tensor, torch.Tensor]:
+               positions: torch.Tensor, docs_end: int,
+               counts: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Add rows of whole documents. acts [n, d]; token_ids/doc_ids/positions [n];
         docs_end: every document with id < docs_end is now complete. Rows of documents the
-        store already holds (id < docs_done, after a resume) are dropped. Returns the kept
-        (acts, token_ids) for statistics."""
+        store already holds (id < docs_done, after a resume) are dropped. counts: the
+        document counts ("documents", "truncated", ...) of every document < docs_end of the
+        whole store, recorded in the manifest with docs_done at the next flush, so a resumed
+        job continues the counts where the store is. Returns the kept (acts, token_ids)."""
+        if counts is not None and docs_end >= self._docs_end:
+            self._counts_end = dict(counts)
         keep = doc_ids >= self.docs_done
         if not bool(keep.all()):
             acts, token_ids, doc_ids, positions = (t[keep] for t in
@@ -268,23 +237,29 @@ class StoreWriter:
     def flush(self) -> None:
         """Write buffered rows as one shard and record it (no-op when empty)."""
         docs_end = max(self._docs_end, self.docs_done)
+        counts = self._counts_end if docs_end > self.docs_done else None
         if not self._buf:
             if docs_end > self.docs_done:   # documents with no stored tokens
-                self.manifest["docs_done"] = docs_end
-                self._write_manifest(self.manifest)
+                man = dict(self.manifest, docs_done=docs_end)
+                if counts is not None:
+                    man["counts"] = counts
+                self._write_manifest(man)
+                self.manifest = man
             return
         cols = [torch.cat(c) for c in zip(*self._buf)]
         tensors = dict(zip(("acts", "token_ids", "doc_ids", "positions"), cols))
         idx = len(self.manifest["shards"])
         name = f"{self.shard_prefix}{idx:06d}.safetensors"
-        sha = write_safetensors_atomic(os.path.join(self.path, name), tensors,
-                                       metadata={"format": FORMAT})
+        sums = write_safetensors_checked(os.path.join(self.path, name), tensors,
+                                         metadata={"format": FORMAT})
         man = dict(self.manifest)
         man["shards"] = self.manifest["shards"] + [{
-            "file": name, "rows": int(cols[0].shape[0]), "sha256": sha,
+            "file": name, "rows": int(cols[0].shape[0]), **sums,
             "first_doc": int(cols[2][0]), "last_doc": int(cols[2][-1])}]
         man["total_rows"] = self.manifest["total_rows"] + int(cols[0].shape[0])
         man["docs_done"] = docs_end
+        if counts is not None:
+            man["counts"] = counts
         self._write_manifest(man)   # on failure the old manifest stays: shard unrecorded
         self.manifest = man
         self._buf, self._buf_rows = [], 0
@@ -352,7 +327,7 @@ class StoreWriter:
         from ..stats.activation import ActivationStats
 
         p = os.path.join(self.path, self.stats_name)
-        if not os.path.exists(p + ".json"):
+        if not os.path.exists(p + ".safetensors"):
             return None, 0
         try:
             st = ActivationStats.load(p)
@@ -365,6 +340,10 @@ class StoreWriter:
         if st.d != self.d or st.has_covariance != covariance or st.rows not in ends:
             return None, 0
         n = ends.index(st.rows)
+        # the checkpoint names what it covers (one unit with its tensors, see _io.save_pair):
+        # its row count must be the rows of exactly those shards, the last one its sha256
+        if st.meta.get("shards", n) != n or st.meta.get("total_rows", st.rows) != st.rows:
+            return None, 0
         sha = st.meta.get("last_sha256")
         if sha is not None and (n == 0 or self.manifest["shards"][n - 1]["sha256"] != sha):
             return None, 0
@@ -381,30 +360,3 @@ class StoreWriter:
                        "last_sha256": shards[-1]["sha256"] if shards else None})
         if st is self.stats:
             self._stats_saved, self._stats_pending = len(shards), 0
-
-
-# ------------------------------------------------------------------ tensors + json pairs
-def _pair_paths(path) -> tuple[str, str]:
-    path = os.fspath(path)
-    stem = path[:-len(".safetensors")] if path.endswith(".safetensors") else path
-    return stem + ".safetensors", stem + ".json"
-
-
-def save_pair(path, tensors: dict, meta: dict) -> None:
-    """path(.safetensors) holding tensors and path(.json) holding meta, each crash-safe.
-    Used by the small saved objects (ActivationStats, PCA)."""
-    st, js = _pair_paths(path)
-    write_safetensors_atomic(st, tensors)
-    write_json_atomic(js, meta)
-
-
-def load_pair(path, fmt: str, what: str) -> tuple[dict, dict]:
-    """(meta, tensors) written by save_pair; ValueError unless meta["format"] == fmt."""
-    from safetensors.torch import load_file
-
-    st, js = _pair_paths(path)
-    with open(js) as f:
-        meta = json.load(f)
-    if meta.get("format") != fmt:
-        raise ValueError(f"{js} is not an actspace {what} file")
-    return meta, load_file(st)

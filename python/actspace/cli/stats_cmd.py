@@ -6,7 +6,6 @@ shards; a store on read-only media keeps the table and gets a note instead of a 
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -49,10 +48,10 @@ def _g(v, spec: str = ".4g") -> str:
 def _write_json(summary: dict, path: str | None, default: str) -> None:
     """The summary as strict JSON to path, or to default when no path was given; a default
     location that cannot be written is reported, not fatal."""
-    text = json.dumps(summary, indent=1, allow_nan=False)
+    from .._io import write_json_atomic
+
     try:
-        with open(path or default, "w") as f:
-            f.write(text)
+        write_json_atomic(path or default, summary)
     except OSError as e:
         if path:
             raise

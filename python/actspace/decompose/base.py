@@ -99,7 +99,7 @@ def iter_data(data, batch_size: int, *, device=None, dtype: torch.dtype | None =
 def save_dir(path, kind: str, cfg: dict, tensors: dict) -> None:
     """Write directory path with cfg.json ({"kind": kind, **cfg}) and <kind>.safetensors
     (tensors, moved to CPU), each crash-safe (temp name, fsync, rename)."""
-    from ..capture.writer import write_json_atomic, write_safetensors_atomic
+    from .._io import write_json_atomic, write_safetensors_atomic
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,14 @@
 """Max-activating examples of a sparse latent store, with the tokens around them.
 
 Split from latents.py (which writes the store and calls this once at the end) to keep each
-file readable: this module only reads a finished store's token_ids/doc_ids/positions.
+file readable: this module only reads a finished store's token_ids/doc_ids/positions,
+through decompose.latent_store (each shard checked as it is read).
 """
 from __future__ import annotations
 
 import torch
+
+from .latent_store import META_KEYS, iter_shards
 
 
 def top_examples(latent_dir, stats, context: int, tokenizer=None) -> dict:
@@ -14,7 +17,6 @@ def top_examples(latent_dir, stats, context: int, tokenizer=None) -> dict:
 
     One pass over the latent store's token_ids/doc_ids/positions, gathering only the rows
     inside the windows of top examples (memory O(d_sae * T * context), not O(rows))."""
-    from .latents import _META_KEYS, _iter_latent_shards
 
     tops = stats.top_tokens.cpu()                                   # [M, T], -1 = empty
     lat_of, slot = torch.nonzero(tops >= 0, as_tuple=True)          # one entry per example
@@ -26,7 +28,7 @@ def top_examples(latent_dir, stats, context: int, tokenizer=None) -> dict:
     meta = torch.full((rows.numel(), 3), -1, dtype=torch.int64)     # token_id, doc, position
     have = torch.zeros(rows.numel(), dtype=torch.bool)
     offset = 0
-    for shard in _iter_latent_shards(latent_dir, _META_KEYS):
+    for shard in iter_shards(latent_dir, META_KEYS):
         n = next(iter(shard.values())).shape[0] if shard else 0
         sel = (rows >= offset) & (rows < offset + n)
         if "token_ids" in shard and "doc_ids" in shard:

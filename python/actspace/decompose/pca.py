@@ -143,7 +143,7 @@ class PCA(Decomposition):
         if os.path.isdir(path):
             meta, t = load_dir(path, "pca", cls._shapes)
         else:
-            from ..capture.writer import load_pair
+            from .._io import load_pair
 
             meta, t = load_pair(path, _FORMAT, "PCA")
             meta = dict(meta, d_in=meta["d"], k=meta["n_components"] or meta["d"])

@@ -9,22 +9,16 @@ their partial output.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import datetime, timezone
 
+from .. import _io
+
 
 def write_json_atomic(path, obj) -> None:
-    """Write obj as JSON to path via a fsynced temp file and a rename (all or nothing)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, allow_nan=False, default=_jsonable)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """obj (arrays allowed: written as lists) as JSON to path, all or nothing (actspace._io)."""
+    _io.write_json_atomic(path, obj, default=_jsonable)
 
 
 def _jsonable(v):
@@ -41,8 +35,7 @@ def read_marker(out_dir, name: str) -> dict | None:
     p = marker_path(out_dir, name)
     if not os.path.isfile(p):
         return None
-    with open(p, encoding="utf-8") as f:
-        return json.load(f)
+    return _io.read_json(p, "stage marker")
 
 
 def done_stages(out_dir) -> list[dict]:
@@ -53,8 +46,7 @@ def done_stages(out_dir) -> list[dict]:
     recs = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".json"):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                recs.append(json.load(f))
+            recs.append(_io.read_json(os.path.join(folder, name), "stage marker"))
     return recs
 
 

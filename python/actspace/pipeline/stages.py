@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 
+from .._io import remove_stale_temporaries
 from .config import resolve_config, resolve_model_path
 from .markers import done_stages, read_marker, run_stage, write_json_atomic
 from .summaries import feature_cards, layer_summary
@@ -340,6 +341,8 @@ def run_pipeline(cfg: dict, out_dir, *, progress: bool = True, log=print) -> lis
     out = os.fspath(out_dir)
     cfg = resolve_config(cfg)          # every key checked before anything is written
     check_config(out, cfg)
+    # temporaries of an earlier run that was killed mid-write (pids of dead processes)
+    remove_stale_temporaries(out, recursive=True)
     ctx = _Context(cfg, out, progress)
     recs = [run_stage(out, "capture", lambda: _capture(ctx), log)]
     hps = recs[0]["info"]["hookpoints"]

@@ -34,7 +34,8 @@ def layer_summary(store, stats_cfg: dict, tokenizer=None) -> dict:
 
     st = store.stats
     if st is None:
-        raise ValueError(f"store {store.path} has no saved statistics (capture with stats=True)")
+        raise ValueError(f"store {store.path} has no saved statistics covering its rows "
+                         "(capture with stats=True; rerun an interrupted capture to finish)")
     rms = (st.mean ** 2 + st.moments["m2"] / st.count.clamp_min(1)).sqrt()     # [d]
     out = {"hookpoint": store.hookpoint, "rows": len(store), "d": store.d,
            "norm": st.norm_stats, "channel_rms": rms.tolist(),
@@ -101,7 +102,8 @@ def feature_cards(sae, store, latent_dir, tokenizer, n_cards: int) -> dict:
     context rows are re-encoded from the activation store, so every token gets a value)."""
     import torch
 
-    from ..decompose.latents import LatentStats, _code_parts, _sae_apply_dtype
+    from ..decompose.latents import _sae_apply_dtype
+    from ..stats.latent import LatentStats, code_parts as _code_parts
 
     stats = LatentStats.load(latent_dir)
     with open(os.path.join(latent_dir, "top_examples.json"), encoding="utf-8") as f:

@@ -3,7 +3,10 @@
 Why no scripts at all: the page is static HTML + CSS with images as data URIs, so it opens
 offline, from a mail attachment or a sandboxed viewer, and data strings can never run as
 code. Every string that comes from data (token texts, hookpoint names, config values) goes
-through html.escape, so a token `<script>` or a quote renders as text.
+through html.escape, so a token `<script>` or a quote renders as text. A token is also
+isolated in <bdi> with its bidirectional controls shown as escapes (a U+202E in one token
+cannot reverse the tokens after it) and cut to TOKEN_CHARS characters with a visible "…"
+(the whole text in its title), so one 5000-character token cannot widen a table.
 """
 from __future__ import annotations
 
@@ -14,8 +17,14 @@ import os
 import re
 from html import escape
 
+from .._io import read_json, remove_stale_temporaries, write_atomic
 from . import figures
 from .attribution import attribution_section, card_anchor
+
+TOKEN_CHARS = 40          # a token's characters shown in the page; the rest in its title
+# explicit directional formatting characters (Unicode bidi algorithm, UAX #9): embeddings,
+# overrides and isolates, plus the implicit marks; shown as \uXXXX instead of obeyed
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;
@@ -41,9 +50,30 @@ def _text(v) -> str:
     return str(v)
 
 
+class _Html(str):
+    """Markup already built from escaped parts: _fmt passes it through unchanged."""
+
+
 def _fmt(v) -> str:
     """A value as HTML: _text escaped, exactly once (build composite cells from _text)."""
-    return escape(_text(v))
+    return v if isinstance(v, _Html) else escape(_text(v))
+
+
+def _visible_bidi(t: str) -> str:
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", t)
+
+
+def _token(t: str, title: str = "") -> _Html:
+    """Token text t as isolated, escaped HTML: bidi controls shown as \\uXXXX, cut to
+    TOKEN_CHARS characters plus "…" when longer (the whole token in the title, after
+    `title` when given)."""
+    shown = _visible_bidi(t)
+    full = shown
+    if len(shown) > TOKEN_CHARS:
+        shown = shown[:TOKEN_CHARS] + "…"
+        title = f"{title}: {full}" if title else full
+    attr = f' title="{escape(title)}"' if title else ""
+    return _Html(f"<bdi{attr}>{escape(shown)}</bdi>")
 
 
 def _img(uri: str, alt: str) -> str:
@@ -72,8 +102,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple]:
 
 
 def _load(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, "report input")
 
 
 def _by_hookpoint(out: str, sub: str) -> dict:
@@ -111,8 +140,8 @@ def _highlight(ex: dict) -> str:
     for i, (t, a) in enumerate(zip(ex["tokens"], ex["acts"])):
         alpha = max(0.0, min(1.0, a / top))
         cls = ' class="c"' if i == ex["centre"] else ""
-        spans.append(f'<span{cls} style="background:rgba(255,120,0,{alpha:.2f})" '
-                     f'title="{a:.3g}">{escape(t)}</span>')
+        spans.append(f'<span{cls} style="background:rgba(255,120,0,{alpha:.2f})">'
+                     f'{_token(t, f"{a:.3g}")}</span>')
     return f'<div class="ex"><b>{ex["value"]:.3g}</b> {"".join(spans)}</div>'
 
 
@@ -151,7 +180,8 @@ def _massive(s: dict) -> str:
         parts.append(_table([(c["channel"], c["absmax"], c["ratio"]) for c in mc[:10]],
                             ("massive channel", "|max|", "× median RMS")))
     # quoted (JSON string syntax): a space or newline token stays visible
-    rows = [(json.dumps(t["token"], ensure_ascii=False) if "token" in t else f"#{t['token_id']}",
+    rows = [(_token(json.dumps(t["token"], ensure_ascii=False)) if "token" in t
+             else f"#{t['token_id']}",
              t["channel"], t["value"], t["ratio"], "massive" if t["ratio"] > ratio else "")
             for t in s.get("top_tokens", s["massive"]["tokens"])]
     if rows:
@@ -250,10 +280,6 @@ def write_report(out_dir, path=None) -> str:
     out = os.fspath(out_dir)
     page = render(out)
     path = os.fspath(path) if path is not None else os.path.join(out, "report.html")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))   # of killed writers
+    write_atomic(path, page.encode("utf-8"))
     return path

@@ -353,14 +353,14 @@ class ActivationStats:
     def save(self, path, extra: dict | None = None) -> None:
         """Write path(.safetensors) and path(.json), each crash-safe (temp name, fsync,
         rename). extra: more json metadata (e.g. how many documents the statistics cover)."""
-        from ..capture.writer import save_pair
+        from .._io import save_pair
 
         state = self._state()
         save_pair(path, state["tensors"], dict(state["meta"], **(extra or {})))
 
     @classmethod
     def load(cls, path, device=None) -> "ActivationStats":
-        from ..capture.writer import load_pair
+        from .._io import load_pair
 
         meta, tensors = load_pair(path, _FORMAT, "activation-stats")
         st = cls._from_state({"meta": meta, "tensors": tensors}, device)
