@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import ensure_writable_dir, write_json_atomic
+from .._io import ensure_writable_dir, remove_stale_temporaries, write_json_atomic
 from .kinds import KINDS
 from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_config import TrainConfig, TrainResult
@@ -127,6 +127,7 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
     out_dir = None if cfg.out_dir is None else Path(cfg.out_dir)
     if out_dir is not None:           # before the first step, not at the final save
         ensure_writable_dir(out_dir, "train_sae out_dir")
+        remove_stale_temporaries(out_dir, recursive=True)   # leftovers of killed runs
     batch_size, seed, epochs = cfg.batch_size, cfg.seed, cfg.epochs
     per_epoch = batches_per_epoch(source, known, batch_size)
     steps = cfg.steps
