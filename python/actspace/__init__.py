@@ -38,6 +38,11 @@ _LAZY = {
     "attribute_edges": "actspace.attribution.edges",
     "metrics": "actspace.attribution.metrics",
     "Attribution": "actspace.attribution.result",
+    # autointerp: explain latents with an LLM and score the explanations
+    "llm": "actspace.interp.llm",
+    "explain": "actspace.interp.explainer",
+    "score_explanations": "actspace.interp.scoring",
+    "Explanations": "actspace.interp.results",
 }
 
 __all__ = ["__version__", "build_info", *_LAZY]

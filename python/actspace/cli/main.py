@@ -17,7 +17,7 @@ import sys
 import traceback
 
 COMMANDS = ("capture", "stats", "train", "encode", "eval", "steer", "attribute", "run", "report",
-            "demo")
+            "demo", "explain")
 
 
 def _load(name: str):

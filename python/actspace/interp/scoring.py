@@ -1,0 +1,86 @@
+"""`acts.score_explanations(ex, latent_store, scorers=[...])`: score explanations on
+held-out examples of the latents they explain.
+
+The scorers form a registry (SCORERS: name -> function(texts, examples, context) ->
+{latent: result}); a new scorer is one entry. Held-out examples are drawn with the
+sampling arguments the explanations were made with (Explanations.sampling), so the
+examples scored are never those the explainer saw; explanations given by hand (a dict
+latent -> text) use the defaults.
+"""
+from __future__ import annotations
+
+from .explainer import SAMPLING_DEFAULTS
+from .results import Explanations, as_explanations
+
+__all__ = ["SCORERS", "score_explanations"]
+
+
+def _embedding(texts, examples, ctx):
+    from .embedding import embedding_scores
+
+    return embedding_scores(texts, examples, ctx["embedder"])
+
+
+def _detection(texts, examples, ctx):
+    from .classifier import detection_scores
+
+    return detection_scores(texts, examples, ctx["client"], n_shown=ctx["n_shown"],
+                            seed=ctx["seed"], logprobs=ctx["logprobs"])
+
+
+def _fuzzing(texts, examples, ctx):
+    from .classifier import fuzzing_scores
+
+    return fuzzing_scores(texts, examples, ctx["client"], n_shown=ctx["n_shown"],
+                          seed=ctx["seed"], logprobs=ctx["logprobs"])
+
+
+# name -> (function, needs an LLM client)
+SCORERS = {"embedding": (_embedding, False), "detection": (_detection, True),
+           "fuzzing": (_fuzzing, True)}
+
+
+def score_explanations(ex, latent_store, scorers=("embedding",), *, embedder=None,
+                       client=None, tokenizer=None, sampling: dict | None = None,
+                       examples: dict | None = None, n_shown: int = 5,
+                       logprobs: bool = False) -> Explanations:
+    """Score each explanation of ex (an Explanations or a dict latent -> text) with each
+    of `scorers` (names in SCORERS). embedder: for "embedding", a sentence-transformers
+    model directory, an object with .embed(texts), or None for the shipped MiniLM;
+    client: an acts.llm client, needed by "detection" and "fuzzing"; n_shown: examples per
+    prompt; logprobs: ask the server for logprobs (AUROC from P(1)); sampling: overrides of
+    the sampling arguments; examples: {latent: LatentExamples} already drawn.
+    Returns ex as an Explanations with .scores[latent][scorer] filled in (a scorer's failure
+    for one latent is its {"error": ...}; the other latents are scored)."""
+    from .sampling import sample_examples
+
+    ex = as_explanations(ex)
+    if isinstance(scorers, str):
+        scorers = [scorers]
+    scorers = list(scorers)
+    unknown = [s for s in scorers if s not in SCORERS]
+    if unknown or not scorers:
+        raise ValueError(f"scorers: unknown {unknown or scorers!r}; known: {sorted(SCORERS)}")
+    if client is None and any(SCORERS[s][1] for s in scorers):
+        raise ValueError(f"scorers {[s for s in scorers if SCORERS[s][1]]} need client= "
+                         "(an acts.llm.openai_compatible(...) client)")
+    params = {**SAMPLING_DEFAULTS, **ex.sampling, **(sampling or {})}
+    texts = dict(ex.texts)
+    if examples is None:
+        examples = sample_examples(latent_store, sorted(texts), tokenizer=tokenizer, **params)
+    ctx = {"client": client, "n_shown": n_shown, "seed": params["seed"],
+           "logprobs": logprobs,
+           "embedder": None}
+    if "embedding" in scorers:
+        from .embedding import as_embedder
+        ctx["embedder"] = as_embedder(embedder)
+    scores = {lat: dict(v) for lat, v in ex.scores.items()}
+    for name in scorers:
+        for lat, res in SCORERS[name][0](texts, examples, ctx).items():
+            scores.setdefault(lat, {})[name] = res
+    usage = ex.usage
+    if client is not None and hasattr(getattr(client, "usage", None), "as_dict"):
+        usage = {**usage, "scoring": client.usage.as_dict()}
+    return Explanations(texts, errors=ex.errors, scores=scores,
+                        latent_store=ex.latent_store or str(latent_store),
+                        explainer=ex.explainer, sampling=params, usage=usage)
