@@ -18,7 +18,7 @@ import re
 from html import escape
 
 from .._io import read_json, remove_stale_temporaries, write_atomic
-from . import figures
+from . import explanations, figures
 from .attribution import attribution_section, card_anchor
 
 TOKEN_CHARS = 40          # a token's characters shown in the page; the rest in its title
@@ -204,6 +204,7 @@ def _sae_section(out: str, name: str, evals: dict, cards: dict) -> str:
     if name in evals:
         parts.append("<h4>Evaluation</h4>" + _table(_flatten(evals[name]), ("metric", "value")))
     c = cards.get(name)
+    expl = explanations.load(out, name)
     if c:
         parts.append(_img(figures.firing_histogram(c["frequency"]), f"firing frequency {name}"))
         parts.append("<h4>Feature cards</h4>")
@@ -212,8 +213,10 @@ def _sae_section(out: str, name: str, evals: dict, cards: dict) -> str:
                          f"<b>latent {card['latent']}</b> "
                          f"<span class='muted'>fires on {card['frequency'] * 100:.3g}% of "
                          f"tokens, mean activation {card['mean_activation']:.3g}</span>")
+            parts.append(explanations.card_html(expl, card["latent"]))
             parts += [_highlight(ex) for ex in card["examples"]]
             parts.append("</div>")
+    parts.append(explanations.table_html(expl))
     return "".join(parts)
 
 
