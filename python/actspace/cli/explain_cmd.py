@@ -40,6 +40,13 @@ def add_arguments(p) -> None:
                    "holding the API key (a local server needs none)")
     p.add_argument("--logprobs", action="store_true", help="ask for logprobs (AUROC of "
                    "detection/fuzzing from P(1))")
+    p.add_argument("--n-train", type=int, default=None, help="examples shown to the "
+                   "explainer (default 20)")
+    p.add_argument("--n-test", type=int, default=None, help="held-out activating examples "
+                   "per latent for scoring (default 20)")
+    p.add_argument("--n-negative", type=int, default=None, help="non-activating examples "
+                   "per latent for scoring (default 20)")
+    p.add_argument("--window", type=int, default=None, help="tokens per example (default 32)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the "
                    "explanations file's, else 0)")
     p.add_argument("--no-progress", action="store_true")
@@ -105,7 +112,8 @@ def run(args) -> int:
             max_tokens=args.max_tokens, progress=not args.no_progress,
             cache_dir=args.cache or os.path.join(root, "llm_cache"))
     out = args.out or os.path.join(root, FILE_NAME)
-    seed = {"seed": args.seed} if args.seed is not None else None
+    sampling = {k: getattr(args, k) for k in ("seed", "n_train", "n_test", "n_negative",
+                                               "window") if getattr(args, k) is not None}
     latents = parse_latents(args.latents)
     if args.explanations:
         ex = Explanations.load(args.explanations)
@@ -117,12 +125,12 @@ def run(args) -> int:
                          "score explanations you have")
     else:
         ex = acts.explain(root, latents, client=client, tokenizer=args.tokenizer,
-                          sampling=seed)
+                          sampling=sampling)
         ex.save(out)                        # explanations are safe before scoring starts
     if scorers:
         ex = acts.score_explanations(ex, root, scorers, embedder=args.embedder, client=client,
                                      tokenizer=args.tokenizer, logprobs=args.logprobs,
-                                     sampling=seed)
+                                     sampling=sampling)
     path = ex.save(out)
     print(_summary(ex, scorers))
     if client is not None:

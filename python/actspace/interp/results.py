@@ -76,7 +76,7 @@ class Explanations:
         if os.path.isdir(path):
             path = os.path.join(path, FILE_NAME)
         data = read_json(path, "explanations file")
-        if data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             try:
                 return as_explanations(data)
             except (TypeError, ValueError) as e:
