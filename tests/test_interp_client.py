@@ -63,6 +63,12 @@ def test_concurrency_is_bounded(limit):
     assert len(srv.requests) == 9
 
 
+def test_identical_chats_are_sent_once():
+    with FakeLLM() as srv:
+        outs = client(srv.url, max_concurrency=4).complete_many([chat(0), chat(1), chat(0)])
+    assert len(srv.requests) == 2 and outs[0] is outs[2] and outs[1].text == outs[0].text
+
+
 def test_retry_on_429_and_500():
     with FakeLLM(fail={429: 1, 500: 1}) as srv:
         c = client(srv.url, max_concurrency=2, max_retries=3)

@@ -159,6 +159,20 @@ def test_explain_and_score_perfect_llm(store, tmp_path):
     assert back.errors == scored.errors and back.sampling["n_test"] == 10
 
 
+def test_passes_over_the_store_change_nothing(store):
+    lat, tok = store
+    with FakeLLM() as srv:
+        one = acts.explain(lat, range(8), client=llm(srv.url), tokenizer=tok, sampling=SAMPLING)
+        three = acts.explain(lat, range(8), client=llm(srv.url), tokenizer=tok,
+                             sampling=SAMPLING, latents_per_pass=3)
+        s1 = acts.score_explanations(one, lat, ["detection"], client=llm(srv.url),
+                                     tokenizer=tok)
+        s3 = acts.score_explanations(one, lat, ["detection"], client=llm(srv.url),
+                                     tokenizer=tok, latents_per_pass=2)
+    assert one.texts == three.texts and one.errors == three.errors
+    assert s1.scores == s3.scores
+
+
 def test_wrong_explanations_score_low(store):
     lat, tok = store
     wrong = {m: f"the word '{WORDS[(m + 1) % 6]}'" for m in range(6)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .prompts import MalformedAnswer, explainer_chat, parse_explanation
 from .results import Explanations
 
-__all__ = ["explain", "default_latents", "SAMPLING_DEFAULTS"]
+__all__ = ["explain", "default_latents", "chunks", "SAMPLING_DEFAULTS"]
 
 SAMPLING_DEFAULTS = {"window": 32, "n_train": 20, "n_test": 20, "n_negative": 20,
                      "n_quantiles": 5, "train": "top", "n_neighbours": 0, "seed": 0}
@@ -33,17 +33,27 @@ def _check_client(client):
                         f"{type(client).__name__}")
 
 
+def chunks(items: list, size: int):
+    """items in consecutive runs of at most size (one pass over the store per run)."""
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"latents_per_pass must be a positive int, got {size!r}")
+    for a in range(0, len(items), size):
+        yield items[a:a + size]
+
+
 def explain(latent_store, latents=None, *, client=None, tokenizer=None,
-            sampling: dict | None = None, examples: dict | None = None) -> Explanations:
+            sampling: dict | None = None, examples: dict | None = None,
+            latents_per_pass: int = 1024) -> Explanations:
     """Explain `latents` (default: every latent that fired) of a sparse latent store.
 
     client: an acts.llm client (acts.llm.openai_compatible(base_url, model));
     tokenizer: to decode the store's tokens (default: the one the source activation store
     records); sampling: overrides of SAMPLING_DEFAULTS (sample_examples arguments, kept in
     the result so that scoring draws the same held-out examples); examples: {latent:
-    LatentExamples} already drawn (skips sampling). Returns Explanations (texts, errors,
-    usage)."""
-    from .sampling import sample_examples
+    LatentExamples} already drawn (skips sampling); latents_per_pass: latents sampled per
+    pass over the store (bounds the memory of their firings). Returns Explanations (texts,
+    errors, usage)."""
+    from .sampling import load_tokenizer, sample_examples
 
     _check_client(client)
     params = {**SAMPLING_DEFAULTS, **(sampling or {})}
@@ -53,22 +63,25 @@ def explain(latent_store, latents=None, *, client=None, tokenizer=None,
                          f"{sorted(SAMPLING_DEFAULTS)}")
     latents = default_latents(latent_store) if latents is None else [int(v) for v in latents]
     if examples is None:
-        examples = sample_examples(latent_store, latents, tokenizer=tokenizer, **params)
+        tokenizer = load_tokenizer(latent_store, tokenizer)
     texts, errors = {}, {}
-    asked = [lat for lat in latents if examples[lat].train]
-    for lat in latents:
-        if not examples[lat].train:
-            errors[lat] = "the latent never fires in this store: nothing to explain"
-    answers = client.complete_many([explainer_chat(examples[lat].train) for lat in asked],
-                                   desc="explain")
-    for lat, ans in zip(asked, answers):
-        if isinstance(ans, Exception):
-            errors[lat] = f"request failed: {ans}"
-            continue
-        try:
-            texts[lat] = parse_explanation(ans.text)
-        except MalformedAnswer as e:
-            errors[lat] = f"malformed answer: {e}"
+    for part in chunks(latents, latents_per_pass):
+        drawn = examples if examples is not None else sample_examples(
+            latent_store, part, tokenizer=tokenizer, **params)
+        asked = [lat for lat in part if drawn[lat].train]
+        for lat in part:
+            if not drawn[lat].train:
+                errors[lat] = "the latent never fires in this store: nothing to explain"
+        answers = client.complete_many([explainer_chat(drawn[lat].train) for lat in asked],
+                                       desc="explain")
+        for lat, ans in zip(asked, answers):
+            if isinstance(ans, Exception):
+                errors[lat] = f"request failed: {ans}"
+                continue
+            try:
+                texts[lat] = parse_explanation(ans.text)
+            except MalformedAnswer as e:
+                errors[lat] = f"malformed answer: {e}"
     return Explanations(texts, errors=errors, latent_store=str(latent_store),
                         explainer={"model": getattr(client, "model", None),
                                    "url": getattr(client, "url", None)},

@@ -19,7 +19,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from .cache import ResponseCache
+from .cache import ResponseCache, request_key
 
 __all__ = ["LLMError", "Completion", "OpenAICompatibleClient", "openai_compatible"]
 
@@ -163,8 +163,9 @@ class OpenAICompatibleClient:
     # ------------------------------------------------------------------ many requests
     def complete_many(self, chats: list[list[dict]], *, desc: str = "llm",
                       **overrides) -> list:
-        """Completions of many chats, at most max_concurrency in flight, in input order.
-        A chat that failed for good gives its LLMError in its place (the others go on)."""
+        """Completions of many chats, at most max_concurrency in flight, in input order
+        (identical chats are sent once and share the answer). A chat that failed for good
+        gives its LLMError in its place (the others go on)."""
         from tqdm import tqdm
 
         def one(chat):
@@ -173,17 +174,22 @@ class OpenAICompatibleClient:
             except LLMError as e:
                 return e
 
-        out = [None] * len(chats)
+        # identical chats are asked once (and never written to one cache file by two threads)
+        first: dict[str, int] = {}
+        for i, c in enumerate(chats):
+            first.setdefault(request_key(self.body(c, **overrides)), i)
+        unique = sorted(first.values())
+        done = {}
         with ThreadPoolExecutor(self.max_concurrency) as pool, \
-                tqdm(total=len(chats), desc=desc, disable=not self.progress or not chats,
+                tqdm(total=len(unique), desc=desc, disable=not self.progress or not unique,
                      unit="req") as bar:
-            futures = {pool.submit(one, c): i for i, c in enumerate(chats)}
+            futures = {pool.submit(one, chats[i]): i for i in unique}
             for fut in as_completed(futures):
-                out[futures[fut]] = fut.result()
+                done[futures[fut]] = fut.result()
                 bar.update(1)
                 bar.set_postfix(tokens=self.usage.prompt_tokens + self.usage.completion_tokens,
                                 cached=self.usage.cached, refresh=False)
-        return out
+        return [done[first[request_key(self.body(c, **overrides))]] for c in chats]
 
 
 def _retry_after(value) -> float | None:

@@ -201,9 +201,9 @@ def sample_examples(latent_store, latents, *, tokenizer=None, window: int = 32,
         rows, vals = firings[lat]
         rng = random.Random(seed * 1_000_003 + lat)
         ctx = torch.searchsorted(starts, rows, right=True) - 1                 # [F]
-        peak = torch.zeros(n_ctx).scatter_reduce(0, ctx, vals, "amax")         # [C]
-        active = torch.nonzero(peak > 0).flatten()
-        order = active[torch.argsort(-peak[active], stable=True)].tolist()
+        active, where = torch.unique(ctx, return_inverse=True)                 # [A] sorted
+        peak = torch.zeros(active.numel()).scatter_reduce(0, where, vals, "amax")  # [A]
+        order = active[torch.argsort(-peak, stable=True)].tolist()
         groups = _quantile_groups(order, n_quantiles)
         q_of = {c: q for q, g in enumerate(groups) for c in g}
         if train == "top":
@@ -213,12 +213,13 @@ def sample_examples(latent_store, latents, *, tokenizer=None, window: int = 32,
         held = _even_draw(groups, n_test, rng, {c for c, _ in shown})
         active_set = set(order)
         want = n_negative - n_neighbours + 10 * n_neighbours   # random + neighbour pool
-        pool, tries = [], 0
+        pool, tries = {}, 0                  # a dict: a set that keeps the draw order
         while len(pool) < want and tries < 20 * want + 100 and n_ctx > len(active_set):
             c = rng.randrange(n_ctx)
             tries += 1
-            if c not in active_set and c not in pool:
-                pool.append(c)
+            if c not in active_set:
+                pool.setdefault(c)
+        pool = list(pool)
         n_rand = n_negative - n_neighbours
         plans[lat] = (shown, held, [(c, -1) for c in pool[:n_rand]],
                       [(c, -1) for c in pool[n_rand:]], len(order))

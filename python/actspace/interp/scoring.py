@@ -9,7 +9,7 @@ latent -> text) use the defaults.
 """
 from __future__ import annotations
 
-from .explainer import SAMPLING_DEFAULTS
+from .explainer import SAMPLING_DEFAULTS, chunks
 from .results import Explanations, as_explanations
 
 __all__ = ["SCORERS", "score_explanations"]
@@ -43,16 +43,17 @@ SCORERS = {"embedding": (_embedding, False), "detection": (_detection, True),
 def score_explanations(ex, latent_store, scorers=("embedding",), *, embedder=None,
                        client=None, tokenizer=None, sampling: dict | None = None,
                        examples: dict | None = None, n_shown: int = 5,
-                       logprobs: bool = False) -> Explanations:
+                       logprobs: bool = False, latents_per_pass: int = 1024) -> Explanations:
     """Score each explanation of ex (an Explanations or a dict latent -> text) with each
     of `scorers` (names in SCORERS). embedder: for "embedding", a sentence-transformers
     model directory, an object with .embed(texts), or None for the shipped MiniLM;
     client: an acts.llm client, needed by "detection" and "fuzzing"; n_shown: examples per
     prompt; logprobs: ask the server for logprobs (AUROC from P(1)); sampling: overrides of
-    the sampling arguments; examples: {latent: LatentExamples} already drawn.
+    the sampling arguments; examples: {latent: LatentExamples} already drawn;
+    latents_per_pass: latents sampled per pass over the store.
     Returns ex as an Explanations with .scores[latent][scorer] filled in (a scorer's failure
     for one latent is its {"error": ...}; the other latents are scored)."""
-    from .sampling import sample_examples
+    from .sampling import load_tokenizer, sample_examples
 
     ex = as_explanations(ex)
     if isinstance(scorers, str):
@@ -66,18 +67,21 @@ def score_explanations(ex, latent_store, scorers=("embedding",), *, embedder=Non
                          "(an acts.llm.openai_compatible(...) client)")
     params = {**SAMPLING_DEFAULTS, **ex.sampling, **(sampling or {})}
     texts = dict(ex.texts)
-    if examples is None:
-        examples = sample_examples(latent_store, sorted(texts), tokenizer=tokenizer, **params)
     ctx = {"client": client, "n_shown": n_shown, "seed": params["seed"],
-           "logprobs": logprobs,
-           "embedder": None}
+           "logprobs": logprobs, "embedder": None}
     if "embedding" in scorers:
         from .embedding import as_embedder
         ctx["embedder"] = as_embedder(embedder)
+    if examples is None:
+        tokenizer = load_tokenizer(latent_store, tokenizer)
     scores = {lat: dict(v) for lat, v in ex.scores.items()}
-    for name in scorers:
-        for lat, res in SCORERS[name][0](texts, examples, ctx).items():
-            scores.setdefault(lat, {})[name] = res
+    for part in chunks(sorted(texts), latents_per_pass):
+        drawn = examples if examples is not None else sample_examples(
+            latent_store, part, tokenizer=tokenizer, **params)
+        part_texts = {lat: texts[lat] for lat in part}
+        for name in scorers:
+            for lat, res in SCORERS[name][0](part_texts, drawn, ctx).items():
+                scores.setdefault(lat, {})[name] = res
     usage = ex.usage
     if client is not None and hasattr(getattr(client, "usage", None), "as_dict"):
         usage = {**usage, "scoring": client.usage.as_dict()}
