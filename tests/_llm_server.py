@@ -45,6 +45,24 @@ def answer(messages: list[dict], malformed: set) -> str:
     return "[" + ", ".join(map(str, labels)) + "]"
 
 
+def _logprobs(text: str) -> list[dict]:
+    """OpenAI-style token logprobs of a '[1, 0, ...]' answer: each digit token with P(1)
+    graded (0.6..0.9 for a 1, 0.1..0.4 for a 0), so AUROC from them is 1 as well."""
+    import math
+
+    out, k = [], 0
+    for tok in re.findall(r"\d|[^\d]+", text):
+        if tok in "01":
+            p1 = (0.6 if tok == "1" else 0.1) + 0.1 * (k % 4)
+            k += 1
+            out.append({"token": tok, "logprob": math.log(p1 if tok == "1" else 1 - p1),
+                        "top_logprobs": [{"token": "1", "logprob": math.log(p1)},
+                                         {"token": "0", "logprob": math.log(1 - p1)}]})
+        else:
+            out.append({"token": tok, "logprob": 0.0, "top_logprobs": []})
+    return out
+
+
 class FakeLLM:
     """Start with `with FakeLLM() as srv:`; srv.url is the base URL (…/v1)."""
 
@@ -112,10 +130,12 @@ class FakeLLM:
                 self._send(h, status, {"error": {"message": f"fake {status}"}})
                 return
             text = answer(body["messages"], self.malformed)
+            choice = {"index": 0, "finish_reason": "stop",
+                      "message": {"role": "assistant", "content": text}}
+            if body.get("logprobs") and text.startswith("["):
+                choice["logprobs"] = {"content": _logprobs(text)}
             self._send(h, 200, {"id": f"c{n}", "object": "chat.completion",
-                                "model": body["model"],
-                                "choices": [{"index": 0, "finish_reason": "stop",
-                                             "message": {"role": "assistant", "content": text}}],
+                                "model": body["model"], "choices": [choice],
                                 "usage": {"prompt_tokens": len(json.dumps(body["messages"])) // 4,
                                           "completion_tokens": len(text) // 4}})
         except (BrokenPipeError, ConnectionResetError):

@@ -173,6 +173,29 @@ def test_passes_over_the_store_change_nothing(store):
     assert s1.scores == s3.scores
 
 
+def test_logprobs_give_the_auroc_and_neighbours_are_negatives(store):
+    lat, tok = store
+    texts = {m: f"the word '{w}'" for m, w in enumerate(WORDS[:3])}
+
+    class Toy:                                 # near: the texts holding 'the'
+        def embed(self, texts):
+            v = torch.tensor([[1.0, float("the" in t.split())] for t in texts])
+            return torch.nn.functional.normalize(v, dim=1)
+
+    with FakeLLM() as srv:
+        c = llm(srv.url)
+        s = acts.score_explanations(texts, lat, ["detection", "fuzzing"], client=c,
+                                    tokenizer=tok, logprobs=True, embedder=Toy(),
+                                    sampling={**SAMPLING, "n_neighbours": 4})
+    assert all(r["body"]["logprobs"] is True and r["body"]["top_logprobs"] == 5
+               for r in srv.requests)
+    for m in texts:
+        for name in ("detection", "fuzzing"):
+            r = s.scores[m][name]
+            assert r["auroc_from"] == "logprobs" and r["auroc"] == 1.0 and r["n"] == 20
+    assert s.sampling["n_neighbours"] == 4
+
+
 def test_wrong_explanations_score_low(store):
     lat, tok = store
     wrong = {m: f"the word '{WORDS[(m + 1) % 6]}'" for m in range(6)}

@@ -46,6 +46,9 @@ def add_arguments(p) -> None:
                    "per latent for scoring (default 20)")
     p.add_argument("--n-negative", type=int, default=None, help="non-activating examples "
                    "per latent for scoring (default 20)")
+    p.add_argument("--neighbours", type=int, default=None, help="how many of the "
+                   "non-activating examples are the contexts nearest to the activating ones "
+                   "in the embedder's space (hard negatives; default 0)")
     p.add_argument("--window", type=int, default=None, help="tokens per example (default 32)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the "
                    "explanations file's, else 0)")
@@ -114,6 +117,8 @@ def run(args) -> int:
     out = args.out or os.path.join(root, FILE_NAME)
     sampling = {k: getattr(args, k) for k in ("seed", "n_train", "n_test", "n_negative",
                                                "window") if getattr(args, k) is not None}
+    if args.neighbours is not None:
+        sampling["n_neighbours"] = args.neighbours
     latents = parse_latents(args.latents)
     if args.explanations:
         ex = Explanations.load(args.explanations)
@@ -125,7 +130,7 @@ def run(args) -> int:
                          "score explanations you have")
     else:
         ex = acts.explain(root, latents, client=client, tokenizer=args.tokenizer,
-                          sampling=sampling)
+                          sampling=sampling, embedder=args.embedder)
         ex.save(out)                        # explanations are safe before scoring starts
     if scorers:
         ex = acts.score_explanations(ex, root, scorers, embedder=args.embedder, client=client,

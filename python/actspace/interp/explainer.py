@@ -11,7 +11,8 @@ from __future__ import annotations
 from .prompts import MalformedAnswer, explainer_chat, parse_explanation
 from .results import Explanations
 
-__all__ = ["explain", "default_latents", "chunks", "SAMPLING_DEFAULTS"]
+__all__ = ["explain", "default_latents", "chunks", "neighbour_embedder",
+           "SAMPLING_DEFAULTS"]
 
 SAMPLING_DEFAULTS = {"window": 32, "n_train": 20, "n_test": 20, "n_negative": 20,
                      "n_quantiles": 5, "train": "top", "n_neighbours": 0, "seed": 0}
@@ -33,6 +34,14 @@ def _check_client(client):
                         f"{type(client).__name__}")
 
 
+def neighbour_embedder(params: dict, embedder):
+    """The embedder sampling needs for nearest-neighbour negatives (None when it draws none)."""
+    if not params.get("n_neighbours"):
+        return None
+    from .embedding import as_embedder
+    return as_embedder(embedder)
+
+
 def chunks(items: list, size: int):
     """items in consecutive runs of at most size (one pass over the store per run)."""
     if not isinstance(size, int) or size <= 0:
@@ -43,7 +52,7 @@ def chunks(items: list, size: int):
 
 def explain(latent_store, latents=None, *, client=None, tokenizer=None,
             sampling: dict | None = None, examples: dict | None = None,
-            latents_per_pass: int = 1024) -> Explanations:
+            latents_per_pass: int = 1024, embedder=None) -> Explanations:
     """Explain `latents` (default: every latent that fired) of a sparse latent store.
 
     client: an acts.llm client (acts.llm.openai_compatible(base_url, model));
@@ -51,8 +60,8 @@ def explain(latent_store, latents=None, *, client=None, tokenizer=None,
     records); sampling: overrides of SAMPLING_DEFAULTS (sample_examples arguments, kept in
     the result so that scoring draws the same held-out examples); examples: {latent:
     LatentExamples} already drawn (skips sampling); latents_per_pass: latents sampled per
-    pass over the store (bounds the memory of their firings). Returns Explanations (texts,
-    errors, usage)."""
+    pass over the store (bounds the memory of their firings); embedder: for sampling's
+    n_neighbours (see score_explanations). Returns Explanations (texts, errors, usage)."""
     from .sampling import load_tokenizer, sample_examples
 
     _check_client(client)
@@ -64,10 +73,11 @@ def explain(latent_store, latents=None, *, client=None, tokenizer=None,
     latents = default_latents(latent_store) if latents is None else [int(v) for v in latents]
     if examples is None:
         tokenizer = load_tokenizer(latent_store, tokenizer)
+    embedder = neighbour_embedder(params, embedder)
     texts, errors = {}, {}
     for part in chunks(latents, latents_per_pass):
         drawn = examples if examples is not None else sample_examples(
-            latent_store, part, tokenizer=tokenizer, **params)
+            latent_store, part, tokenizer=tokenizer, embedder=embedder, **params)
         asked = [lat for lat in part if drawn[lat].train]
         for lat in part:
             if not drawn[lat].train:

@@ -9,7 +9,7 @@ latent -> text) use the defaults.
 """
 from __future__ import annotations
 
-from .explainer import SAMPLING_DEFAULTS, chunks
+from .explainer import SAMPLING_DEFAULTS, chunks, neighbour_embedder
 from .results import Explanations, as_explanations
 
 __all__ = ["SCORERS", "score_explanations"]
@@ -51,6 +51,8 @@ def score_explanations(ex, latent_store, scorers=("embedding",), *, embedder=Non
     prompt; logprobs: ask the server for logprobs (AUROC from P(1)); sampling: overrides of
     the sampling arguments; examples: {latent: LatentExamples} already drawn;
     latents_per_pass: latents sampled per pass over the store.
+    With sampling n_neighbours > 0, that many of the non-activating examples are the
+    contexts nearest to the activating ones in `embedder`'s space (hard negatives).
     Returns ex as an Explanations with .scores[latent][scorer] filled in (a scorer's failure
     for one latent is its {"error": ...}; the other latents are scored)."""
     from .sampling import load_tokenizer, sample_examples
@@ -69,15 +71,16 @@ def score_explanations(ex, latent_store, scorers=("embedding",), *, embedder=Non
     texts = dict(ex.texts)
     ctx = {"client": client, "n_shown": n_shown, "seed": params["seed"],
            "logprobs": logprobs, "embedder": None}
+    near = neighbour_embedder(params, embedder)
     if "embedding" in scorers:
         from .embedding import as_embedder
-        ctx["embedder"] = as_embedder(embedder)
+        ctx["embedder"] = near or as_embedder(embedder)
     if examples is None:
         tokenizer = load_tokenizer(latent_store, tokenizer)
     scores = {lat: dict(v) for lat, v in ex.scores.items()}
     for part in chunks(sorted(texts), latents_per_pass):
         drawn = examples if examples is not None else sample_examples(
-            latent_store, part, tokenizer=tokenizer, **params)
+            latent_store, part, tokenizer=tokenizer, embedder=near, **params)
         part_texts = {lat: texts[lat] for lat in part}
         for name in scorers:
             for lat, res in SCORERS[name][0](part_texts, drawn, ctx).items():
