@@ -5,7 +5,7 @@ classifier would for latents that fire on one word, and records what it was sent
 Explainer prompts: the most frequent <<marked>> word -> "[EXPLANATION]: the word 'w'".
 Detection prompts: 1 for each example containing the explained word. Fuzzing prompts: 1
 for each example whose marked spans are all the word. An explanation containing a word in
-`malformed` gets an answer without the asked-for format. `fail` maps a status (429, 500)
+`malformed` gets an answer without the asked-for format. `fail` maps a status (429, 500, 400...)
 to how many first attempts of each distinct request get it; `delay` slows every answer.
 """
 from __future__ import annotations
@@ -119,8 +119,8 @@ class FakeLLM:
                 self._stop.wait(5.0)            # past the client's timeout
             time.sleep(self.delay)
             status, seen = 200, 0
-            for code in (429, 500):
-                seen += self.fail.get(code, 0)
+            for code in self.fail:                  # in the order given
+                seen += self.fail[code]
                 if attempt < seen:
                     status = code
                     break

@@ -91,6 +91,14 @@ def test_retries_exhausted_is_an_error_in_place_the_rest_goes_on():
     assert c.usage.failed == 1
 
 
+def test_client_errors_are_not_retried():
+    with FakeLLM(fail={400: 5}) as srv:
+        c = client(srv.url, max_retries=4)
+        with pytest.raises(LLMError, match="HTTP 400"):
+            c.complete(chat(0))
+    assert len(srv.requests) == 1 and c.usage.retries == 0 and c.usage.failed == 1
+
+
 def test_timeout_then_retry():
     with FakeLLM(hang_first=1) as srv:
         c = client(srv.url, timeout=0.5, max_retries=2)
@@ -117,8 +125,17 @@ def test_cache_reuse_costs_nothing(tmp_path):
     assert c2.usage.prompt_tokens == srv_tokens(srv.requests[-1:])  # only the new one counted
     files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "c") for f in fs]
     assert len(files) == 6 and not any(".tmp." in f for f in files)
-    entry = json.loads(open(files[0]).read())
-    assert entry["request"]["model"] == "fake-model" and "choices" in entry["response"]
+    entries = {f: json.loads(open(f).read()) for f in files}
+    assert all(e["request"]["model"] == "fake-model" and "choices" in e["response"]
+               for e in entries.values())
+    damaged = next(f for f, e in entries.items() if e["request"]["temperature"] == 0.0)
+    with open(damaged, "w") as f:              # a damaged entry is asked again, rewritten
+        f.write('{"request": {}, "response": {"choices": []}}')
+    with FakeLLM() as srv2:
+        c3 = client(srv2.url, tmp_path)
+        c3.complete_many(chats)
+    assert len(srv2.requests) == 1 and c3.usage.cached == 4
+    assert json.loads(open(damaged).read())["response"]["choices"]
 
 
 def srv_tokens(reqs) -> int:

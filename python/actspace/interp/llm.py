@@ -142,10 +142,14 @@ class OpenAICompatibleClient:
         """The completion of one chat, from the cache when it holds this exact request."""
         body = self.body(messages, **overrides)
         raw = self.cache.get(body) if self.cache is not None else None
+        try:
+            text = _message_text(raw) if raw is not None else None
+        except LLMError:                   # an unusable cache entry is a miss
+            raw = None
         cached = raw is not None
         if not cached:
             raw = self._post(body)
-        text = _message_text(raw)          # checked before caching: no text, no cache entry
+            text = _message_text(raw)      # checked before caching: no text, no cache entry
         u = raw.get("usage") or {}
         done = Completion(text=text, logprobs=((raw["choices"][0].get("logprobs") or {})
                                                .get("content")), cached=cached,
