@@ -156,3 +156,16 @@ def test_no_client_no_network(tmp_path):
         acts.explain(tmp_path, [0])
     with pytest.raises(ValueError, match="need client="):
         acts.score_explanations({0: "cats"}, tmp_path, ["detection"])
+
+
+def test_import_is_light():
+    """acts.llm / acts.explain / acts.score_explanations load without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, actspace as a; a.llm; a.explain; a.score_explanations; "
+            "a.llm.openai_compatible('http://127.0.0.1:9/v1', 'm'); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "python"))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)

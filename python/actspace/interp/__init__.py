@@ -8,6 +8,7 @@ embedder and the embedding scorer), classifier.py (detection and fuzzing scorers
 metrics.py (AUROC, balanced accuracy), scoring.py (acts.score_explanations, the scorer
 registry), results.py (the explanations file).
 
-Nothing here imports torch at module import, and nothing touches the network unless a
-client with an endpoint is passed.
+Only sampling.py and the embedder import torch, and only when they run: `acts.llm`,
+`acts.explain` and `acts.score_explanations` import in milliseconds. Nothing touches the
+network unless a client with an endpoint is passed.
 """

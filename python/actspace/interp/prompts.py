@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
-from .sampling import Example
+if TYPE_CHECKING:                       # sampling imports torch; the prompts need none
+    from .sampling import Example
 
 __all__ = ["MalformedAnswer", "highlight", "explainer_chat", "parse_explanation",
            "detection_chat", "fuzzing_chat", "parse_labels", "label_probabilities"]
