@@ -59,10 +59,18 @@ class LatentExamples:
     n_activating: int = 0                                     # activating contexts in store
 
 
-def _shards(root: Path):
+def _iter_shards(root: Path, keys: tuple[str, ...]):
+    """The requested fields of each shard of the latent store, in order. (The one place
+    that reads shards here: when the store's format module offers a checked reader, this
+    becomes a call to it.)"""
+    from safetensors import safe_open
+
     from ..decompose.latents import read_manifest
 
-    return [root / s["file"] for s in read_manifest(root)["shards"]]
+    for entry in read_manifest(root)["shards"]:
+        with safe_open(str(root / entry["file"]), framework="pt") as f:
+            names = set(f.keys())
+            yield {k: f.get_tensor(k) for k in keys if k in names}
 
 
 def load_tokenizer(latent_store, tokenizer=None):
@@ -103,21 +111,17 @@ def token_strings(tokenizer, ids: list[int]) -> list[str]:
 def _contexts_and_firings(root: Path, latents: list[int], window: int):
     """Pass 1. Returns (starts int64 [C+1]: first row of each context, then the row count;
     {latent: (rows int64 [F], values float32 [F])} of the requested latents' firings)."""
-    from safetensors import safe_open
-
     wanted = torch.tensor(sorted(set(latents)), dtype=torch.int64)
     starts, rows_all, lat_all, val_all = [], [], [], []
     offset, prev_key = 0, None
-    for path in _shards(root):
-        with safe_open(str(path), framework="pt") as f:
-            names = set(f.keys())
-            idx = f.get_tensor("indices").to(torch.int64)                # [n, k]
-            val = f.get_tensor("values").float()                         # [n, k]
-            n = idx.shape[0]
-            doc = (f.get_tensor("doc_ids").to(torch.int64) if "doc_ids" in names
-                   else torch.zeros(n, dtype=torch.int64))
-            pos = (f.get_tensor("positions").to(torch.int64) if "positions" in names
-                   else torch.arange(offset, offset + n))
+    for shard in _iter_shards(root, ("indices", "values", "doc_ids", "positions")):
+        idx = shard["indices"].to(torch.int64)                                  # [n, k]
+        val = shard["values"].float()                                           # [n, k]
+        n = idx.shape[0]
+        doc = shard["doc_ids"].to(torch.int64) if "doc_ids" in shard else \
+            torch.zeros(n, dtype=torch.int64)
+        pos = shard["positions"].to(torch.int64) if "positions" in shard else \
+            torch.arange(offset, offset + n)
         key = torch.stack([doc, torch.div(pos, window, rounding_mode="floor")], 1)  # [n, 2]
         new = torch.ones(n, dtype=torch.bool)
         if n > 1:
@@ -251,8 +255,6 @@ def sample_examples(latent_store, latents, *, tokenizer=None, window: int = 32,
 
 def _context_token_ids(root: Path, starts: torch.Tensor, chosen: list[int]) -> dict:
     """{context: token ids} for the chosen contexts, reading only their rows."""
-    from safetensors import safe_open
-
     if not chosen:
         return {}
     c = torch.tensor(chosen)
@@ -260,9 +262,8 @@ def _context_token_ids(root: Path, starts: torch.Tensor, chosen: list[int]) -> d
     rows = torch.cat(spans)                                                  # sorted
     got = torch.empty(rows.numel(), dtype=torch.int64)
     offset = 0
-    for path in _shards(root):
-        with safe_open(str(path), framework="pt") as f:
-            t = f.get_tensor("token_ids").to(torch.int64)
+    for shard in _iter_shards(root, ("token_ids",)):
+        t = shard["token_ids"].to(torch.int64)                                  # [n]
         sel = (rows >= offset) & (rows < offset + t.numel())
         got[sel] = t[rows[sel] - offset]
         offset += t.numel()
