@@ -68,7 +68,7 @@ def test_explain_killed_and_resumed_repeats_no_cached_request(store, tmp_path):
         job.wait()
         cached = _cached_requests(store / "llm_cache")
         sent_before = len(_lines(log))
-        assert 10 <= len(cached) <= sent_before       # answered ones are on disk
+        assert 6 <= len(cached) <= sent_before        # answered ones are on disk
         done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         resent = _lines(log)[sent_before:]
