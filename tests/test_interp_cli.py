@@ -119,3 +119,30 @@ def test_explain_cli_errors(store, tmp_path, capsys):
     assert main(["explain", str(store), "--explanations", str(bad)]) == 2
     assert "bad.json" in capsys.readouterr().err
     assert main(["explain", str(store), "--explanations", str(bad), "--scorers", "vibes"]) == 2
+
+
+def test_explain_then_report_shows_explanations(store, tmp_path, capsys):
+    """CLI -> explanations.json in the pipeline layout -> `actspace report`."""
+    from _llm_server import FakeLLM
+    from actspace._io import write_json_atomic
+
+    out = tmp_path / "run"
+    write_json_atomic(out / "cards" / "hp.json", {
+        "d_sae": 12, "frequency": [0.1] * 12,
+        "cards": [{"latent": m, "count": 9, "frequency": 0.09, "mean_activation": 1.5,
+                   "examples": []} for m in (0, 1)]})
+    with FakeLLM() as srv:
+        rc = main(["explain", str(store), "--endpoint", srv.url, "--model", "fake",
+                   "--tokenizer", minilm_dir(), "--latents", "0-2", "--scorers", "detection",
+                   "--out", str(out / "latents" / "hp" / "explanations.json"),
+                   "--cache", str(tmp_path / "cache"), "--n-train", "8", "--n-test", "10",
+                   "--n-negative", "10", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert "3 explanations, 0 latents without one" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    card0 = page[page.index("<b>latent 0</b>"):page.index("<b>latent 1</b>")]
+    assert "Explanation:</b> the word &#x27;cat&#x27;" in card0
+    assert "detection: AUROC 1.000, bal. acc. 1.000" in card0
+    table = page[page.index("<h4>Explanations</h4>"):]
+    assert all(f"the word &#x27;{w}&#x27;" in table for w in WORDS[:3])
