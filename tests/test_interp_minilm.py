@@ -37,9 +37,9 @@ def minilm_latents(tmp_path_factory):
         acts.capture_to_store(model, tok, docs, HP, root / "acts", batch_size=8,
                               max_length=96, stats=False, progress=False)
         store = acts.ActivationStore.open(root / "acts")
-        sae, _ = acts.train_sae(store, d_sae=256, k=8, batch_size=256, epochs=3, lr=3e-3,
-                                hookpoint=HP, progress=False, dead_tokens=2000,
-                                checkpoint_every=0)
+        sae = acts.train_sae(store, d_sae=256, k=8, batch_size=256, epochs=3, lr=3e-3,
+                             hookpoint=HP, progress=False, dead_tokens=2000,
+                             checkpoint_every=0).sae
         encode_store(sae, store, root / "lat", top_t=4, context=2)
     finally:
         torch.set_num_threads(n)
