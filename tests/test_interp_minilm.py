@@ -72,7 +72,7 @@ def test_embedding_scorer_prefers_the_latent_it_explains(minilm_latents):
     latents whose top tokens are words (a sentence embedder cannot tell '*' from ','); the
     comparison is against the mean AUROC of the same explanation on each other latent's
     held-out and non-activating examples."""
-    from actspace.decompose.latents import LatentStats
+    from actspace.stats.latent import LatentStats
     from actspace.interp.embedding import SentenceEmbedder, embedding_scores
     from actspace.interp.sampling import sample_examples
 

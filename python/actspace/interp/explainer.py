@@ -20,7 +20,7 @@ SAMPLING_DEFAULTS = {"window": 32, "n_train": 20, "n_test": 20, "n_negative": 20
 
 def default_latents(latent_store) -> list[int]:
     """Every latent that fired at least once (from the store's LatentStats)."""
-    from ..decompose.latents import LatentStats
+    from ..stats.latent import LatentStats
 
     return [int(v) for v in (LatentStats.load(latent_store).counts > 0).nonzero().flatten()]
 

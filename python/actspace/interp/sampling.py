@@ -60,23 +60,17 @@ class LatentExamples:
 
 
 def _iter_shards(root: Path, keys: tuple[str, ...]):
-    """The requested fields of each shard of the latent store, in order. (The one place
-    that reads shards here: when the store's format module offers a checked reader, this
-    becomes a call to it.)"""
-    from safetensors import safe_open
+    """The requested fields of each shard of the latent store, in order, each shard
+    checked against its manifest entry first (actspace.decompose.latent_store)."""
+    from ..decompose.latent_store import iter_shards
 
-    from ..decompose.latents import read_manifest
-
-    for entry in read_manifest(root)["shards"]:
-        with safe_open(str(root / entry["file"]), framework="pt") as f:
-            names = set(f.keys())
-            yield {k: f.get_tensor(k) for k in keys if k in names}
+    return iter_shards(root, keys)
 
 
 def load_tokenizer(latent_store, tokenizer=None):
     """tokenizer itself, a tokenizer loaded from a path/name, or the one recorded in the
     manifest of the activation store the latent store was encoded from."""
-    from ..decompose.latents import read_manifest
+    from ..decompose.latent_store import read_manifest
 
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
@@ -191,7 +185,7 @@ def sample_examples(latent_store, latents, *, tokenizer=None, window: int = 32,
         raise ValueError(f"n_neighbours ({n_neighbours}) cannot exceed n_negative ({n_negative})")
     if n_neighbours and embedder is None:
         raise ValueError("n_neighbours > 0 needs an embedder")
-    from ..decompose.latents import read_manifest
+    from ..decompose.latent_store import read_manifest
     d_sae = int(read_manifest(root)["d_sae"])
     bad = [v for v in latents if not 0 <= v < d_sae]
     if bad:
