@@ -9,7 +9,7 @@ import torch
 
 import actspace as acts
 from actspace.assets.byte_tokenizer import build_byte_tokenizer
-from actspace.capture.hookpoints import first_tensor
+from actspace.model.hooks import first_tensor
 
 
 @pytest.fixture(scope="module")
