@@ -1,0 +1,80 @@
+"""The gated SAE's maths (decompose/kinds_new/gated.py) against a hand computation in
+float64, and its inference form as a JumpReLU SAE."""
+import math
+
+import pytest
+import torch
+
+from actspace.decompose.kinds_new.gated import gated_as_jumprelu, gated_forward, gated_loss
+
+D = torch.float64
+
+
+def _params():
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=D, requires_grad=True)
+    b_gate = torch.tensor([-0.5, 0.2], dtype=D, requires_grad=True)
+    r_mag = torch.tensor([math.log(2.0), 0.0], dtype=D, requires_grad=True)
+    b_mag = torch.tensor([0.1, -0.3], dtype=D, requires_grad=True)
+    W_dec = torch.tensor([[0.6, 0.8], [1.0, 0.0]], dtype=D, requires_grad=True)
+    b_dec = torch.tensor([0.5, 0.0], dtype=D, requires_grad=True)
+    return W, b_gate, r_mag, b_mag, W_dec, b_dec
+
+
+X = torch.tensor([[1.5, 1.0], [0.5, -1.0]], dtype=D)
+
+
+def test_gated_forward_and_loss_by_hand():
+    W, b_gate, r_mag, b_mag, W_dec, b_dec = _params()
+    x_in = X - b_dec                                     # [[1, 1], [0, -1]]
+    y_hat, f, pi_gate, active = gated_forward(x_in, W, b_gate, r_mag, b_mag, W_dec, b_dec)
+    # π_gate = [[.5, 1.2], [-.5, -.8]];  π_mag = [[2.1, .7], [.1, -1.3]]
+    torch.testing.assert_close(pi_gate.detach(), torch.tensor([[0.5, 1.2], [-0.5, -0.8]], dtype=D))
+    assert active.tolist() == [[True, True], [False, False]]
+    torch.testing.assert_close(f.detach(), torch.tensor([[2.1, 0.7], [0.0, 0.0]], dtype=D))
+    torch.testing.assert_close(y_hat.detach(), torch.tensor([[2.46, 1.68], [0.5, 0.0]], dtype=D))
+    V = 2.5                                             # Σ‖y - ȳ‖², ȳ = [1, 0]
+    rms = math.sqrt(V / 2)
+    loss, fvu, l1, aux = gated_loss(X, y_hat, pi_gate, W_dec, b_dec, total_var=V, rms=rms,
+                                    l1_coeff=0.4)
+    assert float(fvu) == pytest.approx((0.9216 + 0.4624 + 1.0) / V, rel=1e-12)
+    assert float(l1) == pytest.approx(0.4 * (0.5 + 1.2) / 2 / rms, rel=1e-12)
+    # via the gate: relu(π_gate) @ W_dec + b_dec = [[2.0, .4], [.5, 0]]
+    assert float(aux) == pytest.approx((0.25 + 0.36 + 1.0) / V, rel=1e-12)
+    assert float(loss) == pytest.approx(float(fvu + l1 + aux), rel=1e-12)
+
+
+def test_gradients_flow_where_the_paper_says():
+    W, b_gate, r_mag, b_mag, W_dec, b_dec = _params()
+    V, rms = 2.5, math.sqrt(1.25)
+
+    def terms():
+        y_hat, _, pi_gate, _ = gated_forward(X - b_dec, W, b_gate, r_mag, b_mag, W_dec, b_dec)
+        return gated_loss(X, y_hat, pi_gate, W_dec, b_dec, total_var=V, rms=rms, l1_coeff=0.4)
+
+    _, fvu, l1, aux = terms()
+    g_fvu = torch.autograd.grad(fvu, (b_gate, W_dec), allow_unused=True)
+    assert g_fvu[0] is None or torch.equal(g_fvu[0], torch.zeros(2, dtype=D))  # no path via 1[.]
+    _, fvu, l1, aux = terms()
+    g_aux = torch.autograd.grad(aux, (W_dec, b_gate), allow_unused=True)
+    assert g_aux[0] is None or torch.equal(g_aux[0], torch.zeros(2, 2, dtype=D))  # sg(W_dec)
+    # aux's gradient to b_gate by hand: d/db_gate_m Σ_n ‖y_n - v_n‖²/V = Σ_n over rows
+    # where the gate is open: -2 (y_n - v_n)·W_dec[m] / V; only row 0 is open
+    r0 = torch.tensor([1.5 - 2.0, 1.0 - 0.4], dtype=D)
+    want = -2 * torch.stack([r0 @ W_dec[0].detach(), r0 @ W_dec[1].detach()]) / V
+    torch.testing.assert_close(g_aux[1], want)
+
+
+def test_inference_form_is_a_jumprelu():
+    torch.manual_seed(0)
+    M, d = 40, 8
+    W = torch.randn(M, d, dtype=D)
+    b_gate, r_mag, b_mag = torch.randn(M, dtype=D), 0.3 * torch.randn(M, dtype=D), \
+        torch.randn(M, dtype=D)
+    W_dec, b_dec = torch.randn(M, d, dtype=D), torch.randn(d, dtype=D)
+    x = torch.randn(200, d, dtype=D)
+    _, f, _, _ = gated_forward(x - b_dec, W, b_gate, r_mag, b_mag, W_dec, b_dec)
+    W2, b2, thr = gated_as_jumprelu(W, b_gate, r_mag, b_mag)
+    pre = (x - b_dec) @ W2.T + b2
+    g = torch.relu(pre) * (pre > thr)
+    torch.testing.assert_close(g, f)
+    assert bool((f > 0).any()) and bool((f == 0).any())

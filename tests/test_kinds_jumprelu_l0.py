@@ -1,0 +1,106 @@
+"""JumpReLU's estimators and sparsity penalties (decompose/kinds_new/{estimators,
+jumprelu_l0}.py) against hand computations in float64: the penalty values and their
+gradients to the thresholds through the rectangle-kernel pseudo-derivatives."""
+import math
+
+import pytest
+import torch
+
+from actspace.decompose.kinds_new.estimators import jumprelu, step
+from actspace.decompose.kinds_new.jumprelu_l0 import jumprelu_forward, l0_penalty, \
+    sparsity_count
+
+D = torch.float64
+# window |z - θ| < ε/2 = 0.1: (0,0), (0,1), (1,0), (1,2); firing: (0,0), (1,1), (1,2)
+PRE = torch.tensor([[0.55, 0.95, -1.0], [0.45, 2.0, 0.25]], dtype=D)
+THETA = [0.5, 1.0, 0.2]
+EPS = 0.2
+
+
+def _theta():
+    return torch.tensor(THETA, dtype=D, requires_grad=True)
+
+
+def test_jumprelu_value_and_pseudo_derivatives():
+    z = PRE.clone().requires_grad_(True)
+    th = _theta()
+    f = jumprelu(z, th, EPS)
+    torch.testing.assert_close(f.detach(), torch.tensor([[0.55, 0, 0], [0, 2.0, 0.25]], dtype=D))
+    f.sum().backward()
+    # d/dθ_m = Σ_n -(θ_m/ε) K: θ0 two rows in window, θ1 and θ2 one each
+    torch.testing.assert_close(th.grad, torch.tensor([-2 * 0.5 / EPS, -1.0 / EPS, -0.2 / EPS],
+                                                     dtype=D))
+    torch.testing.assert_close(z.grad, (PRE > th.detach()).to(D))
+
+
+def test_step_gives_no_gradient_to_z():
+    z = PRE.clone().requires_grad_(True)
+    th = _theta()
+    step(z, th, EPS).sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(PRE))
+    torch.testing.assert_close(th.grad, torch.tensor([-2 / EPS, -1 / EPS, -1 / EPS], dtype=D))
+
+
+def test_l0_coefficient_mode_by_hand():
+    th = _theta()
+    pen = l0_penalty(sparsity_count(PRE, th, EPS), coeff=0.3)
+    assert float(pen) == pytest.approx(0.3 * 1.5)                  # counts 1 and 2
+    pen.backward()
+    # d mean / dθ = -(1/ε)·(rows in window)/N = [-5, -2.5, -2.5]
+    torch.testing.assert_close(th.grad, 0.3 * torch.tensor([-5, -2.5, -2.5], dtype=D))
+
+
+def test_quadratic_l0_target_by_hand_and_its_direction():
+    th = _theta()
+    pen = l0_penalty(sparsity_count(PRE, th, EPS), coeff=2.0, target=3)
+    assert float(pen) == pytest.approx(2.0 * (1.5 / 3 - 1) ** 2)
+    pen.backward()
+    # 2λ(L0/T - 1)/T = -2/3 times d mean/dθ = [-5, -2.5, -2.5]
+    want = torch.tensor([10 / 3, 5 / 3, 5 / 3], dtype=D)
+    torch.testing.assert_close(th.grad, want)
+    # below the target the gradient is positive: descent lowers θ and raises L0; above, not
+    th2 = _theta()
+    l0_penalty(sparsity_count(PRE, th2, EPS), coeff=2.0, target=1).backward()
+    assert bool((th2.grad <= 0).all()) and bool((th2.grad < 0).any())
+    # at the target it is flat
+    th3 = _theta()
+    l0_penalty(sparsity_count(PRE, th3, EPS), coeff=2.0, target=1.5).backward()
+    assert torch.equal(th3.grad, torch.zeros(3, dtype=D))
+    with pytest.raises(ValueError, match="l0_target"):
+        l0_penalty(torch.ones(2, dtype=D), 1.0, target=0)
+
+
+def test_tanh_count_by_hand():
+    z = PRE.clone().requires_grad_(True)
+    th = _theta()
+    c, rms = 4.0, 2.0
+    count = sparsity_count(z, th, EPS, mode="tanh", tanh_scale=c, rms=rms)
+    want = [math.tanh(c * 0.55 / rms), math.tanh(c * 2.0 / rms) + math.tanh(c * 0.25 / rms)]
+    torch.testing.assert_close(count.detach(), torch.tensor(want, dtype=D))
+    count.mean().backward()
+    sech2 = lambda u: 1 - math.tanh(u) ** 2  # noqa: E731
+    s = c / rms
+    # θ0: (0,0) fires at f = .55 and (1,0) sits at 0: both in the window, -(θ/ε)=-2.5 each
+    g0 = 0.5 * (s * sech2(s * 0.55) * -2.5 + s * sech2(0.0) * -2.5)
+    g1 = 0.5 * (s * sech2(0.0) * -5.0)                # (0,1): z = .95 < θ, f = 0
+    g2 = 0.5 * (s * sech2(s * 0.25) * -1.0)           # (1,2) fires at .25
+    torch.testing.assert_close(th.grad, torch.tensor([g0, g1, g2], dtype=D))
+    # to z: through f where the latent fires
+    wz = torch.zeros(2, 3, dtype=D)
+    wz[0, 0] = 0.5 * s * sech2(s * 0.55)
+    wz[1, 1] = 0.5 * s * sech2(s * 2.0)
+    wz[1, 2] = 0.5 * s * sech2(s * 0.25)
+    torch.testing.assert_close(z.grad, wz)
+    with pytest.raises(ValueError, match="sparsity_mode"):
+        sparsity_count(PRE, th, EPS, mode="l1")
+
+
+def test_forward_reconstruction_and_active_mask():
+    th = _theta()
+    W = torch.tensor([[1, 0], [0, 1], [1, 1]], dtype=D)
+    b = torch.tensor([0.1, 0.2], dtype=D)
+    y_hat, acts, active, pen = jumprelu_forward(PRE, th, W, b, eps=EPS, l0_coeff=1.0,
+                                                l0_target=2)
+    torch.testing.assert_close(y_hat, torch.tensor([[0.65, 0.2], [0.35, 2.45]], dtype=D))
+    assert active.tolist() == [[True, False, False], [False, True, True]]
+    assert float(pen) == pytest.approx((1.5 / 2 - 1) ** 2)
