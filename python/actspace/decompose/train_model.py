@@ -3,7 +3,9 @@
 For quick runs that do not need an activation store on disk. ``ModelSource`` runs the
 model over the texts and yields the activations of the non-padding tokens at a hookpoint
 (and, for a transcoder, at ``hookpoint_out``: pairs (x, y)) in batches of ``batch_size``
-rows. Shuffling permutes the order of the texts per epoch (seeded), so a resumed run
+rows. With ``hookpoints=[...]`` it yields, per batch, the tuple of every hookpoint's
+activations over the same tokens from one forward pass (train_sae(hookpoints=...), see
+train_multi.py). Shuffling permutes the order of the texts per epoch (seeded), so a resumed run
 recomputes exactly the same batches; tokens within a text stay in order (use a shuffled
 ActivationStore for large runs).
 """
@@ -17,16 +19,23 @@ from ..model.hooks import read_hook
 
 class ModelSource:
     """ModelSource(model, tokenizer, texts, hookpoint, *, hookpoint_out=None, max_length=128,
-    texts_per_forward=8): an iter_batches source of x [B, d] (or (x [B, d], y [B, d_out]))."""
+    texts_per_forward=8): an iter_batches source of x [B, d] (or (x [B, d], y [B, d_out]));
+    ModelSource(model, tokenizer, texts, hookpoints=[h_1, ..., h_L]): of tuples of L."""
 
-    def __init__(self, model, tokenizer, texts, hookpoint, *, hookpoint_out=None,
-                 max_length=128, texts_per_forward=8):
+    def __init__(self, model, tokenizer, texts, hookpoint=None, *, hookpoint_out=None,
+                 hookpoints=None, max_length=128, texts_per_forward=8):
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of strings")
         if not texts:
             raise ValueError("texts must not be empty")
         self.model, self.tokenizer, self.texts = model, tokenizer, list(texts)
-        names = [hookpoint] + ([hookpoint_out] if hookpoint_out is not None else [])
+        if (hookpoints is None) == (hookpoint is None):
+            raise ValueError("give hookpoint or hookpoints (a list), not both")
+        if hookpoints is not None and hookpoint_out is not None:
+            raise ValueError("hookpoint_out (a transcoder) cannot be combined with hookpoints")
+        names = list(hookpoints) if hookpoints is not None else \
+            [hookpoint] + ([hookpoint_out] if hookpoint_out is not None else [])
+        self.names = names
         self.hooks = resolve(model, names)
         self.hookpoint, self.hookpoint_out = hookpoint, hookpoint_out
         self.max_length, self.texts_per_forward = max_length, texts_per_forward
