@@ -86,10 +86,10 @@ def test_attributes_and_interface():
     assert sae.dtype == torch.float32 and sae.device.type == "cpu"
     assert not sae.apply_b_dec_to_input
     assert isinstance(sae, Decomposition) and is_decomposition(sae)
-    # init: unit decoder rows; tied encoder for an autoencoder
+    # init: unit decoder rows; tied encoder for an autoencoder, rows of norm 1/√3
     ae = acts.SAE(8, 32, "topk", 4)
     torch.testing.assert_close(ae.W_dec.norm(dim=1), torch.ones(32))
-    assert torch.equal(ae.W_enc, ae.W_dec)
+    assert torch.equal(ae.W_enc, ae.W_dec * 3 ** -0.5)
 
 
 def test_gradients_flow_through_ops():
@@ -168,22 +168,23 @@ def test_init_rows_slices_equal_the_whole():
     """Latent sharding draws only its slice of the initial dictionary: any row range equals
     those rows of the whole draw (across block boundaries), rows are unit vectors, the
     encoder is tied for an autoencoder and separate for a transcoder."""
-    from actspace.decompose.sae import _INIT_BLOCK, init_rows
+    from actspace.decompose.sae import _INIT_BLOCK, ENCODER_INIT_SCALE, init_rows
     M = 2 * _INIT_BLOCK + 37
     E, W = init_rows(7, 0, M, 12, 12)
-    assert torch.equal(E, W) and E.shape == (M, 12)
+    assert torch.equal(E, W * ENCODER_INIT_SCALE) and E.shape == (M, 12)
     torch.testing.assert_close(W.norm(dim=1), torch.ones(M))
     for lo, hi in [(0, 5), (_INIT_BLOCK - 3, _INIT_BLOCK + 4), (M - 10, M), (5, 5)]:
         e, w = init_rows(7, lo, hi, 12, 12)
         assert torch.equal(w, W[lo:hi]) and torch.equal(e, E[lo:hi])
     Et, Wt = init_rows(7, 0, 100, 12, 5)
     assert Et.shape == (100, 12) and Wt.shape == (100, 5)
+    torch.testing.assert_close(Et.norm(dim=1), torch.full((100,), ENCODER_INIT_SCALE))
     assert not torch.equal(init_rows(8, 0, 100, 12, 12)[1], W[:100])   # the seed matters
     sae = acts.SAE(12, 100, "topk", 3)
     sae.init_weights(seed=7)
     assert torch.equal(sae.W_dec.detach(), W[:100])
     part = acts.SAE(12, 30, "topk", 3)
     part.init_weights(seed=7, rows=(50, 80))
-    assert torch.equal(part.W_enc.detach(), W[50:80])
+    assert torch.equal(part.W_enc.detach(), E[50:80])
     with pytest.raises(ValueError, match="rows"):
         part.init_weights(seed=7, rows=(0, 10))

@@ -168,7 +168,7 @@ def test_b_dec_starts_at_mean_and_encoder_tied():
     acts.train_sae(x, saes=[sae0], batch_size=300, lr=1e-12, warmup_steps=0, shuffle=False,
                    progress=False)
     torch.testing.assert_close(sae0.b_dec.detach(), x.mean(0), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(sae0.W_enc.detach(), W0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sae0.W_enc.detach(), W0 * 3 ** -0.5, atol=1e-5, rtol=0)
 
 
 def test_kinds_learn():

@@ -29,12 +29,18 @@ __all__ = ["SAE", "SparseCode", "KINDS", "init_rows"]
 
 
 _INIT_BLOCK = 4096    # rows per independently seeded block of the initial dictionary
+# Row norm of the initial encoder: nn.Linear's default init (U(-1/√d, 1/√d)) has rows of
+# norm ≈ 1/√3, and so has sparsify's encoder. Measured on MiniLM layer 3 (bench/init_study.py,
+# bench/RESULTS.md): a TopK SAE started from unit-norm encoder rows ends 15-20 % higher in
+# held-out FVU at equal steps than one started at 1/√3 (0.25 and 1 are both worse).
+ENCODER_INIT_SCALE = 3 ** -0.5
 
 
 def _init_blocks(seed: int, lo: int, hi: int, d_in: int, d_out: int):
     """Yield (offset from lo, W_enc rows [n, d_in], W_dec rows [n, d_out]) covering rows
     lo..hi of the initial dictionary of an SAE seeded with seed: random unit decoder rows,
-    the encoder tied to them when d_in == d_out (else its own random unit rows). Row block
+    the encoder tied to them when d_in == d_out (else its own random directions), its rows
+    of norm ENCODER_INIT_SCALE. Row block
     b (of _INIT_BLOCK rows) comes from its own generator seeded (seed, b), so any slice is
     drawn without the rest of the dictionary, one block in memory at a time."""
     if hi <= lo:
@@ -48,7 +54,7 @@ def _init_blocks(seed: int, lo: int, hi: int, d_in: int, d_out: int):
         s, e = max(lo - a, 0), min(hi - a, _INIT_BLOCK)
         dec = W[s:e] / W[s:e].norm(dim=1, keepdim=True)
         enc = dec if d_in == d_out else E[s:e] / E[s:e].norm(dim=1, keepdim=True)
-        yield a + s - lo, enc, dec
+        yield a + s - lo, enc * ENCODER_INIT_SCALE, dec
 
 
 def init_rows(seed: int, lo: int, hi: int, d_in: int, d_out: int):
@@ -157,7 +163,9 @@ class SAE(nn.Module, Decomposition):
     def init_weights(self, generator: torch.Generator | None = None, *, seed: int | None = None,
                      rows: tuple[int, int] | None = None):
         """Decoder rows random unit vectors; encoder tied to the decoder (transpose in the
-        SAELens layout) when d_in == d_out, as in Gao et al.; biases zero.
+        SAELens layout) when d_in == d_out, as in Gao et al., scaled to row norm
+        ENCODER_INIT_SCALE (1/√3, as nn.Linear's and sparsify's init: measured better);
+        biases zero.
 
         The rows come from init_rows(seed): seed is drawn from generator (or torch's global
         RNG) unless given. rows=(lo, hi): this SAE is rows lo..hi of a wider one with that
