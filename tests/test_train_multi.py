@@ -24,10 +24,11 @@ def test_stores_in_lockstep_equal_separate_runs(tmp_path):
               checkpoint_every=0)
     sa, sb = TensorSource(a), TensorSource(b)
     sa.hookpoint, sb.hookpoint = "layer.1", "layer.2"
-    got, hist = acts.train_sae(None, stores=[sa, sb], out_dir=tmp_path, **kw)
+    res = acts.train_sae(None, stores=[sa, sb], out_dir=tmp_path, **kw)
+    got, hist = res.by_hookpoint, res.history
     assert set(got) == {"layer.1", "layer.2"}
-    one_a, _ = acts.train_sae(a, hookpoint="layer.1", **kw)
-    one_b, _ = acts.train_sae(b, hookpoint="layer.2", **kw)
+    one_a = acts.train_sae(a, hookpoint="layer.1", **kw).sae
+    one_b = acts.train_sae(b, hookpoint="layer.2", **kw).sae
     _same(got["layer.1"], one_a)
     _same(got["layer.2"], one_b)
     assert got["layer.2"].d_in == 24
@@ -39,8 +40,8 @@ def test_stores_in_lockstep_equal_separate_runs(tmp_path):
 def test_sweep_per_store_and_names():
     torch.manual_seed(1)
     a, b = torch.randn(300, 8), torch.randn(300, 8)
-    got, _ = acts.train_sae(None, stores=[TensorSource(a), TensorSource(b)], d_sae=16,
-                            k=[2, 4], batch_size=100, progress=False, checkpoint_every=0)
+    got = acts.train_sae(None, stores=[TensorSource(a), TensorSource(b)], d_sae=16, k=[2, 4],
+                         batch_size=100, progress=False, checkpoint_every=0).by_hookpoint
     assert set(got) == {"part0", "part1"} and [s.k for s in got["part1"]] == [2, 4]
 
 
@@ -58,8 +59,10 @@ def test_bad_arguments_are_named():
         check_hookpoint_list(["a", "a"])
     with pytest.raises(ValueError, match="not both"):
         acts.train_sae(None, stores=[TensorSource(x)], hookpoints=["a"])
-    with pytest.raises(ValueError, match="must be unset"):
+    with pytest.raises(ValueError, match="data or stores"):
         acts.train_sae(x, stores=[TensorSource(x)])
+    with pytest.raises(ValueError, match="must be unset"):
+        acts.train_sae(None, stores=[TensorSource(x)], hookpoint="h")
     with pytest.raises(ValueError, match="needs model"):
         acts.train_sae(None, hookpoints=["a"])
 
@@ -80,10 +83,11 @@ def test_hookpoints_from_one_forward_equal_separate_runs(tmp_path):
               batch_size=100, lr=3e-3, progress=False, checkpoint_every=0, seed=3)
     calls = []
     h = model.embeddings.register_forward_hook(lambda *a: calls.append(1))
-    got, hist = acts.train_sae(None, hookpoints=hps, **kw)
+    res = acts.train_sae(None, hookpoints=hps, **kw)
+    got, hist = res.by_hookpoint, res.history
     forwards_multi = len(calls)
     calls.clear()
-    ones = [acts.train_sae(None, hookpoint=hp, **kw)[0] for hp in hps]
+    ones = [acts.train_sae(None, hookpoint=hp, **kw).sae for hp in hps]
     h.remove()
     for hp, one in zip(hps, ones):
         _same(got[hp], one)

@@ -8,6 +8,7 @@ and resuming are described there.
 from __future__ import annotations
 
 from .sae import SAE
+from .train_multi import ZipSource
 from .train_config import TrainConfig, TrainResult
 from .train_loop import lr_at, make_optimizer, run_training
 
@@ -15,7 +16,7 @@ __all__ = ["train_sae", "TrainConfig", "TrainResult", "lr_at", "make_optimizer"]
 
 
 def train_sae(data=None, config: TrainConfig | None = None, *, saes=None, model=None,
-              tokenizer=None, texts=None, **options) -> TrainResult:
+              tokenizer=None, texts=None, stores=None, **options) -> TrainResult:
     """Train SAEs on data -> TrainResult (``.saes``, ``.history``, ``.sae`` for one SAE,
     ``.out_dir`` where the files went).
 
@@ -45,7 +46,17 @@ def train_sae(data=None, config: TrainConfig | None = None, *, saes=None, model=
     shard_latents=True: then rank 0 gets them whole in host memory (CPU) and every other
     rank gets None (for each SAE), so a dictionary too large for one device is never
     assembled on one, nor once per rank.
+    Many hookpoints (train_multi.py): ``hookpoints=[...]`` with model, tokenizer and texts
+    trains one SAE (or one sweep) per hookpoint from the same forward passes;
+    ``stores=[...]`` (data=None) one per store, the stores read in lockstep. Each SAE equals
+    the one a run for its hookpoint alone would train on the same batches. The result's
+    ``by_hookpoint`` maps each hookpoint to its SAE (or sweep); history rows carry
+    "hookpoint"; with out_dir the SAEs go to out_dir/<hookpoint>[_<i>].
     """
+    if stores is not None:
+        if data is not None:
+            raise ValueError("give data or stores, not both")
+        data = ZipSource(stores)
     if config is None:
         config = TrainConfig.from_kwargs(**options)
     elif options:

@@ -64,6 +64,7 @@ class TrainConfig:
     save_format: str = "saelens"
     max_length: int = 128
     shard_latents: bool = False
+    hookpoints: list[str] | None = None   # many hookpoints from one forward (train_multi)
     kind_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -78,6 +79,9 @@ class TrainConfig:
             o.check(opts[n])
         self.kind_options = opts
         _range("batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
+        if self.hookpoints is not None:
+            from .train_multi import check_hookpoint_list
+            self.hookpoints = check_hookpoint_list(self.hookpoints)
         _range("b_dec_init", self.b_dec_init, self.b_dec_init in ("mean", "median", None),
                "'mean', 'median' or None")
         _range("decay_fraction", self.decay_fraction, 0 <= self.decay_fraction <= 1, "in [0, 1]")
@@ -132,6 +136,17 @@ class TrainResult:
     saes: list
     history: list
     out_dir: Path | None = None
+    hookpoints: list | None = None   # many hookpoints: per SAE, the hookpoint it read
+
+    @property
+    def by_hookpoint(self) -> dict:
+        """{hookpoint: SAE, or list of SAEs for a sweep} of a many-hookpoint run."""
+        if self.hookpoints is None:
+            raise ValueError("this run trained one hookpoint: use .saes / .sae")
+        out: dict = {}
+        for h, s in zip(self.hookpoints, self.saes):
+            out.setdefault(h, []).append(s)
+        return {h: v[0] if len(v) == 1 else v for h, v in out.items()}
 
     @property
     def sae(self):

@@ -36,6 +36,7 @@ from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_config import TrainConfig, TrainResult
 from .train_data import as_source, batches_per_epoch, split_batch
 from .train_dist import DataParallel
+from .train_multi import ZipSource
 from .train_losses import (centered_sum_sq, fold_decoder_norm, geometric_median,
                            project_decoder_grad, train_forward)
 from .train_shard import LatentParallel
@@ -53,13 +54,19 @@ def lr_at(step, total, base_lr, warmup_steps, decay_fraction):
     return base_lr
 
 
-def make_optimizer(sae, lr=0.0):
-    """Adam, fused (one kernel over all parameters: ~5x faster on CPU) where torch has it."""
+def make_optimizer(sae, lr=0.0, lr_scales=None):
+    """Adam, fused (one kernel over all parameters: ~5x faster on CPU) where torch has it.
+    lr_scales: {parameter name: multiplier of the scheduled lr} (a group each; the rest in
+    one group of multiplier 1)."""
+    lr_scales = dict(lr_scales or {})
+    named = dict(sae.named_parameters())
+    rest = [p for n, p in named.items() if n not in lr_scales]
+    groups = [{"params": rest, "lr_scale": 1.0}] + [
+        {"params": [named[n]], "lr_scale": float(m)} for n, m in lr_scales.items() if n in named]
     try:
-        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                                fused=True)
+        return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def _as_list(v):
@@ -83,14 +90,30 @@ def sae_specs(d_in, d_out, cfg: TrainConfig) -> list[dict]:
             for m, kk in itertools.product(_as_list(d_sae), ks)]
 
 
-def _save_final(saes, history, out_dir: Path, save_format: str) -> Path:
+def _as_parts(batch):
+    """A multi source's batch -> tuple of its parts (a single hookpoint's is one tensor)."""
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def _save_names(saes, names):
+    """Directory name of each final SAE: sae / sae_{i}, or per hookpoint <hp>[_<i>]."""
+    if names is None:
+        return ["sae" if len(saes) == 1 else f"sae_{i}" for i in range(len(saes))]
+    out = []
+    for i, h in enumerate(names):
+        same = [a for a, g in enumerate(names) if g == h]
+        out.append(h if len(same) == 1 else f"{h}_{same.index(i)}")
+    return out
+
+
+def _save_final(saes, history, out_dir: Path, save_format: str, names=None) -> Path:
     """Write the final SAEs (``sae`` or ``sae_{i}``) and history.json into out_dir. If that
     fails (disk full, permissions, or a format that cannot hold these SAEs), the finished
     work is written to a fresh temporary directory instead (in save_format, else in the
     SAELens format), with a warning naming both. -> the directory written."""
     def write(d: Path, fmt: str):
-        for i, s in enumerate(saes):
-            s.save(d / ("sae" if len(saes) == 1 else f"sae_{i}"), format=fmt)
+        for s, name in zip(saes, _save_names(saes, names)):
+            s.save(d / name, format=fmt)
         write_json_atomic(d / "history.json", history)
     try:
         write(out_dir, save_format)
@@ -114,6 +137,23 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
                  tokenizer=None, texts=None) -> TrainResult:
     """Train on data as cfg says -> TrainResult (see train.train_sae for the arguments).
     saes: train these in place; else build them from cfg with sae_class."""
+    multi = None                     # names of the parts of a multi source, else None
+    if cfg.hookpoints is not None or isinstance(data, ZipSource):
+        if cfg.hookpoints is not None and data is not None:
+            raise ValueError("give hookpoints (with a model) or stores, not both")
+        if saes is not None or cfg.hookpoint_out is not None or cfg.hookpoint is not None \
+                or cfg.shard_latents:
+            raise ValueError("hookpoints= / stores= train new SAEs from their own data: saes, "
+                             "hookpoint, hookpoint_out and shard_latents must be unset")
+        if data is not None:
+            multi = data.names
+        else:
+            multi = cfg.hookpoints
+            if model is None or texts is None or tokenizer is None:
+                raise ValueError("hookpoints= needs model, tokenizer and texts")
+            from .train_model import ModelSource
+            data = ModelSource(model, tokenizer, texts, hookpoints=multi,
+                               max_length=cfg.max_length)
     if data is None and model is not None:
         from .train_model import ModelSource
         if cfg.hookpoint is None or texts is None or tokenizer is None:
@@ -136,7 +176,19 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
         if per_epoch is None:
             raise ValueError("steps is required when the number of batches is unknown")
         steps = per_epoch * epochs
-    if saes is None:
+    routes = None                    # SAE i reads part routes[i] of a multi batch
+    if multi is not None:
+        if sae_class is None:
+            raise ValueError("run_training: give sae_class to build the SAEs")
+        parts = _as_parts(next(iter(source.iter_batches(batch_size))))
+        specs, routes = [], []
+        for j, name in enumerate(multi):   # each hookpoint: the specs (and seeds) of its own run
+            d_j = parts[j].shape[1]
+            one = sae_specs(d_j, d_j, cfg.replace(hookpoint=name, hookpoints=None))
+            specs += one
+            routes += [j] * len(one)
+        saes = dp.build_saes(specs, cfg.device, cfg.dtype, sae_class)
+    elif saes is None:
         if sae_class is None:
             raise ValueError("run_training: give saes=[...] to train, or sae_class to build")
         d_in = getattr(source, "d", None)
@@ -151,7 +203,11 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
             fold_decoder_norm(s)
         saes = dp.shard_saes(list(saes))
     dev = saes[0].device
-    opts = [make_optimizer(s) for s in saes]
+    opts = []
+    for s in saes:
+        scales = KINDS[s.kind].param_lr_scales
+        opts.append(make_optimizer(s, lr_scales=None if scales is None else
+                                   scales(cfg.options_of_kind(s.kind))))
     base_lrs = [cfg.lr if cfg.lr is not None else 2e-4 / math.sqrt(s.d_sae / 2 ** 14)
                 for s in saes]
     warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else min(1000, steps // 10)
@@ -177,6 +233,7 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
                             name=dp.checkpoint_name)
 
     sched = {"steps": steps, "warmup_steps": warmup_steps}
+    names = None if routes is None else [multi[j] for j in routes]   # per SAE its hookpoint
     while loop["step"] < stop_at and loop["epoch"] < max_epochs:
         it = source.iter_batches(batch_size, shuffle=cfg.shuffle, seed=seed + loop["epoch"],
                                  start_batch=loop["batch"], device=dev, dtype=saes[0].dtype)
@@ -184,11 +241,17 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
         for batch in it:
             got_any = True
             loop["batch"] += 1
-            x, y = split_batch(batch)
+            if multi is None:
+                x, y = split_batch(batch)
+                xs = None
+            else:
+                parts = _as_parts(batch)
+                xs = [parts[j] for j in routes]
+                x = y = parts[0]             # the row count (the same in every part)
             if y.shape[0] < 2:   # no variance to measure FVU by (data parallelism drops
                 continue         # such a batch before slicing; here it is the last one)
-            if not dp.all_ok(bool(torch.isfinite(x).all() and torch.isfinite(y).all()),
-                             x.device):
+            if not dp.all_ok(all(bool(torch.isfinite(t).all()) for t in
+                                 ((x, y) if xs is None else parts)), x.device):
                 loop["skipped_nonfinite"] += 1
                 warnings.warn(f"train_sae: skipped a batch with non-finite values (epoch "
                               f"{loop['epoch']}, batch {loop['batch'] - 1}); "
@@ -196,10 +259,19 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
                 continue
             if loop["step"] == 0 and loop["tokens"] == 0 and cfg.b_dec_init is not None:
                 with torch.no_grad():
-                    center = dp.center(y, cfg.b_dec_init, geometric_median)
-                    for s in saes:
+                    for i, s in enumerate(saes):
+                        if i == 0 or xs is not None:   # many hookpoints: each its own mean
+                            center = dp.center(y if xs is None else xs[i], cfg.b_dec_init,
+                                               geometric_median)
                         s.b_dec.copy_(center)
-            _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg, sched, dp)
+            if loop["step"] == 0 and loop["tokens"] == 0:
+                with torch.no_grad():
+                    for i, s in enumerate(saes):
+                        init = KINDS[s.kind].init_from_batch
+                        if init is not None:
+                            init(s, x if xs is None else xs[i], cfg.options_of_kind(s.kind))
+            _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg, sched, dp, xs=xs,
+                        names=names)
             bar.update(1)
             if history and history[-1]["step"] == loop["step"]:
                 bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}", l0=f"{history[-1]['l0']:.1f}",
@@ -222,22 +294,24 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
     saes = dp.gather_saes(saes)      # whole SAEs (latent sharding gathers the slices)
     written = None
     if out_dir is not None and finished and dp.is_main:
-        written = _save_final(saes, history, out_dir, cfg.save_format)
+        written = _save_final(saes, history, out_dir, cfg.save_format, names)
     dp.finish()                      # rank 0's files exist when any rank returns
     if loop["skipped_nonfinite"]:
         warnings.warn(f"train_sae: {loop['skipped_nonfinite']} batch(es) with non-finite "
                       "values were skipped", RuntimeWarning)
-    return TrainResult(list(saes), history, written)
+    return TrainResult(list(saes), history, written, names)
 
 
 def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg: TrainConfig, sched: dict,
-                dp):
+                dp, xs=None, names=None):
     """One optimizer step of every SAE on the batch x [B, d_in] -> y [B, d_out] (this
     rank's slice of the global batch under data parallelism, see train_dist).
-    sched: the resolved steps and warmup_steps."""
+    sched: the resolved steps and warmup_steps. xs: per SAE its own batch [B, d_i] (input
+    and target; many hookpoints, train_multi.py); names: per SAE its hookpoint (history)."""
     steps, log_every = sched["steps"], cfg.log_every
     step = loop["step"]
     scale, B = dp.begin_batch(y)     # B: rows of the global batch
+    scales = {}                      # per part: the data-parallel loss scale of its target
     tokens = loop["tokens"] + B
     if dp.shards_latents or not dp.active:
         aux_den = None               # the residual is whole on this rank
@@ -250,9 +324,14 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg: TrainConfig, 
         def aux_den(e):          # e [B_r, d_out] -> scalar
             return centered_sum_sq(e, all_reduce=dist.all_reduce) * scale
     for i, (sae, opt) in enumerate(zip(saes, opts)):
+        if xs is not None:
+            x = y = xs[i]
+            if id(x) not in scales:
+                scales[id(x)] = dp.begin_batch(x)[0]
+            scale = scales[id(x)]
         lr = lr_at(step, steps, base_lrs[i], sched["warmup_steps"], cfg.decay_fraction)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         dead = (loop["tokens"] - last_fired[i]) >= cfg.dead_tokens
         kw = cfg.options_of_kind(sae.kind)
         if "k_aux" in kw and kw["k_aux"] is None:      # AuxK kinds: default d_in // 2
@@ -277,7 +356,8 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg: TrainConfig, 
         if (step + 1) % log_every == 0 or step + 1 == steps or step == 0:
             dead_frac = dp.dead_fraction(i, last_fired[i], tokens, cfg.dead_tokens)
             loop["history"].append({
-                "step": step + 1, "sae": i, "kind": sae.kind, "d_sae": dp.d_sae(i, sae),
+                "step": step + 1, "sae": i, "kind": sae.kind,
+                **({} if names is None else {"hookpoint": names[i]}), "d_sae": dp.d_sae(i, sae),
                 "k": dp.k(i, sae),
                 "loss": float(out.loss.detach()), "fvu": out.fvu, "l0": out.l0, "auxk": out.aux,
                 "dead_fraction": dead_frac, "lr": lr, "tokens": tokens,

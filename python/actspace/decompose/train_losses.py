@@ -97,6 +97,8 @@ def train_forward(sae, x, y, *, dead=None, k_aux=None, auxk_coeff=1 / 32,
     err = y - out.y_hat
     fvu = fvu_loss(err, total_var)
     loss = fvu if out.sparsity is None else fvu + out.sparsity
+    for y_hat_j in out.extra_y_hats or ():     # e.g. Matryoshka's nested prefixes
+        loss = loss + fvu_loss(y - y_hat_j, total_var)
     aux = None
     if spec.auxk and dead is not None and auxk_coeff > 0:
         aux = _auxk(sae, x, err.detach(), dead, k_aux or max(sae.d_in // 2, 1),

@@ -201,6 +201,9 @@ def load_saelens(p: Path, *, device=None, dtype=None):
     sf = t.get("scaling_factor")   # SAELens drops an all-ones scaling_factor; so do we
     if sf is not None and bool((sf == 1).all()):
         del t["scaling_factor"]
+    for ours, theirs in spec.saelens_names:   # SAELens' names -> ours (gated: b_gate)
+        if theirs in t:
+            t[ours] = t.pop(theirs)
     names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if spec.threshold else set())
     names |= {n for n, _, _ in spec.extra_params}
     extra = sorted(set(t) - names)
@@ -327,6 +330,8 @@ def save_saelens(sae, p: Path) -> None:
         t["threshold"] = sae.threshold.expand(sae.d_sae)
     for name, _, _ in KINDS[sae.kind].extra_params:
         t[name] = getattr(sae, name)
+    for ours, theirs in KINDS[sae.kind].saelens_names:
+        t[theirs] = t.pop(ours)
     write_safetensors_atomic(Path(p) / WEIGHTS, t)
     write_json_atomic(Path(p) / "cfg.json", cfg, indent=2)
 

@@ -1,7 +1,7 @@
 """The registry of SAE kinds: ``KINDS`` maps a kind's name to its ``Kind`` (see base.py).
 
 Everything that differs between SAE architectures lives in one file per kind here
-(relu.py, topk.py, batchtopk.py, jumprelu.py); transcoders are not kinds but an option of
+(relu.py, topk.py, batchtopk.py, jumprelu.py, matryoshka.py, gated.py); transcoders are not kinds but an option of
 every kind (``d_out`` / ``hookpoint_out``). Readers of the registry, which never test a
 kind's name themselves:
 
@@ -26,7 +26,7 @@ outside the package can be added at run time with ``register(KIND)``.
 """
 from __future__ import annotations
 
-from . import batchtopk, jumprelu, relu, topk
+from . import batchtopk, gated, jumprelu, matryoshka, relu, topk
 from .base import Kind, Option, TrainOut
 
 __all__ = ["KINDS", "Kind", "Option", "TrainOut", "register", "get_kind", "all_options"]
@@ -67,5 +67,5 @@ def all_options() -> dict:
     return out
 
 
-for _module in (topk, batchtopk, jumprelu, relu):
+for _module in (topk, batchtopk, jumprelu, relu, matryoshka, gated):
     register(_module.KIND)

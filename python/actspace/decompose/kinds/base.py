@@ -59,6 +59,9 @@ class TrainOut:
     fired: torch.Tensor              # [d_sae] bool: latents active in the batch
     l0: torch.Tensor                 # scalar: mean active latents per row
     sparsity: torch.Tensor | None    # differentiable penalty added to the loss, or None
+    # further reconstructions [N, d_out] each adding its FVU to the loss (Matryoshka's
+    # nested prefixes), or None
+    extra_y_hats: list | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,12 @@ class Kind:
                      "d_out" (e.g. a gated SAE's ("b_gate", ("d_sae",), 0.0)); the SAE
                      registers each as an nn.Parameter, and the SAELens format writes and
                      reads each as a tensor of that name and shape
+    saelens_names    tensors SAELens calls otherwise: (our name, SAELens name) pairs, e.g. a
+                     gated SAE's ("b_enc", "b_gate")
+    init_from_batch(sae, x [N, d_in], opts)  data-dependent initialisation from the first
+                     training batch (after b_dec's), e.g. JumpReLU thresholds at an L0 target
+    param_lr_scales(opts) -> {parameter name: lr multiplier} (e.g. a JumpReLU threshold that
+                     must travel in activation units while Adam moves it ~lr per step)
     """
     name: str
     summary: str
@@ -110,6 +119,9 @@ class Kind:
     sparsify: str | None = None
     gemmascope: bool = False
     extra_params: tuple[tuple[str, tuple[str, ...], float], ...] = ()
+    saelens_names: tuple[tuple[str, str], ...] = ()   # (ours, SAELens') tensor renames
+    init_from_batch: Callable[[Any, torch.Tensor, Mapping[str, Any]], None] | None = None
+    param_lr_scales: Callable[[Mapping[str, Any]], Mapping[str, float]] | None = None
 
     def extra_shape(self, name_shape: tuple[str, ...], sae) -> tuple[int, ...]:
         """The concrete shape of an extra parameter of sae (see extra_params)."""
@@ -124,15 +136,18 @@ class Kind:
             raise ValueError(f"kind {self.name!r}: duplicate option names {names}")
 
 
-def encode_above(sae, x, threshold) -> SparseCode:
+def encode_above(sae, x, threshold, W_enc=None, b_enc=None) -> SparseCode:
     """Every latent with relu(pre) > threshold [d_sae] (a JumpReLU-style code), in a code
     only as wide as needed: start at width 256 and widen (x4) only while some row fills every
-    slot; never a [N, d_sae] buffer (a JumpReLU SAE of 1M latents fires ~100 per token)."""
+    slot; never a [N, d_sae] buffer (a JumpReLU SAE of 1M latents fires ~100 per token).
+    W_enc [d_sae, d_in], b_enc [d_sae]: the encoder to use instead of sae's (a gated SAE
+    encodes through its JumpReLU form)."""
     b_dec = sae.b_dec if sae.apply_b_dec_to_input else None
     k = min(sae.d_sae, FIRST_WIDTH)
     while True:
-        v, i = ops.topk_encode(x, sae.W_enc, sae.b_enc, k, b_dec=b_dec, activation="relu",
-                               threshold=threshold.detach())
+        v, i = ops.topk_encode(x, sae.W_enc if W_enc is None else W_enc,
+                               sae.b_enc if b_enc is None else b_enc, k, b_dec=b_dec,
+                               activation="relu", threshold=threshold.detach())
         width = int((i >= 0).sum(1).max()) if i.shape[0] else 0
         if width < k or k == sae.d_sae:
             break

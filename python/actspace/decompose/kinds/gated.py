@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gated_preactivations", "gated_forward", "gated_loss", "gated_as_jumprelu"]
+from .base import Kind, Option, TrainOut, encode_above
+
+__all__ = ["KIND", "gated_preactivations", "gated_forward", "gated_loss", "gated_as_jumprelu"]
 
 
 def gated_preactivations(x_in, W, b_gate, r_mag, b_mag):
@@ -57,3 +59,37 @@ def gated_as_jumprelu(W, b_gate, r_mag, b_mag):
     (up to rounding at the boundary)."""
     s = torch.exp(r_mag)
     return W * s[:, None], b_mag.clone(), torch.clamp(b_mag - s * b_gate, min=0)
+
+
+# ---------------------------------------------------------------- the kind
+# In the SAE: W_enc = W (shared directions), b_enc = b_gate, extra parameters r_mag, b_mag.
+def encode(sae, x):
+    W, b, thr = gated_as_jumprelu(sae.W_enc, sae.b_enc, sae.r_mag, sae.b_mag)
+    return encode_above(sae, x, thr, W_enc=W, b_enc=b)
+
+
+def train_forward(sae, x, total_var, opts):
+    N = x.shape[0]
+    x_in = x - sae.b_dec if sae.apply_b_dec_to_input else x
+    y_hat, f, pi_gate, active = gated_forward(x_in, sae.W_enc, sae.b_enc, sae.r_mag,
+                                              sae.b_mag, sae.W_dec, sae.b_dec)
+    gate = torch.relu(pi_gate)
+    rms = (total_var / N).sqrt()
+    l1 = opts["l1_coeff"] * gate.sum(1).mean() / rms
+    via_gate = gate @ sae.W_dec.detach() + sae.b_dec.detach()   # the auxiliary reconstruction
+    return TrainOut(y_hat, active.any(0), active.sum() / N, l1, extra_y_hats=[via_gate])
+
+
+def fold_threshold(sae, n):
+    """W_enc[m], b_enc[m] (= b_gate) *= n[m]: π_mag follows when b_mag[m] does too."""
+    sae.b_mag.mul_(n)
+
+
+KIND = Kind(
+    name="gated", summary="gate path picks latents (L1 on it), magnitude path sizes them",
+    uses_k=False, threshold=None, encode=encode, train_forward=train_forward,
+    options=(Option("l1_coeff", 1.0, "relu kind: L1 penalty weight (in units of the batch's "
+                    "RMS norm)", float, minimum=0),),
+    fold_threshold=fold_threshold,
+    extra_params=(("r_mag", ("d_sae",), 0.0), ("b_mag", ("d_sae",), 0.0)),
+    saelens="gated", saelens_names=(("b_enc", "b_gate"),))

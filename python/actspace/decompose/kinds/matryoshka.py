@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["default_prefixes", "check_prefixes", "batch_topk", "prefix_reconstructions",
-           "matryoshka_loss"]
+from .base import AUXK_OPTIONS, Kind, Option, TrainOut, encode_above
+
+__all__ = ["KIND", "default_prefixes", "check_prefixes", "batch_topk",
+           "prefix_reconstructions", "matryoshka_loss"]
 
 
-def default_prefixes(d_sae: int, k: int, count: int = 5) -> list[int]:
+def default_prefixes(d_sae: int, k: int, count: int = 3) -> list[int]:
     """Doubling prefixes ending at d_sae: d_sae/2^(count-1), ..., d_sae/2, d_sae, keeping
     only those >= k (a prefix narrower than the code's k cannot hold a row's code)."""
     out = [d_sae]
@@ -76,3 +78,38 @@ def matryoshka_loss(acts, W_dec, b_dec, y, prefixes, total_var):
     recons = prefix_reconstructions(acts, W_dec, b_dec, prefixes)
     fvus = [(y - r).pow(2).sum() / total_var for r in recons]
     return torch.stack(fvus).sum(), fvus, recons[-1]
+
+
+# ---------------------------------------------------------------- the kind
+def encode(sae, x):
+    return encode_above(sae, x, sae.threshold.expand(sae.d_sae))
+
+
+def train_forward(sae, x, total_var, opts):
+    N = x.shape[0]
+    acts, mask, smallest = batch_topk(sae.preactivation(x), sae.k)   # [N, d_sae]
+    if smallest is not None:
+        with torch.no_grad():  # BatchTopK's inference threshold (EMA of the smallest kept)
+            m = smallest.to(sae.threshold.dtype)
+            mom = opts["threshold_momentum"]
+            first = bool(sae.threshold == 0)
+            sae.threshold.copy_(m if first else mom * sae.threshold + (1 - mom) * m)
+    prefixes = default_prefixes(sae.d_sae, sae.k, opts["prefix_count"])
+    recons = prefix_reconstructions(acts, sae.W_dec, sae.b_dec, prefixes)
+    return TrainOut(recons[-1], mask.any(0), mask.sum() / N, None, extra_y_hats=recons[:-1])
+
+
+def fold_threshold(sae, n):
+    sae.threshold.mul_(n.mean())
+
+
+KIND = Kind(
+    name="matryoshka", summary="BatchTopK whose nested prefixes each reconstruct the input",
+    uses_k=True, threshold="scalar", encode=encode, train_forward=train_forward,
+    options=AUXK_OPTIONS + (
+        Option("threshold_momentum", 0.9, "batchtopk: EMA momentum of the inference threshold",
+               float, minimum=0, maximum=1),
+        Option("prefix_count", 3, "matryoshka: nested prefixes (d_sae, d_sae/2, ... >= k)",
+               int, minimum=1)),
+    auxk=True, fold_threshold=fold_threshold, selects_by_rank=True,
+    saelens="jumprelu", saelens_transcoder="jumprelu_transcoder", saelens_native=False)
