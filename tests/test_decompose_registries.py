@@ -13,7 +13,7 @@ from actspace.decompose.kinds.base import Kind, Option, TrainOut
 
 
 def test_builtin_kinds_declare_everything_their_readers_need():
-    assert list(kinds.KINDS) == ["topk", "batchtopk", "jumprelu", "relu"]
+    assert list(kinds.KINDS) == ["topk", "batchtopk", "jumprelu", "relu", "matryoshka", "gated"]
     for name, k in kinds.KINDS.items():
         assert k.name == name and callable(k.encode) and callable(k.train_forward)
         assert k.threshold in (None, "per_latent", "scalar")

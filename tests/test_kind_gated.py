@@ -36,11 +36,11 @@ def test_gated_forward_and_loss_by_hand():
     rms = math.sqrt(V / 2)
     loss, fvu, l1, aux = gated_loss(X, y_hat, pi_gate, W_dec, b_dec, total_var=V, rms=rms,
                                     l1_coeff=0.4)
-    assert float(fvu) == pytest.approx((0.9216 + 0.4624 + 1.0) / V, rel=1e-12)
-    assert float(l1) == pytest.approx(0.4 * (0.5 + 1.2) / 2 / rms, rel=1e-12)
+    assert float(fvu.detach()) == pytest.approx((0.9216 + 0.4624 + 1.0) / V, rel=1e-12)
+    assert float(l1.detach()) == pytest.approx(0.4 * (0.5 + 1.2) / 2 / rms, rel=1e-12)
     # via the gate: relu(π_gate) @ W_dec + b_dec = [[2.0, .4], [.5, 0]]
-    assert float(aux) == pytest.approx((0.25 + 0.36 + 1.0) / V, rel=1e-12)
-    assert float(loss) == pytest.approx(float(fvu + l1 + aux), rel=1e-12)
+    assert float(aux.detach()) == pytest.approx((0.25 + 0.36 + 1.0) / V, rel=1e-12)
+    assert float(loss.detach()) == pytest.approx(float((fvu + l1 + aux).detach()), rel=1e-12)
 
 
 def test_gradients_flow_where_the_paper_says():

@@ -43,7 +43,7 @@ def test_step_gives_no_gradient_to_z():
 def test_l0_coefficient_mode_by_hand():
     th = _theta()
     pen = l0_penalty(sparsity_count(PRE, th, EPS), coeff=0.3)
-    assert float(pen) == pytest.approx(0.3 * 1.5)                  # counts 1 and 2
+    assert float(pen.detach()) == pytest.approx(0.3 * 1.5)                  # counts 1 and 2
     pen.backward()
     # d mean / dθ = -(1/ε)·(rows in window)/N = [-5, -2.5, -2.5]
     torch.testing.assert_close(th.grad, 0.3 * torch.tensor([-5, -2.5, -2.5], dtype=D))
@@ -52,7 +52,7 @@ def test_l0_coefficient_mode_by_hand():
 def test_quadratic_l0_target_by_hand_and_its_direction():
     th = _theta()
     pen = l0_penalty(sparsity_count(PRE, th, EPS), coeff=2.0, target=3)
-    assert float(pen) == pytest.approx(2.0 * (1.5 / 3 - 1) ** 2)
+    assert float(pen.detach()) == pytest.approx(2.0 * (1.5 / 3 - 1) ** 2)
     pen.backward()
     # 2λ(L0/T - 1)/T = -2/3 times d mean/dθ = [-5, -2.5, -2.5]
     want = torch.tensor([10 / 3, 5 / 3, 5 / 3], dtype=D)

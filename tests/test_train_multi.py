@@ -94,3 +94,21 @@ def test_hookpoints_from_one_forward_equal_separate_runs(tmp_path):
     # one forward per text group for both hookpoints: half the forwards of two runs
     assert forwards_multi * 2 == len(calls)
     assert hist[-1]["fvu"] < hist[0]["fvu"]
+
+
+def test_cli_model_layers_trains_one_sae_per_layer(tmp_path):
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _minilm import minilm_path, minilm_texts
+
+    from actspace.cli.main import main
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n".join(t.replace("\n", " ")[:300] for t in minilm_texts()[:10]) + "\n")
+    out = tmp_path / "out"
+    argv = ["train", "--model", minilm_path(), "--texts", str(texts), "--layers", "1", "3",
+            "--d-sae", "64", "--k", "4", "--batch-size", "200", "--max-length", "48",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    for hp in ("encoder.layer.1", "encoder.layer.3"):
+        assert acts.SAE.load(out / hp).hookpoint == hp
+    assert main(["train", "--model", minilm_path(), "--out", str(out)]) == 2   # no --texts

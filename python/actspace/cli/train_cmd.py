@@ -18,8 +18,19 @@ HELP = "train sparse autoencoders on an activation store (resumable)"
 def add_arguments(p):
     from actspace.decompose.kinds import KINDS, all_options
 
-    p.add_argument("data", help="activation store directory, or a .safetensors file whose "
+    p.add_argument("data", nargs="?", default=None, help="activation store directory, or a .safetensors file whose "
                                 "tensor 'acts' (or only tensor) is [N, d]")
+    p.add_argument("--model", default=None,
+                   help="train on the fly: local model directory (AutoModel / AutoTokenizer); "
+                        "with --texts and --layers or --hookpoints, instead of data")
+    p.add_argument("--texts", default=None, help="with --model: .txt (one document per line "
+                   "or paragraph) or .jsonl of the documents")
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="with --model: one SAE per layer's residual stream, all from the same "
+                        "forward passes")
+    p.add_argument("--hookpoints", nargs="+", default=None,
+                   help="with --model: module paths instead of --layers")
+    p.add_argument("--max-length", type=int, default=128, help="with --model: tokens per text")
     p.add_argument("--out", required=True, help="output directory (checkpoint, SAEs, history)")
     p.add_argument("--kind", default="topk", choices=list(KINDS),
                    help="; ".join(f"{n}: {k.summary}" for n, k in KINDS.items()))
@@ -100,6 +111,26 @@ def _open_data(path):
     raise FileNotFoundError(f"data: {path!r} is neither a store directory nor a .safetensors file")
 
 
+def _on_the_fly(args) -> dict:
+    """--model/--texts/--layers|--hookpoints -> train_sae's model, tokenizer, texts and
+    hookpoints (ValueError naming the flag)."""
+    if args.data is not None:
+        raise ValueError("give data or --model, not both")
+    if args.texts is None or (args.layers is None) == (args.hookpoints is None):
+        raise ValueError("--model needs --texts and one of --layers / --hookpoints")
+    from transformers import AutoModel, AutoTokenizer
+
+    from actspace.capture.hookpoints import layer_hookpoint
+    from actspace.capture.texts import iter_texts
+    model = AutoModel.from_pretrained(args.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    hookpoints = args.hookpoints or [layer_hookpoint(model, n) for n in args.layers]
+    texts = list(iter_texts(args.texts))
+    if not texts:
+        raise ValueError(f"--texts {args.texts!r} holds no documents")
+    return {"model": model, "tokenizer": tokenizer, "texts": texts, "hookpoints": hookpoints}
+
+
 def run(args) -> int:
     from ..distributed import launched
 
@@ -120,8 +151,22 @@ def _run(args) -> int:
     except OSError as e:
         print(f"actspace train: error: {e.strerror or e}", file=sys.stderr)
         return 2
-    data, store_hook = _open_data(args.data)
-    result = train.train_sae(data, train_config(args, store_hook))
+    if args.model is not None:
+        try:
+            kw = _on_the_fly(args)
+        except ValueError as e:
+            print(f"actspace train: error: {e}", file=sys.stderr)
+            return 2
+        cfg = train_config(args).replace(hookpoints=kw.pop("hookpoints"),
+                                         max_length=args.max_length)
+        result = train.train_sae(None, cfg, **kw)
+    else:
+        if args.data is None:
+            print("actspace train: error: give data (a store or .safetensors) or --model",
+                  file=sys.stderr)
+            return 2
+        data, store_hook = _open_data(args.data)
+        result = train.train_sae(data, train_config(args, store_hook))
     last = {}
     for h in result.history:  # the last record of each SAE
         last[h["sae"]] = h
