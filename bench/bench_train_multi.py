@@ -44,10 +44,11 @@ def main():
     times = {"one_pass": [], "separate": []}
     for _ in range(a.repeats):
         t0 = time.perf_counter()
-        multi, hist = acts.train_sae(None, hookpoints=hps, **kw)
+        res = acts.train_sae(None, hookpoints=hps, **kw)
+        multi, hist = res.by_hookpoint, res.history
         times["one_pass"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        ones = [acts.train_sae(None, hookpoint=h, **kw)[0] for h in hps]
+        ones = [acts.train_sae(None, hookpoint=h, **kw).sae for h in hps]
         times["separate"].append(time.perf_counter() - t0)
     same = all(torch.allclose(multi[h].W_dec, s.W_dec, atol=1e-5) for h, s in zip(hps, ones))
     med = {n: statistics.median(v) for n, v in times.items()}
