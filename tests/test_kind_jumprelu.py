@@ -132,3 +132,18 @@ def test_on_minilm_l0_target_32_ends_within_15_percent(one_thread):
     l0 = float(res.sae.encode(x_test).l0.float().mean())
     assert 32 * 0.85 <= l0 <= 32 * 1.15, l0
     assert held_out_fvu(res.sae, x_test) < 0.3
+
+
+def test_l0_target_run_resumes_exactly(tmp_path):
+    """The threshold's own lr group and its first-batch initialisation survive a kill: a
+    run stopped at step 4 and resumed equals the uninterrupted run."""
+    import actspace as acts
+    torch.manual_seed(0)
+    x = torch.randn(800, 12)
+    kw = dict(kind="jumprelu", d_sae=24, l0_target=4, bandwidth=0.1, batch_size=100,
+              epochs=2, lr=3e-3, progress=False, checkpoint_every=2)
+    whole = acts.train_sae(x, out_dir=tmp_path / "a", **kw).sae
+    acts.train_sae(x, out_dir=tmp_path / "b", max_steps=4, **kw)
+    resumed = acts.train_sae(x, out_dir=tmp_path / "b", **kw).sae
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        assert torch.equal(getattr(whole, name), getattr(resumed, name)), name

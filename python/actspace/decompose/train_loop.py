@@ -58,7 +58,9 @@ def make_optimizer(sae, lr=0.0, lr_scales=None):
     """Adam, fused (one kernel over all parameters: ~5x faster on CPU) where torch has it.
     lr_scales: {parameter name: multiplier of the scheduled lr} (a group each; the rest in
     one group of multiplier 1)."""
-    lr_scales = dict(lr_scales or {})
+    # multiplier 1 stays in the main group: one group unless a kind asks (older checkpoints
+    # of the same SAEs keep loading)
+    lr_scales = {n: m for n, m in (lr_scales or {}).items() if m != 1}
     named = dict(sae.named_parameters())
     rest = [p for n, p in named.items() if n not in lr_scales]
     groups = [{"params": rest, "lr_scale": 1.0}] + [
