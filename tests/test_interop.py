@@ -142,6 +142,9 @@ def _saelens_problems(cfg, tensors, version):
             "b_dec": (d_out,)}
     if arch in ("jumprelu", "jumprelu_transcoder"):
         want["threshold"] = (d_sae,)
+    if arch == "gated":     # GatedSAE: b_gate for b_enc, and the magnitude path's r_mag, b_mag
+        del want["b_enc"]
+        want.update(b_gate=(d_sae,), r_mag=(d_sae,), b_mag=(d_sae,))
     got = {n: tuple(t.shape) for n, t in tensors.items()}
     if got != want:
         probs.append(f"weights {got} != {want}")
@@ -222,7 +225,7 @@ def test_stand_in_rejects_a_null_hook_name(tmp_path):
 
 
 @pytest.mark.parametrize("kind,k", [("topk", 5), ("relu", None), ("jumprelu", None),
-                                    ("batchtopk", 5)])
+                                    ("batchtopk", 5), ("matryoshka", 5), ("gated", None)])
 @pytest.mark.parametrize("hookpoint", ["encoder.layer.2.output", None])
 def test_saved_cfg_loads_in_saelens_5_and_6(tmp_path, kind, k, hookpoint):
     sae = acts.SAE(D_IN, D_SAE, kind, k, hookpoint=hookpoint)
@@ -438,7 +441,8 @@ _LENS_EXTRA = {"W_skip": torch.zeros(D_IN, D_IN)}
     (lambda p: _write_saelens(p, "topk", drop=("b_dec",)), "missing tensor 'b_dec'"),
     (lambda p: _write_saelens(p, "jumprelu", drop=("threshold",)), "missing tensor 'threshold'"),
     (lambda p: _write_saelens(p, "topk", activation_fn_kwargs={}), "activation_fn_kwargs.k"),
-    (lambda p: _write_saelens(p, "gated"), "unsupported architecture 'gated'"),
+    (lambda p: _write_saelens(p, "gated"), "missing tensor 'r_mag'"),
+    (lambda p: _write_saelens(p, "gated_plus"), "unsupported architecture 'gated_plus'"),
     (lambda p: _write_saelens(p, "skip_transcoder", layout="v6"),
      "unsupported architecture 'skip_transcoder'"),
     (lambda p: _write_saelens(p, "standard", activation_fn_str="tanh-relu"),

@@ -45,7 +45,7 @@ def _raw(**over):
     ({"sae": {"checkpoint_every": 0}}, ValueError, "sae.checkpoint_every"),
     ({"sae": {"lr": -1e-3}}, ValueError, "sae.lr"),
     ({"sae": {"lr": "fast"}}, ValueError, "sae.lr"),
-    ({"sae": {"kind": "gated"}}, ValueError, "sae.kind"),
+    ({"sae": {"kind": "gated_plus"}}, ValueError, "sae.kind"),
     ({"sae": {"expansion_factor": None}}, ValueError, "d_sae or expansion_factor"),
     ({"model": {"path": MINILM, "device": "gpu"}}, ValueError, "model.device"),
     ({"model": {"path": MINILM, "device": "cuda:x"}}, ValueError, "model.device"),
