@@ -120,7 +120,7 @@ def _on_the_fly(args) -> dict:
         raise ValueError("--model needs --texts and one of --layers / --hookpoints")
     from transformers import AutoModel, AutoTokenizer
 
-    from actspace.capture.hookpoints import layer_hookpoint
+    from actspace.model.hookpoints import layer_hookpoint
     from actspace.capture.texts import iter_texts
     model = AutoModel.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
