@@ -1,6 +1,8 @@
-// The pybind11 module `actspace._core`: build facts plus each kernel family's entry
-// points (csrc/<family>/bind.cpp). Everything crosses as raw pointers (uintptr_t),
-// sizes, strides, dtype codes and a stream handle; Python allocates all memory.
+// The pybind11 module `actspace._core` (or `_core_cuda_emulated`, the host-emulated CUDA
+// build: common/cuda_emulate.h): build facts plus each kernel family's entry points
+// (csrc/<family>/bind.cpp; the families come from csrc/families.txt through the generated
+// actspace_families.inc). Everything crosses as raw pointers (uintptr_t), sizes, strides,
+// dtype codes and a stream handle; Python allocates all memory.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -12,13 +14,24 @@
 
 namespace py = pybind11;
 
-void bind_topk_encode(py::module_& m);
-void bind_sparse_decode(py::module_& m);
-void bind_stats(py::module_& m);
+// bind_<family>: the CPU entry points; bind_<family>_cuda: the *_cuda ones (real or emulated)
+#define ACTSPACE_FAMILY(f) void bind_##f(py::module_& m); void bind_##f##_cuda(py::module_& m);
+#include "actspace_families.inc"
+#undef ACTSPACE_FAMILY
 
 static py::dict build_info() {
   py::dict d;
   d["version"] = ACTSPACE_VERSION;
+  py::list families;
+#define ACTSPACE_FAMILY(f) families.append(#f);
+#include "actspace_families.inc"
+#undef ACTSPACE_FAMILY
+  d["families"] = families;
+#ifdef ACTSPACE_CUDA_EMULATE
+  d["cuda_emulated"] = true;
+#else
+  d["cuda_emulated"] = false;
+#endif
 #ifdef ACTSPACE_WITH_CUDA
   d["cuda"] = true;
   py::list archs;
@@ -51,10 +64,17 @@ static py::dict build_info() {
   return d;
 }
 
-PYBIND11_MODULE(_core, m) {
+PYBIND11_MODULE(ACTSPACE_MODULE_NAME, m) {
   m.doc() = "actspace compiled kernels (raw-pointer interface; see actspace.ops)";
   m.def("build_info", &build_info);
-  bind_topk_encode(m);
-  bind_sparse_decode(m);
-  bind_stats(m);
+#ifndef ACTSPACE_CUDA_EMULATE  // the emulated core holds the CUDA entry points only
+#define ACTSPACE_FAMILY(f) bind_##f(m);
+#include "actspace_families.inc"
+#undef ACTSPACE_FAMILY
+#endif
+#ifdef ACTSPACE_WITH_CUDA
+#define ACTSPACE_FAMILY(f) bind_##f##_cuda(m);
+#include "actspace_families.inc"
+#undef ACTSPACE_FAMILY
+#endif
 }

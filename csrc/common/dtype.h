@@ -95,6 +95,15 @@ inline uint16_t float_to_f16(float f) {
   return static_cast<uint16_t>(sign | (r >> 13));
 }
 
+// The dtype code of a C++ storage type (the inverse of the dispatchers below).
+template <typename T> struct DTypeOf;
+template <> struct DTypeOf<float> { static constexpr int code = kF32; };
+template <> struct DTypeOf<double> { static constexpr int code = kF64; };
+template <> struct DTypeOf<bf16_t> { static constexpr int code = kBF16; };
+template <> struct DTypeOf<f16_t> { static constexpr int code = kF16; };
+template <> struct DTypeOf<int32_t> { static constexpr int code = kI32; };
+template <> struct DTypeOf<int64_t> { static constexpr int code = kI64; };
+
 // Load/store any storage type as float (double stays double through Acc<double>).
 template <typename T> struct Scalar;
 template <> struct Scalar<float> {
@@ -118,17 +127,43 @@ template <> struct Scalar<f16_t> {
   static inline void store(f16_t* p, float v) { p->bits = float_to_f16(v); }
 };
 
-// Call fn.template operator()<T>() for the storage type of a float dtype code.
+// The one set of dtype dispatchers (CPU and CUDA sources alike): call fn(T{}) with a value
+// of the C++ type a dtype code stands for and return what fn returns; `what` names the
+// argument in the error for a code the kernel does not take.
+//   dispatch_float: float32, float64, bfloat16, float16 -> float, double, bf16_t, f16_t
+//   dispatch_acc:   the accumulation types, float32 or float64 -> float, double
+//   dispatch_index: int32 or int64 -> int32_t, int64_t
+[[noreturn]] inline void bad_dtype(const char* what, int code, const char* expected) {
+  throw std::invalid_argument(std::string(what) + ": unsupported dtype " + dtype_name(code) +
+                              " (expected " + expected + ")");
+}
+
 template <typename Fn>
-inline void dispatch_float(int code, const char* what, Fn&& fn) {
+inline auto dispatch_float(int code, const char* what, Fn&& fn) -> decltype(fn(float{})) {
   switch (code) {
-    case kF32: fn(float{}); break;
-    case kF64: fn(double{}); break;
-    case kBF16: fn(bf16_t{}); break;
-    case kF16: fn(f16_t{}); break;
-    default:
-      throw std::invalid_argument(std::string(what) + ": unsupported dtype " + dtype_name(code) +
-                                  " (expected float32, float64, bfloat16 or float16)");
+    case kF32: return fn(float{});
+    case kF64: return fn(double{});
+    case kBF16: return fn(bf16_t{});
+    case kF16: return fn(f16_t{});
+    default: bad_dtype(what, code, "float32, float64, bfloat16 or float16");
+  }
+}
+
+template <typename Fn>
+inline auto dispatch_acc(int code, const char* what, Fn&& fn) -> decltype(fn(float{})) {
+  switch (code) {
+    case kF32: return fn(float{});
+    case kF64: return fn(double{});
+    default: bad_dtype(what, code, "float32 or float64");
+  }
+}
+
+template <typename Fn>
+inline auto dispatch_index(int code, const char* what, Fn&& fn) -> decltype(fn(int32_t{})) {
+  switch (code) {
+    case kI32: return fn(int32_t{});
+    case kI64: return fn(int64_t{});
+    default: bad_dtype(what, code, "int32 or int64");
   }
 }
 

@@ -6,16 +6,16 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/bind.h"
 #include "common/isa.h"
 #include "sparse_decode/sparse_decode.h"
 
 namespace py = pybind11;
 using namespace actspace;
+using namespace actspace::bind;
 
+#ifndef ACTSPACE_CUDA_EMULATE
 namespace {
-using ptr_t = uintptr_t;
-template <typename T> T* P(ptr_t p) { return reinterpret_cast<T*>(p); }
-
 void check_bad(int64_t bad, int64_t M) {
   if (bad > 0)
     throw std::invalid_argument("sparse_decode: " + std::to_string(bad) +
@@ -68,34 +68,38 @@ void bind_sparse_decode(py::module_& m) {
               P<const int32_t>(order), k, P<const void>(W), ldw, w_code, P<void>(grad_W),
               P<void>(grad_values), M, d);
         });
+}
+#endif
+
 #ifdef ACTSPACE_WITH_CUDA
+void bind_sparse_decode_cuda(py::module_& m) {
   m.def("sparse_decode_forward_cuda",
         [](ptr_t values, ptr_t indices, int idx_code, ptr_t W, int64_t ldw, int w_code,
            ptr_t bias, ptr_t out, int64_t N, int64_t k, int64_t M, int64_t d, ptr_t stream) {
           cuda::sparse_decode_forward(P<const void>(values), P<const void>(indices), idx_code,
                                       P<const void>(W), ldw, w_code, P<const void>(bias),
-                                      P<void>(out), N, k, M, d, P<void>(stream));
+                                      P<void>(out), N, k, M, d, bind::stream(stream));
         });
   m.def("sparse_decode_grad_values_cuda",
         [](ptr_t grad_out, ptr_t indices, int idx_code, ptr_t W, int64_t ldw, int w_code,
            ptr_t grad_values, int64_t N, int64_t k, int64_t M, int64_t d, ptr_t stream) {
           cuda::sparse_decode_grad_values(P<const void>(grad_out), P<const void>(indices),
                                           idx_code, P<const void>(W), ldw, w_code,
-                                          P<void>(grad_values), N, k, M, d, P<void>(stream));
+                                          P<void>(grad_values), N, k, M, d, bind::stream(stream));
         });
   m.def("sparse_decode_grad_W_atomic_cuda",
         [](ptr_t grad_out, ptr_t values, ptr_t indices, int idx_code, int acc_code,
            ptr_t grad_W_acc, int64_t N, int64_t k, int64_t M, int64_t d, ptr_t stream) {
           cuda::sparse_decode_grad_W_atomic(P<const void>(grad_out), P<const void>(values),
                                             P<const void>(indices), idx_code, acc_code,
-                                            P<void>(grad_W_acc), N, k, M, d, P<void>(stream));
+                                            P<void>(grad_W_acc), N, k, M, d, bind::stream(stream));
         });
   m.def("sparse_decode_grad_W_csr_cuda",
         [](ptr_t grad_out, ptr_t values, ptr_t offsets, ptr_t order, int64_t k, int w_code,
            ptr_t grad_W, int64_t M, int64_t d, ptr_t stream) {
           cuda::sparse_decode_grad_W_csr(P<const void>(grad_out), P<const void>(values),
                                          P<const int32_t>(offsets), P<const int32_t>(order), k,
-                                         w_code, P<void>(grad_W), M, d, P<void>(stream));
+                                         w_code, P<void>(grad_W), M, d, bind::stream(stream));
         });
-#endif
 }
+#endif

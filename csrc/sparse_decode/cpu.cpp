@@ -328,15 +328,6 @@ void grad_W_impl(const typename St<T>::acc* __restrict g, const typename St<T>::
   }
 }
 
-// Call fn(I{}) for the index dtype.
-template <typename Fn>
-int64_t dispatch_index(int code, Fn&& fn) {
-  if (code == kI32) return fn(int32_t{});
-  if (code == kI64) return fn(int64_t{});
-  throw std::invalid_argument(std::string("sparse_decode: indices must be int32 or int64, got ") +
-                              dtype_name(code));
-}
-
 }  // namespace
 
 int64_t sparse_decode_forward(const void* values, const void* indices, int idx_code,
@@ -347,7 +338,7 @@ int64_t sparse_decode_forward(const void* values, const void* indices, int idx_c
     using T = decltype(tag);
     using A = typename St<T>::acc;
     using R = typename St<T>::raw;
-    bad = dispatch_index(idx_code, [&](auto itag) {
+    bad = dispatch_index(idx_code, "sparse_decode: indices", [&](auto itag) {
       using I = decltype(itag);
       return forward_impl<T, I>(static_cast<const A*>(values), static_cast<const I*>(indices),
                                 static_cast<const R*>(W), ldw, static_cast<const A*>(bias),
@@ -365,7 +356,7 @@ int64_t sparse_decode_grad_values(const void* grad_out, const void* indices, int
     using T = decltype(tag);
     using A = typename St<T>::acc;
     using R = typename St<T>::raw;
-    bad = dispatch_index(idx_code, [&](auto itag) {
+    bad = dispatch_index(idx_code, "sparse_decode: indices", [&](auto itag) {
       using I = decltype(itag);
       return grad_values_impl<T, I>(static_cast<const A*>(grad_out),
                                     static_cast<const I*>(indices), static_cast<const R*>(W),
@@ -377,7 +368,7 @@ int64_t sparse_decode_grad_values(const void* grad_out, const void* indices, int
 
 int64_t sparse_decode_build_csr(const void* indices, int idx_code, int64_t N, int64_t k,
                                 int64_t M, int32_t* offsets, int32_t* order) {
-  return dispatch_index(idx_code, [&](auto itag) {
+  return dispatch_index(idx_code, "sparse_decode: indices", [&](auto itag) {
     using I = decltype(itag);
     return build_csr_impl<I>(static_cast<const I*>(indices), N * k, M, offsets, order);
   });

@@ -1,4 +1,4 @@
-// sparse_decode CUDA kernels (compiled only when nvcc is available).
+// sparse_decode CUDA kernels (compiled with nvcc, or on the host by the emulated core).
 //
 // forward      : one block per (row, column tile); each thread owns V consecutive columns
 //                (16-byte vector loads of W rows) and walks the row's k slots.
@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "common/cuda_dtype.cuh"
+#include "common/cuda.cuh"
 #include "sparse_decode/sparse_decode.h"
 
 namespace actspace {
@@ -20,14 +20,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 128;
-
-// V elements moved as one aligned access (16 bytes or less).
-template <typename R, int V> struct alignas(sizeof(R) * V) Vec { R v[V]; };
-
-template <typename R, int V>
-__device__ __forceinline__ Vec<R, V> vload(const R* p) {
-  return *reinterpret_cast<const Vec<R, V>*>(p);
-}
 
 template <typename T, typename I, int V>
 __global__ void forward_kernel(const typename CT<T>::acc* __restrict__ values,
@@ -132,25 +124,9 @@ __global__ void grad_W_csr_kernel(const typename CT<T>::acc* __restrict__ g,
 }
 
 // ---------------------------------------------------------------- host helpers
-bool aligned(const void* p, int64_t bytes) {
-  return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
-
-template <typename Fn>
-void dispatch_index(int code, Fn&& fn) {
-  if (code == kI32) fn(int32_t{});
-  else if (code == kI64) fn(int64_t{});
-  else throw std::invalid_argument(std::string("sparse_decode: indices must be int32 or int64, got ") +
-                                   dtype_name(code));
-}
-
 // Vector width: 16 bytes of R when every row start is aligned, else scalar accesses.
-template <typename R>
 bool can_vec(int64_t V, int64_t d, int64_t ldw, std::initializer_list<const void*> ptrs) {
-  if (d % V != 0 || ldw % V != 0) return false;
-  for (const void* p : ptrs)
-    if (!aligned(p, 16)) return false;
-  return true;
+  return d % V == 0 && ldw % V == 0 && aligned_to(16, ptrs);
 }
 
 dim3 tiles(int64_t rows, int64_t d, int V) {
@@ -164,13 +140,13 @@ void sparse_decode_forward(const void* values, const void* indices, int idx_code
                            const void* W, int64_t ldw, int w_code, const void* bias, void* out,
                            int64_t N, int64_t k, int64_t M, int64_t d, void* stream) {
   if (N == 0) return;
-  auto st = static_cast<cudaStream_t>(stream);
-  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+  auto st = as_stream(stream);
+  dispatch_float(w_code, "sparse_decode (CUDA): W", [&](auto tag) {
     using T = decltype(tag);
     using A = typename CT<T>::acc;
     using R = typename CT<T>::raw;
     constexpr int V = 16 / sizeof(R);
-    dispatch_index(idx_code, [&](auto itag) {
+    dispatch_index(idx_code, "sparse_decode (CUDA): indices", [&](auto itag) {
       using I = decltype(itag);
       auto va = static_cast<const A*>(values);
       auto ip = static_cast<const I*>(indices);
@@ -178,10 +154,10 @@ void sparse_decode_forward(const void* values, const void* indices, int idx_code
       auto bp = static_cast<const A*>(bias);
       auto op = static_cast<R*>(out);
       // bias is read one scalar at a time: no alignment needed beyond its type
-      if (can_vec<R>(V, d, ldw, {W, out})) {
-        forward_kernel<T, I, V><<<tiles(N, d, V), kThreads, 0, st>>>(va, ip, wp, ldw, bp, op, k, M, d);
+      if (can_vec(V, d, ldw, {W, out})) {
+        ACTSPACE_LAUNCH(tiles(N, d, V), kThreads, 0, st, forward_kernel<T, I, V>)(va, ip, wp, ldw, bp, op, k, M, d);
       } else {
-        forward_kernel<T, I, 1><<<tiles(N, d, 1), kThreads, 0, st>>>(va, ip, wp, ldw, bp, op, k, M, d);
+        ACTSPACE_LAUNCH(tiles(N, d, 1), kThreads, 0, st, forward_kernel<T, I, 1>)(va, ip, wp, ldw, bp, op, k, M, d);
       }
     });
   });
@@ -193,24 +169,24 @@ void sparse_decode_grad_values(const void* grad_out, const void* indices, int id
                                int64_t N, int64_t k, int64_t M, int64_t d, void* stream) {
   const int64_t NK = N * k;
   if (NK == 0) return;
-  auto st = static_cast<cudaStream_t>(stream);
+  auto st = as_stream(stream);
   const unsigned blocks = static_cast<unsigned>((NK * 32 + kThreads - 1) / kThreads);
-  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+  dispatch_float(w_code, "sparse_decode (CUDA): W", [&](auto tag) {
     using T = decltype(tag);
     using A = typename CT<T>::acc;
     using R = typename CT<T>::raw;
     // V limited so that V elements of both R and A fit a 16-byte access... or two of A
     constexpr int V = 16 / sizeof(A);
-    dispatch_index(idx_code, [&](auto itag) {
+    dispatch_index(idx_code, "sparse_decode (CUDA): indices", [&](auto itag) {
       using I = decltype(itag);
       auto gp = static_cast<const A*>(grad_out);
       auto ip = static_cast<const I*>(indices);
       auto wp = static_cast<const R*>(W);
       auto op = static_cast<A*>(grad_values);
-      if (can_vec<R>(V, d, ldw, {W, grad_out})) {
-        grad_values_kernel<T, I, V><<<blocks, kThreads, 0, st>>>(gp, ip, wp, ldw, op, NK, k, M, d);
+      if (can_vec(V, d, ldw, {W, grad_out})) {
+        ACTSPACE_LAUNCH(blocks, kThreads, 0, st, grad_values_kernel<T, I, V>)(gp, ip, wp, ldw, op, NK, k, M, d);
       } else {
-        grad_values_kernel<T, I, 1><<<blocks, kThreads, 0, st>>>(gp, ip, wp, ldw, op, NK, k, M, d);
+        ACTSPACE_LAUNCH(blocks, kThreads, 0, st, grad_values_kernel<T, I, 1>)(gp, ip, wp, ldw, op, NK, k, M, d);
       }
     });
   });
@@ -221,19 +197,17 @@ void sparse_decode_grad_W_atomic(const void* grad_out, const void* values, const
                                  int idx_code, int acc_code, void* grad_W_acc, int64_t N,
                                  int64_t k, int64_t M, int64_t d, void* stream) {
   if (N == 0 || k == 0) return;
-  auto st = static_cast<cudaStream_t>(stream);
+  auto st = as_stream(stream);
   auto launch = [&](auto atag) {
     using A = decltype(atag);
-    dispatch_index(idx_code, [&](auto itag) {
+    dispatch_index(idx_code, "sparse_decode (CUDA): indices", [&](auto itag) {
       using I = decltype(itag);
-      grad_W_atomic_kernel<A, I><<<tiles(N, d, 1), kThreads, 0, st>>>(
+      ACTSPACE_LAUNCH(tiles(N, d, 1), kThreads, 0, st, grad_W_atomic_kernel<A, I>)(
           static_cast<const A*>(grad_out), static_cast<const A*>(values),
           static_cast<const I*>(indices), static_cast<A*>(grad_W_acc), k, M, d);
     });
   };
-  if (acc_code == kF32) launch(float{});
-  else if (acc_code == kF64) launch(double{});
-  else throw std::invalid_argument("sparse_decode_grad_W_atomic: accumulator must be float32 or float64");
+  dispatch_acc(acc_code, "sparse_decode_grad_W_atomic (CUDA): accumulator", launch);
   check_launch("sparse_decode_grad_W_atomic");
 }
 
@@ -241,8 +215,8 @@ void sparse_decode_grad_W_csr(const void* grad_out, const void* values, const in
                               const int32_t* order, int64_t k, int w_code, void* grad_W,
                               int64_t M, int64_t d, void* stream) {
   if (M == 0) return;
-  auto st = static_cast<cudaStream_t>(stream);
-  dispatch_float(w_code, "sparse_decode W", [&](auto tag) {
+  auto st = as_stream(stream);
+  dispatch_float(w_code, "sparse_decode (CUDA): W", [&](auto tag) {
     using T = decltype(tag);
     using A = typename CT<T>::acc;
     using R = typename CT<T>::raw;
@@ -250,10 +224,10 @@ void sparse_decode_grad_W_csr(const void* grad_out, const void* values, const in
     auto gp = static_cast<const A*>(grad_out);
     auto vp = static_cast<const A*>(values);
     auto op = static_cast<R*>(grad_W);
-    if (can_vec<R>(V, d, d, {grad_out, grad_W})) {
-      grad_W_csr_kernel<T, V><<<tiles(M, d, V), kThreads, 0, st>>>(gp, vp, offsets, order, k, op, d);
+    if (can_vec(V, d, d, {grad_out, grad_W})) {
+      ACTSPACE_LAUNCH(tiles(M, d, V), kThreads, 0, st, grad_W_csr_kernel<T, V>)(gp, vp, offsets, order, k, op, d);
     } else {
-      grad_W_csr_kernel<T, 1><<<tiles(M, d, 1), kThreads, 0, st>>>(gp, vp, offsets, order, k, op, d);
+      ACTSPACE_LAUNCH(tiles(M, d, 1), kThreads, 0, st, grad_W_csr_kernel<T, 1>)(gp, vp, offsets, order, k, op, d);
     }
   });
   check_launch("sparse_decode_grad_W_csr");

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "common/bind.h"
 #include "common/isa.h"
 #include "stats/stats.h"
 
@@ -28,6 +29,7 @@ static void check_latent(int64_t N, int64_t k, int64_t M, int64_t T, int64_t nbi
     throw std::invalid_argument("latent_update: bad sizes or histogram range");
 }
 
+#ifndef ACTSPACE_CUDA_EMULATE
 void bind_stats(py::module_& m) {
   m.def(
       "stats_moments_update",
@@ -54,15 +56,19 @@ void bind_stats(py::module_& m) {
             reinterpret_cast<float*>(top_values), reinterpret_cast<int64_t*>(top_tokens),
             reinterpret_cast<int64_t*>(ws));
       });
+}
+#endif
+
 #ifdef ACTSPACE_WITH_CUDA
-  m.def("stats_moments_cuda_chunks", [](int64_t N) { return moments_cuda_chunks(N); });
+void bind_stats_cuda(py::module_& m) {
+  m.def("stats_moments_cuda_chunks", [](int64_t N) { return cuda::moments_cuda_chunks(N); });
   m.def("stats_moments_update_cuda",
         [](uintptr_t x, int dtype, int64_t N, int64_t d, int64_t ld, std::vector<uintptr_t> st,
            uintptr_t part_f, uintptr_t part_i, uintptr_t stream) {
           if (N < 0 || d < 0 || ld < d) throw std::invalid_argument("moments_update: bad sizes");
-          moments_update_cuda(reinterpret_cast<const void*>(x), dtype, N, d, ld, moment_state(st),
+          cuda::moments_update_cuda(reinterpret_cast<const void*>(x), dtype, N, d, ld, moment_state(st),
                               reinterpret_cast<double*>(part_f),
-                              reinterpret_cast<int64_t*>(part_i), stream);
+                              reinterpret_cast<int64_t*>(part_i), bind::stream(stream));
         });
   m.def("stats_latent_update_cuda",
         [](uintptr_t values, int vdtype, int64_t vld, int64_t N, int64_t k, int64_t M, int64_t T,
@@ -70,12 +76,12 @@ void bind_stats(py::module_& m) {
            uintptr_t sum, uintptr_t sumsq, uintptr_t hist, uintptr_t top_values,
            uintptr_t top_tokens, uintptr_t ws, uintptr_t stream) {
           check_latent(N, k, M, T, nbins, lo, hi);
-          latent_update_cuda(
+          cuda::latent_update_cuda(
               reinterpret_cast<const void*>(values), vdtype, vld, N, k, M, T, nbins, lo, hi,
               token_offset, reinterpret_cast<int64_t*>(count), reinterpret_cast<double*>(sum),
               reinterpret_cast<double*>(sumsq), reinterpret_cast<int64_t*>(hist),
               reinterpret_cast<float*>(top_values), reinterpret_cast<int64_t*>(top_tokens),
-              reinterpret_cast<const int64_t*>(ws), stream);
+              reinterpret_cast<const int64_t*>(ws), bind::stream(stream));
         });
-#endif
 }
+#endif

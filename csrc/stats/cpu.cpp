@@ -333,19 +333,15 @@ int64_t latent_update(const void* values, int vdtype, int64_t vld, const void* i
                       int64_t* count, double* sum, double* sumsq, int64_t* hist,
                       float* top_values, int64_t* top_tokens, int64_t* ws) {
   if (N <= 0 || k <= 0) return 0;
-  if (idtype != kI32 && idtype != kI64)
-    throw std::invalid_argument(std::string("latent_update: indices must be int32 or int64, got ") +
-                                dtype_name(idtype));
   int64_t bad = 0;
   dispatch_float(vdtype, "latent_update: values", [&](auto tag) {
     using V = decltype(tag);
     const V* v = static_cast<const V*>(values);
-    if (idtype == kI32)
-      bad = latent_impl(v, vld, static_cast<const int32_t*>(indices), ild, N, k, M, T, nbins, lo,
-                        hi, token_offset, count, sum, sumsq, hist, top_values, top_tokens, ws);
-    else
-      bad = latent_impl(v, vld, static_cast<const int64_t*>(indices), ild, N, k, M, T, nbins, lo,
-                        hi, token_offset, count, sum, sumsq, hist, top_values, top_tokens, ws);
+    bad = dispatch_index(idtype, "latent_update: indices", [&](auto itag) {
+      using I = decltype(itag);
+      return latent_impl(v, vld, static_cast<const I*>(indices), ild, N, k, M, T, nbins, lo, hi,
+                         token_offset, count, sum, sumsq, hist, top_values, top_tokens, ws);
+    });
   });
   return bad;
 }

@@ -1,4 +1,4 @@
-// stats CUDA kernels (compiled only when nvcc is available). Device pointers in, the stream
+// stats CUDA kernels (compiled with nvcc, or on the host by the emulated core). Device pointers in, the stream
 // as an integer, all workspace allocated by Python; nothing here synchronises.
 //
 // moments: kernel 1 gives each block a tile of 32 channels x rows_per_chunk rows; its
@@ -12,58 +12,27 @@
 // ops/stats.py), then one thread per latent folds its slots, in slot order, into its own
 // count, sums, histogram and top-T list: no atomics and no locks, and the float64 sums add
 // in the same order on every run (and as on CPU).
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <stdexcept>
 #include <string>
 
+#include "common/cuda.cuh"
 #include "stats/stats.h"
 
 namespace actspace {
+namespace cuda {
 namespace {
 
 constexpr int TX = 32, TY = 8;      // moments block: channels x row lanes
 constexpr int64_t MIN_ROWS = 256;   // rows per chunk (more when N would exceed grid.y)
-
-struct LoadF32 { using T = float; static __device__ double ld(const float* p) { return __ldg(p); } };
-struct LoadF64 { using T = double; static __device__ double ld(const double* p) { return __ldg(p); } };
-struct LoadBF16 {
-  using T = uint16_t;
-  static __device__ double ld(const uint16_t* p) {
-    return __uint_as_float(static_cast<unsigned>(__ldg(p)) << 16);
-  }
-};
-struct LoadF16 {
-  using T = uint16_t;
-  static __device__ double ld(const uint16_t* p) { return __half2float(__ushort_as_half(__ldg(p))); }
-};
-
-template <typename Fn>
-void dispatch_load(int code, const char* what, Fn&& fn) {
-  switch (code) {
-    case kF32: fn(LoadF32{}); break;
-    case kF64: fn(LoadF64{}); break;
-    case kBF16: fn(LoadBF16{}); break;
-    case kF16: fn(LoadF16{}); break;
-    default:
-      throw std::invalid_argument(std::string(what) + ": unsupported dtype " + dtype_name(code));
-  }
-}
 
 int64_t rows_per_chunk(int64_t N) {
   const int64_t need = (N + 65534) / 65535;  // keep grid.y <= 65535
   return need > MIN_ROWS ? need : MIN_ROWS;
 }
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
 // part_f [chunks][8][d]: n, mean, m2, m3, m4, min, max, (unused); part_i [chunks][2][d].
-template <typename L>
-__global__ void moments_partial(const typename L::T* __restrict__ x, int64_t N, int64_t d,
+template <typename T>
+__global__ void moments_partial(const typename CT<T>::raw* __restrict__ x, int64_t N, int64_t d,
                                 int64_t ld, int64_t rc, double* __restrict__ part_f,
                                 int64_t* __restrict__ part_i) {
   __shared__ double sf[7][TY][TX];
@@ -75,7 +44,7 @@ __global__ void moments_partial(const typename L::T* __restrict__ x, int64_t N, 
   long long zer = 0, nf = 0;
   if (c < d) {
     for (int64_t r = r0 + ty; r < r1; r += TY) {
-      const double v = L::ld(x + r * ld + c);
+      const double v = static_cast<double>(ldg<T>(x + r * ld + c));
       const bool fin = isfinite(v);
       cnt += fin;
       sum += fin ? v : 0.0;
@@ -90,7 +59,7 @@ __global__ void moments_partial(const typename L::T* __restrict__ x, int64_t N, 
   double s1 = 0, s2 = 0, s3 = 0, s4 = 0;
   if (c < d) {
     for (int64_t r = r0 + ty; r < r1; r += TY) {
-      const double v = L::ld(x + r * ld + c);
+      const double v = static_cast<double>(ldg<T>(x + r * ld + c));
       const double dv = isfinite(v) ? v - sh : 0.0, d2 = dv * dv;
       s1 += dv; s2 += d2; s3 += d2 * dv; s4 += d2 * d2;
     }
@@ -138,8 +107,8 @@ __global__ void moments_finish(int64_t d, int64_t chunks, const double* __restri
 }
 
 // ------------------------------------------------------------------ latent statistics
-template <typename L>
-__global__ void latent_fold(const typename L::T* __restrict__ values, int64_t vld, int64_t k,
+template <typename V>
+__global__ void latent_fold(const typename CT<V>::raw* __restrict__ values, int64_t vld, int64_t k,
                             int64_t M, int64_t T, int64_t nbins, double lo, double hi,
                             int64_t tok0, const int64_t* __restrict__ off,
                             const int64_t* __restrict__ ent, int64_t* count, double* sum,
@@ -155,7 +124,7 @@ __global__ void latent_fold(const typename L::T* __restrict__ values, int64_t vl
   double s = 0, ss = 0;
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t id = ent[e], n = id / k, j = id % k;
-    const double v = L::ld(values + n * vld + j);
+    const double v = static_cast<double>(ldg<V>(values + n * vld + j));
     const int64_t tok = tok0 + n;
     s += v;
     ss += v * v;
@@ -186,39 +155,41 @@ int64_t moments_cuda_chunks(int64_t N) {
 
 void moments_update_cuda(const void* x, int dtype, int64_t N, int64_t d, int64_t ld,
                          const MomentState& st, double* part_f, int64_t* part_i,
-                         uintptr_t stream) {
+                         Stream stream) {
   if (N <= 0 || d <= 0) return;
-  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t s = as_stream(stream);
   const int64_t rc = rows_per_chunk(N), chunks = (N + rc - 1) / rc;
-  dispatch_load(dtype, "moments_update: x", [&](auto tag) {
-    using L = decltype(tag);
+  dispatch_float(dtype, "moments_update (CUDA): x", [&](auto tag) {
+    using T = decltype(tag);
     dim3 grid(grid_for(d, TX), static_cast<unsigned>(chunks)), block(TX, TY);
-    moments_partial<L><<<grid, block, 0, s>>>(static_cast<const typename L::T*>(x), N, d, ld, rc,
-                                              part_f, part_i);
+    ACTSPACE_LAUNCH(grid, block, 0, s, moments_partial<T>)(
+        static_cast<const typename CT<T>::raw*>(x), N, d, ld, rc, part_f, part_i);
   });
-  check(cudaGetLastError(), "moments_partial");
-  moments_finish<<<grid_for(d, 256), 256, 0, s>>>(d, chunks, part_f, part_i, st);
-  check(cudaGetLastError(), "moments_finish");
+  check_launch("moments_partial");
+  ACTSPACE_LAUNCH(dim3(grid_for(d, 256)), dim3(256), 0, s, moments_finish)(d, chunks, part_f,
+                                                                          part_i, st);
+  check_launch("moments_finish");
 }
 
 void latent_update_cuda(const void* values, int vdtype, int64_t vld, int64_t N, int64_t k,
                         int64_t M, int64_t T, int64_t nbins, double lo, double hi,
                         int64_t token_offset, int64_t* count, double* sum, double* sumsq,
                         int64_t* hist, float* top_values, int64_t* top_tokens,
-                        const int64_t* ws, uintptr_t stream) {
+                        const int64_t* ws, Stream stream) {
   if (N <= 0 || k <= 0 || M <= 0) return;
-  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t s = as_stream(stream);
   // ws: the caller's CSR of the firing slots by latent (ops/stats.py, csr_by_latent):
   // offsets [M + 1], then entries n * k + j in slot order within each latent
   const int64_t* off = ws;
   const int64_t* ent = ws + M + 1;
-  dispatch_load(vdtype, "latent_update: values", [&](auto tag) {
-    using L = decltype(tag);
-    latent_fold<L><<<grid_for(M, 128), 128, 0, s>>>(
-        static_cast<const typename L::T*>(values), vld, k, M, T, nbins, lo, hi, token_offset,
-        off, ent, count, sum, sumsq, hist, top_values, top_tokens);
+  dispatch_float(vdtype, "latent_update (CUDA): values", [&](auto tag) {
+    using V = decltype(tag);
+    ACTSPACE_LAUNCH(dim3(grid_for(M, 128)), dim3(128), 0, s, latent_fold<V>)(
+        static_cast<const typename CT<V>::raw*>(values), vld, k, M, T, nbins, lo, hi,
+        token_offset, off, ent, count, sum, sumsq, hist, top_values, top_tokens);
   });
-  check(cudaGetLastError(), "latent_update");
+  check_launch("latent_update");
 }
 
+}  // namespace cuda
 }  // namespace actspace

@@ -90,20 +90,21 @@ ACTSPACE_DECLARE_STATS(generic)
 ACTSPACE_DECLARE_STATS(avx2)
 ACTSPACE_DECLARE_STATS(avx512)
 
-#if defined(ACTSPACE_WITH_CUDA) || defined(__CUDACC__)
-// CUDA entry points (csrc/stats/cuda.cu); pointers are device pointers, stream a
-// cudaStream_t as an integer; nothing synchronises.
+#if defined(ACTSPACE_WITH_CUDA)
+// CUDA entry points (csrc/stats/cuda.cu); pointers are device pointers, `stream` a
+// cudaStream_t; nothing synchronises.
+namespace cuda {
 // moments: part double [n_chunks(N) * 8 * d] + int64 [n_chunks(N) * 2 * d] workspace.
 int64_t moments_cuda_chunks(int64_t N);
 void moments_update_cuda(const void* x, int dtype, int64_t N, int64_t d, int64_t ld,
-                         const MomentState& st, double* part_f, int64_t* part_i,
-                         uintptr_t stream);
+                         const MomentState& st, double* part_f, int64_t* part_i, void* stream);
 // latent: ws int64 [(M + 1) + N*k], filled by the caller: the CSR of the firing slots
 // (index >= 0, value > 0) by latent, offsets then entries n*k + j in slot order.
 void latent_update_cuda(const void* values, int vdtype, int64_t vld, int64_t N, int64_t k,
                         int64_t M, int64_t T, int64_t nbins, double lo, double hi,
                         int64_t token_offset, int64_t* count, double* sum, double* sumsq,
                         int64_t* hist, float* top_values, int64_t* top_tokens,
-                        const int64_t* ws, uintptr_t stream);
+                        const int64_t* ws, void* stream);
+}  // namespace cuda
 #endif
 }  // namespace actspace

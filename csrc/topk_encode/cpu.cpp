@@ -290,24 +290,16 @@ void finish_rows(const A* rv, const int32_t* ri, int64_t n, int64_t k, O* ov, in
   }
 }
 
-template <typename Fn>
-void dispatch_acc(int acc_dtype, Fn&& fn) {
-  if (acc_dtype == kF32) fn(float{});
-  else if (acc_dtype == kF64) fn(double{});
-  else throw std::invalid_argument(std::string("topk_encode: accumulation dtype must be float32 "
-                                               "or float64, got ") + dtype_name(acc_dtype));
-}
-
 }  // namespace
 
-void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t cols, int64_t ld,
-                       int64_t row0, int64_t m0, uintptr_t b_enc, uintptr_t scale,
-                       uintptr_t threshold, int acc_dtype, bool relu, int64_t k,
-                       uintptr_t run_vals, uintptr_t run_idx) {
+void topk_encode_merge(const void* tile, int tile_dtype, int64_t rows, int64_t cols, int64_t ld,
+                       int64_t row0, int64_t m0, const void* b_enc, const void* scale,
+                       const void* threshold, int acc_dtype, bool relu, int64_t k,
+                       void* run_vals, int32_t* run_idx) {
   if (rows < 0 || cols < 0 || ld < cols || k < 1 || m0 + cols > std::numeric_limits<int32_t>::max())
     throw std::invalid_argument("topk_encode_merge: bad sizes");
   if (!b_enc) throw std::invalid_argument("topk_encode_merge: b_enc is required (pass zeros)");
-  dispatch_acc(acc_dtype, [&](auto acc_tag) {
+  dispatch_acc(acc_dtype, "topk_encode: accumulation", [&](auto acc_tag) {
     using A = decltype(acc_tag);
     dispatch_float(tile_dtype, "topk_encode_merge tile", [&](auto tile_tag) {
       using T = decltype(tile_tag);
@@ -319,10 +311,10 @@ void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t col
   });
 }
 
-void topk_encode_finish(uintptr_t run_vals, uintptr_t run_idx, int acc_dtype, int64_t n,
-                        int64_t k, uintptr_t out_vals, int out_dtype, uintptr_t out_idx) {
+void topk_encode_finish(const void* run_vals, const int32_t* run_idx, int acc_dtype, int64_t n,
+                        int64_t k, void* out_vals, int out_dtype, int32_t* out_idx) {
   if (n < 0 || k < 1) throw std::invalid_argument("topk_encode_finish: bad sizes");
-  dispatch_acc(acc_dtype, [&](auto acc_tag) {
+  dispatch_acc(acc_dtype, "topk_encode: accumulation", [&](auto acc_tag) {
     using A = decltype(acc_tag);
     dispatch_float(out_dtype, "topk_encode_finish values", [&](auto out_tag) {
       using O = decltype(out_tag);

@@ -20,14 +20,15 @@
 // dtype; b_enc required, scale/threshold 0 = absent); run_vals/run_idx are the whole [N, k]
 // running buffers. finish: out_vals [N, k] (out_dtype), out_idx [N, k] int32, sorted best
 // first; unfilled slots get value 0, index -1.
-#define ACTSPACE_DECLARE_TOPK_ENCODE(ns)                                                    \
-  namespace ns {                                                                            \
-  void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t cols,        \
-                         int64_t ld, int64_t row0, int64_t m0, uintptr_t b_enc,             \
-                         uintptr_t scale, uintptr_t threshold, int acc_dtype, bool relu,    \
-                         int64_t k, uintptr_t run_vals, uintptr_t run_idx);                 \
-  void topk_encode_finish(uintptr_t run_vals, uintptr_t run_idx, int acc_dtype, int64_t n, \
-                          int64_t k, uintptr_t out_vals, int out_dtype, uintptr_t out_idx); \
+#define ACTSPACE_DECLARE_TOPK_ENCODE(ns)                                                     \
+  namespace ns {                                                                             \
+  void topk_encode_merge(const void* tile, int tile_dtype, int64_t rows, int64_t cols,       \
+                         int64_t ld, int64_t row0, int64_t m0, const void* b_enc,            \
+                         const void* scale, const void* threshold, int acc_dtype, bool relu, \
+                         int64_t k, void* run_vals, int32_t* run_idx);                       \
+  void topk_encode_finish(const void* run_vals, const int32_t* run_idx, int acc_dtype,       \
+                          int64_t n, int64_t k, void* out_vals, int out_dtype,              \
+                          int32_t* out_idx);                                                 \
   }
 
 namespace actspace {
@@ -37,15 +38,15 @@ ACTSPACE_DECLARE_TOPK_ENCODE(avx512)
 
 #ifdef ACTSPACE_WITH_CUDA
 namespace cuda {
-// Same contract as the CPU entry points, on device pointers, enqueued on `stream`
-// (a cudaStream_t as an integer); never synchronises. Rows are lists sorted best first.
-void topk_encode_merge(uintptr_t tile, int tile_dtype, int64_t rows, int64_t cols, int64_t ld,
-                       int64_t row0, int64_t m0, uintptr_t b_enc, uintptr_t scale,
-                       uintptr_t threshold, int acc_dtype, bool relu, int64_t k,
-                       uintptr_t run_vals, uintptr_t run_idx, uintptr_t stream);
-void topk_encode_finish(uintptr_t run_vals, uintptr_t run_idx, int acc_dtype, int64_t n,
-                        int64_t k, uintptr_t out_vals, int out_dtype, uintptr_t out_idx,
-                        uintptr_t stream);
+// Same contract as the CPU entry points, on device pointers, enqueued on `stream` (a
+// cudaStream_t); never synchronises. Rows are lists sorted best first.
+void topk_encode_merge(const void* tile, int tile_dtype, int64_t rows, int64_t cols, int64_t ld,
+                       int64_t row0, int64_t m0, const void* b_enc, const void* scale,
+                       const void* threshold, int acc_dtype, bool relu, int64_t k,
+                       void* run_vals, int32_t* run_idx, void* stream);
+void topk_encode_finish(const void* run_vals, const int32_t* run_idx, int acc_dtype, int64_t n,
+                        int64_t k, void* out_vals, int out_dtype, int32_t* out_idx,
+                        void* stream);
 }  // namespace cuda
 #endif
 }  // namespace actspace

@@ -24,7 +24,17 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # forces our kernel (that is how the GPU tests verify it before it is routed to).
 VERIFIED_CUDA: frozenset[str] = frozenset()
 
+BACKENDS = ("auto", "kernel", "reference", "cuda_emulated")
+# Where a kernel call goes (kernel_path): our CPU kernels, our CUDA kernels on a GPU, or the
+# CUDA kernels of the emulated core on host memory (csrc/common/cuda_emulate.h: the CUDA
+# sources compiled for the CPU, each block's threads as OS threads; CI runs them under
+# ASan/UBSan and TSan). The emulated core is the module _core_cuda_emulated, found at the
+# path in ACTSPACE_CUDA_EMULATED_CORE or beside _core; it is built only on request
+# (cmake -DACTSPACE_CUDA_EMULATE=ON, see .ci/run).
+CPU, CUDA, CUDA_EMULATED = "cpu", "cuda", "cuda_emulated"
+
 _core_module = None
+_emulated_module = None
 
 
 def core():
@@ -44,24 +54,68 @@ def core():
     return _core_module or None
 
 
+def emulated_core():
+    """The host-emulated CUDA core (_core_cuda_emulated), or None when it was not built."""
+    global _emulated_module
+    if _emulated_module is None:
+        path = os.environ.get("ACTSPACE_CUDA_EMULATED_CORE", "")
+        if path:
+            import importlib.util  # noqa: PLC0415
+
+            if os.path.isdir(path):
+                hits = [f for f in os.listdir(path) if f.startswith("_core_cuda_emulated")
+                        and f.endswith(".so")]
+                if not hits:
+                    raise FileNotFoundError(f"ACTSPACE_CUDA_EMULATED_CORE={path}: no "
+                                            "_core_cuda_emulated*.so in that folder")
+                path = os.path.join(path, hits[0])
+            spec = importlib.util.spec_from_file_location("_core_cuda_emulated", path)
+            if spec is None:
+                raise FileNotFoundError(f"ACTSPACE_CUDA_EMULATED_CORE={path}: not a module")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            _emulated_module = mod
+        else:
+            try:
+                from actspace import _core_cuda_emulated  # noqa: PLC0415
+            except ImportError:
+                _emulated_module = False
+            else:
+                _emulated_module = _core_cuda_emulated
+    return _emulated_module or None
+
+
 def cuda_built() -> bool:
     c = core()
     return bool(c is not None and c.build_info()["cuda"])
 
 
-def use_kernel(family: str, device: torch.device, backend: str) -> bool:
-    """True to run our compiled kernel, False for the reference path."""
-    if backend not in ("auto", "kernel", "reference"):
-        raise ValueError(f"backend must be 'auto', 'kernel' or 'reference', got {backend!r}")
+def kernel_path(family: str, device: torch.device, backend: str) -> str | None:
+    """Where `family` runs for tensors on `device`: CPU, CUDA or CUDA_EMULATED, or None for
+    the reference path. backend: 'auto' (our kernel where it is built and, on CUDA,
+    verified), 'kernel' (ours or an error), 'reference', 'cuda_emulated' (CPU tensors
+    through the CUDA kernels of the emulated core; for tests)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                         f"got {backend!r}")
     if backend == "reference":
-        return False
+        return None
+    if backend == CUDA_EMULATED:
+        if device.type != "cpu":
+            raise ValueError(f"backend='cuda_emulated' runs the CUDA kernels on host memory: "
+                             f"the tensors must be on the CPU, got {device}")
+        if emulated_core() is None:
+            raise RuntimeError("backend='cuda_emulated': the emulated core is not built "
+                               "(cmake -DACTSPACE_CUDA_EMULATE=ON, then point "
+                               "ACTSPACE_CUDA_EMULATED_CORE at _core_cuda_emulated*.so)")
+        return CUDA_EMULATED
     if device.type == "cpu":
         available = core() is not None
     elif device.type == "cuda":
         available = cuda_built()
         if backend == "auto":
             forced = os.environ.get("ACTSPACE_CUDA_KERNELS", "") == "1"
-            return available and (family in VERIFIED_CUDA or forced)
+            return CUDA if available and (family in VERIFIED_CUDA or forced) else None
     else:
         available = False
     if backend == "kernel" and not available:
@@ -69,7 +123,25 @@ def use_kernel(family: str, device: torch.device, backend: str) -> bool:
             f"backend='kernel': no compiled {family} kernel for device {device} "
             f"(build_info: {core().build_info() if core() else 'extension not built'})"
         )
-    return available
+    return (CPU if device.type == "cpu" else CUDA) if available else None
+
+
+def use_kernel(family: str, device: torch.device, backend: str) -> bool:
+    """True to run one of our compiled kernels, False for the reference path."""
+    return kernel_path(family, device, backend) is not None
+
+
+def module_for(path: str):
+    """The compiled module holding the entry points of a kernel path."""
+    return emulated_core() if path == CUDA_EMULATED else core()
+
+
+def on_device(path: str, device: torch.device):
+    """Context making `device` current for the launches of a real CUDA path (a model split
+    over several GPUs launches on the tensors' device, not the current one)."""
+    import contextlib  # noqa: PLC0415
+
+    return torch.cuda.device(device) if path == CUDA else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- interchange
@@ -174,7 +246,7 @@ def ptr(t: torch.Tensor | None) -> int:
 
 
 def stream_handle(device: torch.device) -> int:
-    """cudaStream_t of torch's current stream on device, 0 on CPU."""
+    """cudaStream_t of torch's current stream on device, 0 on CPU (and for the emulator)."""
     if device.type == "cuda":
         return torch.cuda.current_stream(device).cuda_stream
     return 0

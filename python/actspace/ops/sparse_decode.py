@@ -18,9 +18,9 @@ import torch
 
 from .. import reference
 from ..reference.sparse_decode import sparse_decode_backward as _ref_backward
-from ._common import (acc_dtype, check_float, check_same_device, check_shape, core,
-                      csr_by_latent, dtype_code, from_torch, optional_to_torch, stream_handle,
-                      to_torch, use_kernel)
+from ._common import (CPU, CUDA, acc_dtype, check_float, check_same_device, check_shape,
+                      csr_by_latent, dtype_code, from_torch, kernel_path, module_for, on_device,
+                      optional_to_torch, stream_handle, to_torch)
 
 _INT32_MAX = 2**31 - 1
 
@@ -73,16 +73,17 @@ def sparse_decode(values, indices, W_dec, b_dec=None, *, backend="auto", determi
     _validate(values, indices, W_dec, b_dec)
     if deterministic is not None and not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be None or a bool, got {type(deterministic).__name__}")
-    if not use_kernel("sparse_decode", values.device, backend):
+    path = kernel_path("sparse_decode", values.device, backend)
+    if path is None:
         return from_torch(reference.sparse_decode(values, indices, W_dec, b_dec), kind)
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (values, W_dec, b_dec))
     if needs_grad or torch.compiler.is_compiling():   # the op traces; the direct call not
-        out = torch.ops.actspace.sparse_decode(values, indices, W_dec, b_dec, deterministic)
+        out = torch.ops.actspace.sparse_decode(values, indices, W_dec, b_dec, deterministic, path)
     else:  # inference: straight to the kernel, no dispatcher or autograd bookkeeping
-        out = _forward(values, indices, W_dec, b_dec, True)
+        out = _forward(values, indices, W_dec, b_dec, path)
     return from_torch(out, kind)
 
 
@@ -94,9 +95,15 @@ def _wrows(W):
     return W, W.stride(0)
 
 
-def _forward(values, indices, W, b, kernel):
-    """values [N,k], indices [N,k], W [M,d], b [d] or None -> [N, d] in W.dtype."""
-    if not kernel or indices.numel() > _INT32_MAX:
+def _default_path(path: str, device: torch.device) -> str:
+    """The custom ops' `path` argument: '' means our kernel for the tensors' device."""
+    return path or (CPU if device.type == "cpu" else CUDA)
+
+
+def _forward(values, indices, W, b, path):
+    """values [N,k], indices [N,k], W [M,d], b [d] or None -> [N, d] in W.dtype.
+    path: CPU, CUDA or CUDA_EMULATED (ops._common.kernel_path); None = reference."""
+    if path is None or indices.numel() > _INT32_MAX:
         return reference.sparse_decode(values, indices, W, b)
     acc = acc_dtype(W.dtype)
     N, k = values.shape
@@ -108,17 +115,18 @@ def _forward(values, indices, W, b, kernel):
     out = torch.empty((N, d), dtype=W.dtype, device=W.device)
     args = (v.data_ptr(), idx.data_ptr(), dtype_code(idx), W.data_ptr(), ldw, dtype_code(W),
             0 if bb is None else bb.data_ptr(), out.data_ptr(), N, k, M, d)
-    if W.device.type == "cuda":
-        with torch.cuda.device(W.device):
-            core().sparse_decode_forward_cuda(*args, stream_handle(W.device))
+    c = module_for(path)
+    if path != CPU:
+        with on_device(path, W.device):
+            c.sparse_decode_forward_cuda(*args, stream_handle(W.device))
     else:
-        core().sparse_decode_forward(*args)
+        c.sparse_decode_forward(*args)
     return out
 
 
-def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, kernel):
+def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, path):
     """-> (grad_values [N,k] in values.dtype or None, grad_W [M,d] in W.dtype or None)."""
-    if not kernel or indices.numel() > _INT32_MAX:
+    if path is None or indices.numel() > _INT32_MAX:
         gv, gW, _ = _ref_backward(grad_out, values, indices, W)
         return (gv if need_values else None), (gW if need_W else None)
     acc = acc_dtype(W.dtype)
@@ -129,8 +137,8 @@ def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, 
     W, ldw = _wrows(W)
     dev = W.device
     gv = gW = None
-    if dev.type == "cpu":
-        c = core()
+    c = module_for(path)
+    if path == CPU:
         if need_W:
             offsets = torch.empty(M + 1, dtype=torch.int32)
             order = torch.empty(max(N * k, 1), dtype=torch.int32)
@@ -149,8 +157,8 @@ def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, 
                                         W.data_ptr(), ldw, dtype_code(W), gv.data_ptr(),
                                         N, k, M, d)
     else:
-        c, stream = core(), stream_handle(dev)
-        with torch.cuda.device(dev):
+        stream = stream_handle(dev)
+        with on_device(path, dev):
             if need_values:
                 gv = torch.empty((N, k), dtype=acc, device=dev)
                 c.sparse_decode_grad_values_cuda(g.data_ptr(), idx.data_ptr(), dtype_code(idx),
@@ -179,50 +187,53 @@ def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, 
 # ------------------------------------------------------------------ torch.library ops
 @torch.library.custom_op("actspace::sparse_decode", mutates_args=())
 def _sparse_decode_op(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
-                      b_dec: Optional[torch.Tensor], deterministic: bool) -> torch.Tensor:
-    return _forward(values, indices, W_dec, b_dec, True)
+                      b_dec: Optional[torch.Tensor], deterministic: bool,
+                      path: str = "") -> torch.Tensor:
+    return _forward(values, indices, W_dec, b_dec, _default_path(path, W_dec.device))
 
 
 @_sparse_decode_op.register_fake
-def _(values, indices, W_dec, b_dec, deterministic):
+def _(values, indices, W_dec, b_dec, deterministic, path=""):
     return W_dec.new_empty((values.shape[0], W_dec.shape[1]))
 
 
 @torch.library.custom_op("actspace::sparse_decode_backward", mutates_args=())
 def _sparse_decode_backward_op(grad_out: torch.Tensor, values: torch.Tensor,
                                indices: torch.Tensor, W_dec: torch.Tensor, need_values: bool,
-                               need_W: bool, deterministic: bool) -> list[torch.Tensor]:
+                               need_W: bool, deterministic: bool,
+                               path: str = "") -> list[torch.Tensor]:
     gv, gW = _backward(grad_out, values, indices, W_dec, need_values, need_W, deterministic,
-                       True)
+                       _default_path(path, W_dec.device))
     # custom ops cannot return None: an unneeded gradient comes back as an empty tensor
     return [values.new_empty(0) if gv is None else gv, W_dec.new_empty(0) if gW is None else gW]
 
 
 @_sparse_decode_backward_op.register_fake
-def _(grad_out, values, indices, W_dec, need_values, need_W, deterministic):
+def _(grad_out, values, indices, W_dec, need_values, need_W, deterministic, path=""):
     return [values.new_empty(values.shape if need_values else (0,)),
             W_dec.new_empty(W_dec.shape if need_W else (0,))]
 
 
 def _setup_context(ctx, inputs, output):
-    values, indices, W_dec, b_dec, deterministic = inputs
+    values, indices, W_dec, b_dec, deterministic, *path = inputs
     ctx.save_for_backward(values, indices, W_dec)
     ctx.deterministic = deterministic
+    ctx.path = path[0] if path else ""
     ctx.b_dtype = None if b_dec is None else b_dec.dtype
 
 
 def _autograd_backward(ctx, grad):
     values, indices, W_dec = ctx.saved_tensors
-    need_v, _, need_W, need_b, _ = ctx.needs_input_grad
+    need_v, _, need_W, need_b = ctx.needs_input_grad[:4]
     gv = gW = gb = None
     if need_v or need_W:
         gv, gW = torch.ops.actspace.sparse_decode_backward(
-            grad, values, indices, W_dec, need_v, need_W, ctx.deterministic)
+            grad, values, indices, W_dec, need_v, need_W, ctx.deterministic, ctx.path)
         gv = gv if need_v else None
         gW = gW if need_W else None
     if need_b:
         gb = grad.sum(0, dtype=acc_dtype(grad.dtype)).to(ctx.b_dtype)
-    return gv, None, gW, gb, None
+    return (gv, None, gW, gb) + (None,) * (len(ctx.needs_input_grad) - 4)
 
 
 _sparse_decode_op.register_autograd(_autograd_backward, setup_context=_setup_context)
@@ -233,24 +244,27 @@ _sparse_decode_op.register_autograd(_autograd_backward, setup_context=_setup_con
 # backward is two sparse products: grad_x = decode_forward(g, idx, W_enc) and
 # grad_W_enc = decode_backward(x, g, idx, W_enc, need_values=False)). CUDA tensors use our
 # kernel only once the family is verified (ops._common.VERIFIED_CUDA).
-def _kernel_ok(device):
-    return use_kernel("sparse_decode", device, "auto")
+def _path(device, path):
+    return kernel_path("sparse_decode", device, "auto") if path is None else path
 
 
-def decode_forward(values, indices, W, b=None):
-    """values [N,k], indices [N,k] -> Σ_j values[n,j] · W[indices[n,j]] (+ b)  [N, d]."""
-    if not _kernel_ok(W.device):
+def decode_forward(values, indices, W, b=None, *, path=None):
+    """values [N,k], indices [N,k] -> Σ_j values[n,j] · W[indices[n,j]] (+ b)  [N, d].
+    path: a kernel path (ops._common.kernel_path) or None for the 'auto' choice."""
+    path = _path(W.device, path)
+    if path is None:
         return reference.sparse_decode(values, indices, W, b)
     # through the registered op, so callers' backward passes stay traceable (opcheck, compile)
-    return torch.ops.actspace.sparse_decode(values, indices, W, b, False)
+    return torch.ops.actspace.sparse_decode(values, indices, W, b, False, path)
 
 
 def decode_backward(grad_out, values, indices, W, *, need_values=True, need_W=True,
-                    deterministic=False):
+                    deterministic=False, path=None):
     """-> (grad_values [N,k] or None, grad_W [M,d] or None); see reference.sparse_decode."""
-    if not _kernel_ok(W.device):
+    path = _path(W.device, path)
+    if path is None:
         return _backward(grad_out, values, indices, W, need_values, need_W, deterministic,
-                         False)
+                         None)
     gv, gW = torch.ops.actspace.sparse_decode_backward(grad_out, values, indices, W,
-                                                       need_values, need_W, deterministic)
+                                                       need_values, need_W, deterministic, path)
     return (gv if need_values else None), (gW if need_W else None)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..reference import stats as _ref
-from ._common import (as_index, check_float, core, csr_by_latent, dtype_code, stream_handle,
-                      to_torch, use_kernel)
+from ._common import (CPU, as_index, check_float, csr_by_latent, dtype_code, kernel_path,
+                      module_for, on_device, stream_handle, to_torch)
 
 MOMENT_FIELDS = _ref.MOMENT_FIELDS
 moments_init = _ref.moments_init
@@ -66,7 +66,8 @@ def moments_update(state: dict, x, *, backend: str = "auto") -> None:
                            else torch.float64, (d,), x.device) for key in MOMENT_FIELDS]
     if x.shape[0] == 0 or d == 0:
         return
-    if not use_kernel("stats", x.device, backend):
+    path = kernel_path("stats", x.device, backend)
+    if path is None:
         _ref.moments_update(state, x)
         return
     x = _rows(x.detach())
@@ -74,12 +75,12 @@ def moments_update(state: dict, x, *, backend: str = "auto") -> None:
     work = [f if f.is_contiguous() else f.contiguous() for f in fields]
     ptrs = [f.data_ptr() for f in work]
     N = x.shape[0]
-    c = core()
-    if x.device.type == "cuda":
+    c = module_for(path)
+    if path != CPU:
         chunks = c.stats_moments_cuda_chunks(N)
         part_f = torch.empty(chunks * 8 * d, dtype=torch.float64, device=x.device)
         part_i = torch.empty(chunks * 2 * d, dtype=torch.int64, device=x.device)
-        with torch.cuda.device(x.device):  # kernels launch on the current device
+        with on_device(path, x.device):  # kernels launch on the current device
             c.stats_moments_update_cuda(x.data_ptr(), dtype_code(x), N, d, x.stride(0), ptrs,
                                         part_f.data_ptr(), part_i.data_ptr(),
                                         stream_handle(x.device))
@@ -133,17 +134,18 @@ def latent_update(state: dict, values, indices, token_offset: int, *,
     if not hi > lo:
         raise ValueError(f"state['hist_range'] must be [log10_min, log10_max] with "
                          f"log10_min < log10_max, got {[lo, hi]}")
-    if not use_kernel("stats", values.device, backend):
+    path = kernel_path("stats", values.device, backend)
+    if path is None:
         _ref.latent_update(state, values, indices, int(token_offset))
         return
     values, indices = _rows(values.detach()), _rows(indices)
     work = {key: f if f.is_contiguous() else f.contiguous() for key, f in fields.items()}
     N, k = values.shape
-    c = core()
+    c = module_for(path)
     state_ptrs = [work[key].data_ptr() for key in _LATENT_FIELDS]
-    if values.device.type == "cuda":
+    if path != CPU:
         ws = firing_csr(values, indices, M)
-        with torch.cuda.device(values.device):
+        with on_device(path, values.device):
             c.stats_latent_update_cuda(values.data_ptr(), dtype_code(values), values.stride(0),
                                        N, k, M, T, n_bins, lo, hi, token_offset,
                                        *state_ptrs, ws.data_ptr(), stream_handle(values.device))

@@ -11,15 +11,14 @@ only (never a dense N×M gradient), so it works under autograd and torch.compile
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 
 from .. import reference
-from ._common import (DTYPE_CODES, acc_dtype, as_index, check_float, check_same_device,
-                      check_shape, core, from_torch, optional_to_torch, stream_handle, to_torch,
-                      use_kernel)
+from ._common import (CPU, CUDA, DTYPE_CODES, acc_dtype, as_index, check_float,
+                      check_same_device, check_shape, from_torch, kernel_path, module_for,
+                      on_device, optional_to_torch, stream_handle, to_torch)
 
 # Upper bound of the pre-activation tile, in bytes. 32 MB fits the last-level cache of
 # server CPUs between the matmul that writes it and the merge that reads it, and keeps each
@@ -99,9 +98,15 @@ def _tile_mm(a, b, out, cuda_fp32):
     return torch.mm(a, b.T, out=out)
 
 
-def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
-    """The tiled kernel path. Tensors already validated, all on one device."""
-    c = core()
+def _default_path(path: str, device: torch.device) -> str:
+    """The custom op's `path` argument: '' means our kernel for the tensors' device."""
+    return path or (CPU if device.type == "cpu" else CUDA)
+
+
+def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale, path):
+    """The tiled kernel path. Tensors already validated, all on one device; path is CPU,
+    CUDA or CUDA_EMULATED (ops._common.kernel_path)."""
+    c = module_for(path)
     N, d = x.shape
     M = W_enc.shape[0]
     dev = x.device
@@ -117,7 +122,7 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
                      for t in (b_enc, scale, threshold))
     if b_p is None:  # the kernel always adds a bias: keeps its inner loop branch-free
         b_p = torch.zeros(M, dtype=acc, device=dev)
-    on_cuda = dev.type == "cuda"
+    on_cuda = path == CUDA
     cuda_fp32 = (on_cuda and cdt in (torch.bfloat16, torch.float16)
                  and _cuda_fp32_tiles(dev, cdt))
     # CPU float16: a float16 tile overflows beyond 65504 (then every big value is an inf
@@ -134,14 +139,15 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
     run_idx = torch.full((N, k), -1, dtype=torch.int32, device=dev)
     tcode, acode = DTYPE_CODES[tile_dt], DTYPE_CODES[acc]
     relu = activation == "relu"
-    if on_cuda:
-        stream = stream_handle(dev)
+    cuda_kernels = path != CPU  # the CUDA entry points, on a GPU or emulated on the host
+    stream = stream_handle(dev)
+    if cuda_kernels:
         merge = lambda *a: c.topk_encode_merge_cuda(*a, stream)  # noqa: E731
     else:
         merge = c.topk_encode_merge
     esz = run_vals.element_size()
     # kernels launch on the current device: make it x's (a model split over several GPUs)
-    with torch.cuda.device(dev) if on_cuda else contextlib.nullcontext():
+    with on_device(path, dev):
         for m0 in range(0, M, cols):
             m1 = min(M, m0 + cols)
             Wt = W[m0:m1].float() if cpu_widen else W[m0:m1]
@@ -156,8 +162,8 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
         indices = torch.empty((N, k), dtype=torch.int32, device=dev)
         args = (run_vals.data_ptr(), run_idx.data_ptr(), acode, N, k, values.data_ptr(),
                 DTYPE_CODES[x.dtype], indices.data_ptr())
-        if on_cuda:
-            c.topk_encode_finish_cuda(*args, stream_handle(dev))
+        if cuda_kernels:
+            c.topk_encode_finish_cuda(*args, stream)
         else:
             c.topk_encode_finish(*args)
     return values, indices
@@ -167,21 +173,23 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
 @torch.library.custom_op("actspace::topk_encode", mutates_args=())
 def _topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: Optional[torch.Tensor], k: int,
                     b_dec: Optional[torch.Tensor], activation: str,
-                    threshold: Optional[torch.Tensor],
-                    scale: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale)
+                    threshold: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                    path: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale,
+                           _default_path(path, x.device))
 
 
 @_topk_encode_op.register_fake
-def _(x, W_enc, b_enc, k, b_dec, activation, threshold, scale):
+def _(x, W_enc, b_enc, k, b_dec, activation, threshold, scale, path=""):
     N = x.shape[0]
     return x.new_empty((N, k)), x.new_empty((N, k), dtype=torch.int32)
 
 
 def _setup_context(ctx, inputs, output):
-    x, W_enc, b_enc, k, b_dec, activation, threshold, scale = inputs
+    x, W_enc, b_enc, k, b_dec, activation, threshold, scale, *path = inputs
     values, indices = output
     ctx.activation = activation
+    ctx.path = _default_path(path[0] if path else "", x.device)
     ctx.has = (b_enc is not None, b_dec is not None, scale is not None)
     ctx.save_for_backward(x, W_enc, b_enc, b_dec, scale, values, indices)
 
@@ -208,7 +216,7 @@ def _backward(ctx, grad_values, grad_indices):
     from .sparse_decode import decode_backward, decode_forward  # noqa: PLC0415
 
     x, W_enc, b_enc, b_dec, scale, values, indices = ctx.saved_tensors
-    need = ctx.needs_input_grad  # x, W_enc, b_enc, k, b_dec, activation, threshold, scale
+    need = ctx.needs_input_grad  # x, W_enc, b_enc, k, b_dec, activation, threshold, scale, path
     acc = torch.float64 if torch.float64 in (x.dtype, W_enc.dtype) else torch.float32
     valid = indices >= 0
     idx = indices.long().clamp_min(0)
@@ -219,12 +227,13 @@ def _backward(ctx, grad_values, grad_indices):
     xc = x.to(acc) if b_dec is None else x.to(acc) - b_dec.to(acc)
     grad_x = grad_W = grad_b = grad_bd = grad_s = None
     if need[0] or need[4]:
-        gx = decode_forward(g, indices, W_enc.to(acc))  # [N, d]
+        gx = decode_forward(g, indices, W_enc.to(acc), path=ctx.path)  # [N, d]
         grad_x = gx.to(x.dtype) if need[0] else None
         grad_bd = (-gx.sum(0)).to(b_dec.dtype) if need[4] else None
     if need[1]:
         grad_W = decode_backward(xc, g, indices, W_enc.to(acc), need_values=False,
-                                 deterministic=torch.are_deterministic_algorithms_enabled())[1]
+                                 deterministic=torch.are_deterministic_algorithms_enabled(),
+                                 path=ctx.path)[1]
         grad_W = grad_W.to(W_enc.dtype)
     if need[2]:
         grad_b = torch.zeros(W_enc.shape[0], dtype=acc, device=x.device)
@@ -233,7 +242,7 @@ def _backward(ctx, grad_values, grad_indices):
         u = _preact_unscaled(xc, W_enc, b_enc, idx, acc)
         grad_s = torch.zeros(W_enc.shape[0], dtype=acc, device=x.device)
         grad_s = grad_s.index_add_(0, idx.reshape(-1), (gv * u).reshape(-1)).to(scale.dtype)
-    return grad_x, grad_W, grad_b, None, grad_bd, None, None, grad_s
+    return grad_x, grad_W, grad_b, None, grad_bd, None, None, grad_s, None
 
 
 _topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
@@ -258,19 +267,21 @@ def topk_encode(x, W_enc, b_enc, k, *, b_dec=None, activation="relu", threshold=
     b_enc, b_dec = optional_to_torch(b_enc, "b_enc"), optional_to_torch(b_dec, "b_dec")
     threshold, scale = optional_to_torch(threshold, "threshold"), optional_to_torch(scale, "scale")
     _validate(x, W_enc, b_enc, k, b_dec, activation, threshold, scale)
-    cuda_k_ok = x.device.type != "cuda" or k <= CUDA_MAX_K
-    if backend == "kernel" and not cuda_k_ok:
-        raise ValueError(f"k must be <= {CUDA_MAX_K} for the CUDA kernel, got k={k} "
-                         "(backend='auto' takes the reference path)")
-    if cuda_k_ok and use_kernel("topk_encode", x.device, backend):
+    path = kernel_path("topk_encode", x.device, backend)
+    if path not in (None, CPU) and k > CUDA_MAX_K:
+        if backend != "auto":
+            raise ValueError(f"k must be <= {CUDA_MAX_K} for the CUDA kernel, got k={k} "
+                             "(backend='auto' takes the reference path)")
+        path = None
+    if path is not None:
         tensors = (x, W_enc, b_enc, b_dec, threshold, scale)
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
         if grad or torch.compiler.is_compiling():
             values, indices = torch.ops.actspace.topk_encode(x, W_enc, b_enc, k, b_dec,
-                                                             activation, threshold, scale)
+                                                             activation, threshold, scale, path)
         else:  # direct call: no dispatcher round trip when nothing needs a gradient
             values, indices = _forward_kernel(x, W_enc, b_enc, k, b_dec, activation,
-                                              threshold, scale)
+                                              threshold, scale, path)
     else:
         values, indices = reference.topk_encode(x, W_enc, b_enc, k, b_dec=b_dec,
                                                 activation=activation, threshold=threshold,
