@@ -147,6 +147,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shape, a few seconds")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--cuda-only", action="store_true",
+                    help="only the CUDA section (GPU machine time is scarce)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out",
                                                   "bench_sparse_decode.json"))
     args = ap.parse_args()
@@ -156,7 +158,7 @@ def main():
     results = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                            "torch": torch.__version__, "build": core().build_info()},
                "runs": []}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in () if args.cuda_only else (torch.float32, torch.bfloat16):
         res = bench(*cpu_shape, dtype, torch.device("cpu"), args.reps)
         print_table(res)
         results["runs"].append(res)

@@ -53,7 +53,7 @@ def torch_moments(x: torch.Tensor) -> dict:
     mean = x.mean(0)
     if not bool(torch.isfinite(mean).all()):
         raise ValueError("the torch baseline only implements the finite fast path")
-    nonfinite = torch.zeros(d, dtype=torch.int64)
+    nonfinite = torch.zeros(d, dtype=torch.int64, device=x.device)
     dev = x - mean
     d2 = dev * dev
     m2 = d2.sum(0)
@@ -61,16 +61,23 @@ def torch_moments(x: torch.Tensor) -> dict:
     m4 = (d2 * d2).sum(0)
     mn, mx = x.amin(0), x.amax(0)
     zeros = (x == 0).sum(0, dtype=torch.int32)
-    return {"count": torch.full((d,), N) - nonfinite, "mean": mean, "m2": m2, "m3": m3,
+    return {"count": torch.full((d,), N, device=x.device) - nonfinite, "mean": mean, "m2": m2, "m3": m3,
             "m4": m4, "min": mn, "max": mx, "absmax": torch.maximum(-mn, mx), "zeros": zeros,
             "nonfinite": nonfinite}
 
 
-def bench_moments(N: int, d: int, reps: int) -> dict:
+def synced(fn, device: str):
+    """fn, followed by a device synchronisation on CUDA (so wall times are whole)."""
+    if device != "cuda":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize())
+
+
+def bench_moments(N: int, d: int, reps: int, device: str = "cpu") -> dict:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, d, generator=g) * 2 + 5
+    x = (torch.randn(N, d, generator=g) * 2 + 5).to(device)
     nbytes = x.numel() * x.element_size()
-    state = S.moments_init(d)
+    state = S.moments_init(d, device=device)
 
     def ours():
         for v in state.values():  # fresh state each time (cost: a few d-sized fills)
@@ -78,13 +85,13 @@ def bench_moments(N: int, d: int, reps: int) -> dict:
         S.moments_update(state, x, backend="kernel")
 
     cpu: list = []
-    t_torch = timeit(lambda: torch_moments(x), reps, cpu=cpu)
-    t_ours = timeit(ours, reps, cpu=cpu)
-    t_copy = timeit(lambda: x.clone(), reps)
+    t_torch = timeit(synced(lambda: torch_moments(x), device), reps, cpu=cpu)
+    t_ours = timeit(synced(ours, device), reps, cpu=cpu)
+    t_copy = timeit(synced(lambda: x.clone(), device), reps)
     # sanity: both computed the same thing
     ref = torch_moments(x.double())
     rel = ((state["m2"] - ref["m2"]).abs() / ref["m2"]).max().item()
-    return {"N": N, "d": d, "dtype": "float32", "t_torch_s": t_torch, "t_ours_s": t_ours,
+    return {"N": N, "d": d, "dtype": "float32", "device": device, "t_torch_s": t_torch, "t_ours_s": t_ours,
             "speedup": t_torch / t_ours, "cpu_torch_s": cpu[0], "cpu_ours_s": cpu[1],
             "speedup_cpu_time": cpu[0] / cpu[1], "t_copy_s": t_copy,
             "copy_GBps": 2 * nbytes / t_copy / 1e9,  # clone reads and writes
@@ -124,6 +131,8 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out",
                                                  "bench_stats.json"))
+    p.add_argument("--cuda-only", action="store_true",
+                   help="only the CUDA section (GPU machine time is scarce)")
     args = p.parse_args(argv)
     if core() is None:
         raise SystemExit("actspace._core is not built")
@@ -136,13 +145,25 @@ def main(argv=None) -> None:
     res = {"machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "build": core().build_info(), "moments": [], "latent": None}
+    devices = [] if args.cuda_only else ["cpu"]
+    if torch.cuda.is_available() and core().build_info()["cuda"]:
+        devices.append("cuda")
+    elif args.cuda_only:
+        raise SystemExit("--cuda-only: no CUDA device or no CUDA build")
     for N, d in moment_shapes:
-        r = bench_moments(N, d, reps)
-        res["moments"].append(r)
-        print(f"moments N={N} d={d} f32: torch {r['t_torch_s']*1e3:.2f} ms, ours "
-              f"{r['t_ours_s']*1e3:.2f} ms, speedup {r['speedup']:.2f}x (CPU time "
-              f"{r['speedup_cpu_time']:.2f}x), ours {r['ours_GBps']:.1f}"
-              f" GB/s read vs copy {r['copy_GBps']:.1f} GB/s (r+w)")
+        for device in devices:
+            r = bench_moments(N * (4 if device == "cuda" else 1), d, reps, device)
+            res["moments"].append(r)
+            print(f"moments {device} N={r['N']} d={d} f32: torch {r['t_torch_s']*1e3:.2f} ms, ours "
+                  f"{r['t_ours_s']*1e3:.2f} ms, speedup {r['speedup']:.2f}x (CPU time "
+                  f"{r['speedup_cpu_time']:.2f}x), ours {r['ours_GBps']:.1f}"
+                  f" GB/s read vs copy {r['copy_GBps']:.1f} GB/s (r+w)")
+    if args.cuda_only:  # the latent section is CPU only
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+        print(f"wrote {args.out}")
+        return
     r = bench_latent(**latent_cfg)
     res["latent"] = r
     print(f"latent N={r['N']} k={r['k']} M={r['M']}: {r['t_latent_s']*1e3:.2f} ms = "

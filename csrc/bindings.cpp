@@ -18,6 +18,9 @@ namespace py = pybind11;
 #define ACTSPACE_FAMILY(f) void bind_##f(py::module_& m); void bind_##f##_cuda(py::module_& m);
 #include "actspace_families.inc"
 #undef ACTSPACE_FAMILY
+#ifdef ACTSPACE_CUDA_EMULATE
+void bind_emulate_selftest(py::module_& m);  // common/emulate_selftest.cpp
+#endif
 
 static py::dict build_info() {
   py::dict d;
@@ -67,7 +70,9 @@ static py::dict build_info() {
 PYBIND11_MODULE(ACTSPACE_MODULE_NAME, m) {
   m.doc() = "actspace compiled kernels (raw-pointer interface; see actspace.ops)";
   m.def("build_info", &build_info);
-#ifndef ACTSPACE_CUDA_EMULATE  // the emulated core holds the CUDA entry points only
+#ifdef ACTSPACE_CUDA_EMULATE
+  bind_emulate_selftest(m);
+#else  // the emulated core holds the CUDA entry points only
 #define ACTSPACE_FAMILY(f) bind_##f(m);
 #include "actspace_families.inc"
 #undef ACTSPACE_FAMILY

@@ -48,3 +48,26 @@ def test_cuda_not_routed_until_verified():
     for family in ("topk_encode", "sparse_decode", "stats"):
         if family not in VERIFIED_CUDA:
             assert use_kernel(family, torch.device("cuda"), "auto") is False
+
+
+def test_cuda_emulated_backend_checks(monkeypatch):
+    """backend='cuda_emulated' takes CPU tensors only and names the missing emulated core."""
+    import torch
+
+    from actspace.ops import _common
+
+    with pytest.raises(ValueError, match="must be on the CPU"):
+        _common.kernel_path("stats", torch.device("cuda"), "cuda_emulated")
+    monkeypatch.setattr(_common, "_emulated_module", False)  # as when it was not built
+    monkeypatch.delenv("ACTSPACE_CUDA_EMULATED_CORE", raising=False)
+    with pytest.raises(RuntimeError, match="emulated core is not built"):
+        _common.kernel_path("stats", torch.device("cpu"), "cuda_emulated")
+
+
+def test_emulated_core_path_errors_name_the_variable(monkeypatch, tmp_path):
+    from actspace.ops import _common
+
+    monkeypatch.setattr(_common, "_emulated_module", None)
+    monkeypatch.setenv("ACTSPACE_CUDA_EMULATED_CORE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="ACTSPACE_CUDA_EMULATED_CORE"):
+        _common.emulated_core()

@@ -12,7 +12,16 @@ import pytest
 import actspace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KERNEL_TESTS = ["test_topk_encode.py", "test_sparse_decode.py", "test_stats_ops.py"]
+# tests/test_<family>.py for every family of csrc/families.txt (the one list of families)
+FAMILIES_TXT = os.path.join(HERE, "..", "csrc", "families.txt")
+
+
+def families() -> list[str]:
+    with open(FAMILIES_TXT) as f:
+        return [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+
+
+KERNEL_TESTS = [f"test_{f}.py" for f in families()]
 
 
 def _simd(isa: str) -> str:
@@ -35,6 +44,18 @@ def test_kernel_suite_on_copy(isa):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert " passed" in p.stdout and " failed" not in p.stdout
+
+
+def test_families_listed_once_and_followed():
+    """csrc/families.txt is the one list: the compiled core was built from it, and every
+    family has its csrc folder, ops module, test file and benchmark."""
+    fams = families()
+    assert actspace.build_info()["families"] == fams
+    root = os.path.join(HERE, "..")
+    for f in fams:
+        for path in (f"csrc/{f}/cuda.cu", f"csrc/{f}/cpu.cpp", f"csrc/{f}/bind.cpp",
+                     f"python/actspace/ops/{f}.py", f"tests/test_{f}.py", f"bench/bench_{f}.py"):
+            assert os.path.exists(os.path.join(root, path)), path
 
 
 def test_bad_isa_cap_is_named():

@@ -16,9 +16,10 @@ from actspace.reference.sparse_decode import sparse_decode as ref_decode
 from actspace.reference.sparse_decode import sparse_decode_backward as ref_backward
 
 core = _common.core()
+from _cuda_targets import cuda_target  # noqa: F401,E402  (fixture)
+
 pytestmark = pytest.mark.skipif(core is None, reason="needs the compiled extension")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def make(N, k, M, d, dtype=torch.float32, idx_dtype=torch.int64, empty=0.2, seed=0,
@@ -312,43 +313,63 @@ def test_hypothesis_shapes():
     run()
 
 
-# ------------------------------------------------------------------ CUDA (kernel forced)
-@needs_cuda
+# ------------------------------------------------------------------ CUDA kernels
+# On a GPU and on the emulated core (tests/_cuda_targets.py), kernel forced.
+def _path(cuda_target):
+    return "cuda_emulated" if cuda_target.emulated else "cuda"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
-def test_cuda_forward_backward(dtype, idx_dtype):
-    if not _common.cuda_built():
-        pytest.skip("actspace was built without CUDA")
-    v, idx, W, b = make(67, 9, 301, 264, dtype, idx_dtype, device="cuda", vdtype=torch.float32)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # a non-default stream: kernels must run on it
-        out = acts.ops.sparse_decode(v, idx, W, b, backend="kernel")
-        g = torch.randn(67, 264, device="cuda").to(dtype)
-        from actspace.ops.sparse_decode import _backward
-        res = {det: _backward(g, v, idx, W, True, True, det, True) for det in (False, True)}
-        again = _backward(g, v, idx, W, True, True, True, True)
-    stream.synchronize()
+def test_cuda_forward_backward(dtype, idx_dtype, cuda_target):
+    from actspace.ops.sparse_decode import _backward
+
+    N, k, M, d = (67, 9, 301, 264) if not cuda_target.emulated else (21, 5, 37, 136)
+    v, idx, W, b = make(N, k, M, d, dtype, idx_dtype, vdtype=torch.float32)
+    idx[:, 0] = 3  # a popular latent: fires on every row
+    v, idx, W, b = cuda_target.to(v, idx, W, b)
+    with cuda_target.side_stream():  # a non-default stream: kernels must run on it
+        out = acts.ops.sparse_decode(v, idx, W, b, backend=cuda_target.backend)
+        g = cuda_target.to(torch.randn(N, d)).to(dtype)
+        p = _path(cuda_target)
+        res = {det: _backward(g, v, idx, W, True, True, det, p) for det in (False, True)}
+        again = _backward(g, v, idx, W, True, True, True, p)
+    cuda_target.sync()
     check_forward(v.cpu(), idx.cpu(), W.cpu(), b.cpu(), out.cpu())
     ev, eW, _ = ref_backward(g.double(), v.double(), idx, W.double())
     pv, pW, _ = ref_backward(g, v.to(dtype), idx, W, acc=dtype)
     for gv, gW in res.values():
+        assert gW.dtype == dtype
         assert err(gv, ev) <= bound(err(pv, ev), torch.float32) + 1e-5
         assert err(gW, eW) <= bound(err(pW, eW), dtype)
     assert torch.equal(again[0], res[True][0]) and torch.equal(again[1], res[True][1])
 
 
-@needs_cuda
 @pytest.mark.gpu
-def test_cuda_unaligned_rows_and_autograd():
-    if not _common.cuda_built():
-        pytest.skip("actspace was built without CUDA")
-    v, idx, W, b = make(13, 5, 17, 7, torch.float32, device="cuda")  # d=7: scalar path
+def test_cuda_unaligned_rows_and_autograd(cuda_target):
+    v, idx, W, b = make(13, 5, 17, 7, torch.float32)  # d=7: scalar path
+    v, idx, W, b = cuda_target.to(v, idx, W, b)
     Wl = W.clone().requires_grad_()
-    out = acts.ops.sparse_decode(v, idx, Wl, b, backend="kernel")
+    out = acts.ops.sparse_decode(v, idx, Wl, b, backend=cuda_target.backend)
     check_forward(v.cpu(), idx.cpu(), W.cpu(), b.cpu(), out.cpu())
     out.sum().backward()
-    _, eW, _ = ref_backward(torch.ones(13, 7, dtype=torch.float64, device="cuda"),
-                            v.double(), idx, W.double())
+    _, eW, _ = ref_backward(torch.ones(13, 7, dtype=torch.float64),
+                            v.double().cpu(), idx.cpu(), W.double().cpu())
     assert err(Wl.grad, eW) < 1e-5
+
+
+@pytest.mark.gpu
+def test_cuda_poisoned_outputs_are_all_written(cuda_target):
+    """Every element of the outputs is written by the kernels (poisoned before the call)."""
+    from actspace.ops._common import module_for
+
+    v, idx, W, b = make(9, 4, 23, 40, torch.float32, idx_dtype=torch.int32)
+    v, idx, W, b = cuda_target.to(v, idx, W, b)
+    c = module_for(_path(cuda_target))
+    out = torch.full((9, 40), float("nan"), device=v.device)
+    c.sparse_decode_forward_cuda(v.data_ptr(), idx.data_ptr(), 4, W.data_ptr(), 40, 0,
+                                 b.data_ptr(), out.data_ptr(), 9, 4, 23, 40, 0)
+    cuda_target.sync()
+    assert not out.isnan().any()
+    check_forward(v.cpu(), idx.cpu(), W.cpu(), b.cpu(), out.cpu())

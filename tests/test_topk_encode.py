@@ -18,6 +18,8 @@ from actspace.ops._common import core
 
 T = importlib.import_module("actspace.ops.topk_encode")  # the module (ops exports the function)
 
+from _cuda_targets import cuda_target  # noqa: F401,E402  (fixture)
+
 pytestmark = pytest.mark.skipif(core() is None, reason="needs the compiled extension")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -408,29 +410,30 @@ def test_property_shapes_float64():
     prop()
 
 
-# ------------------------------------------------------------------ CUDA (run on a GPU machine)
-@cuda
-@pytest.mark.skipif(not T.core() or not core().build_info()["cuda"],
-                    reason="needs a CUDA device")  # and a CUDA build
+# ------------------------------------------------------------------ CUDA kernels
+# On a GPU and on the emulated core (tests/_cuda_targets.py); the emulator runs every block's
+# threads as OS threads, so its shapes are small (still non-power-of-two, a partial block).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("k", [1, 64, 256])
-def test_cuda_matches_reference(dtype, k):
-    x, W, b = make(300, 128, 1000, seed=20 + k)
+def test_cuda_matches_reference(dtype, k, cuda_target):
+    N, d, M = (300, 128, 1000) if not cuda_target.emulated else (11, 20, 264 if k < 256 else 300)
+    if cuda_target.emulated and k == 256 and dtype != torch.float32:
+        pytest.skip("the emulator runs k=256 for float32 only (time)")
+    x, W, b = make(N, d, M, seed=20 + k)
     b = b + 2.0
     x[7] = float("nan")
+    hi = M - 100
     W[11] = 0.0
-    W[900] = 0.0
-    b[11] = b[900] = 40.0  # a planted tie above everything: 11 must come before 900
-    dev = "cuda"
-    xs, Ws, bs = (t.to(dev, dtype) for t in (x, W, b))
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        v, i = topk_encode(xs, Ws, bs, k, backend="kernel")
-    stream.synchronize()
+    W[hi] = 0.0
+    b[11] = b[hi] = 40.0  # a planted tie above everything: 11 must come before hi
+    xs, Ws, bs = cuda_target.to(x, W, b, dtype=dtype)
+    with cuda_target.side_stream():
+        v, i = topk_encode(xs, Ws, bs, k, backend=cuda_target.backend)
+    cuda_target.sync()
     v, i = v.cpu(), i.cpu()
     assert (i[7] == -1).all() and (v[7] == 0).all()
-    rows = [r for r in range(300) if r != 7]
-    assert (i[rows, 0] == 11).all() and (i[rows, 1] == 900).all()
+    rows = [r for r in range(N) if r != 7]
+    assert (i[rows, 0] == 11).all() and (k == 1 or (i[rows, 1] == hi).all())
     if dtype == torch.float64:
         assert_exact((v, i), reference.topk_encode(x, W, b, k))
     else:
@@ -438,24 +441,54 @@ def test_cuda_matches_reference(dtype, k):
                          dtype)
 
 
-@cuda
-@pytest.mark.skipif(not core() or not core().build_info()["cuda"], reason="needs a CUDA device")
-def test_cuda_options_and_grad():
-    x, W, b = make(40, 16, 333, seed=30)
+def test_cuda_options(cuda_target, small_tiles):
+    x, W, b = make(13 if cuda_target.emulated else 40, 16, 333, seed=30)
     g = torch.Generator().manual_seed(31)
     b_dec = torch.randn(16, generator=g, dtype=torch.float64)
     scale = torch.rand(333, generator=g, dtype=torch.float64) + 0.5
     thr = torch.rand(333, generator=g, dtype=torch.float64)
     for act in ("relu", "none"):
-        got = topk_encode(*(t.cuda() for t in (x, W, b)), 17, b_dec=b_dec.cuda(),
-                          scale=scale.cuda(), threshold=thr.cuda(), activation=act,
-                          backend="kernel")
+        got = topk_encode(*cuda_target.to(x, W, b), 17, b_dec=cuda_target.to(b_dec),
+                          scale=cuda_target.to(scale), threshold=cuda_target.to(thr),
+                          activation=act, backend=cuda_target.backend)
         want = reference.topk_encode(x, W, b, 17, b_dec=b_dec, scale=scale, threshold=thr,
                                      activation=act)
         assert_exact(tuple(t.cpu() for t in got), want)
-    ins = [t.cuda().requires_grad_() for t in (x[:5], W[:40], b[:40])]
+
+
+def test_cuda_grad(cuda_target):
+    x, W, b = make(5, 16, 40, seed=30)
+    ins = [t.requires_grad_() for t in cuda_target.to(x, W, b)]
+    # fast mode (random projections) on the emulator: a full numerical Jacobian is ~1500
+    # forward launches, minutes under the sanitizers
     assert torch.autograd.gradcheck(
-        lambda x, W, b: topk_encode(x, W, b, 3, backend="kernel")[0], ins, eps=1e-6, atol=1e-6)
+        lambda x, W, b: topk_encode(x, W, b, 3, backend=cuda_target.backend)[0], ins, eps=1e-6,
+        atol=1e-6, fast_mode=cuda_target.emulated)
+
+
+def test_cuda_unaligned_tiles_take_the_scalar_loads(cuda_target):
+    """A tile whose rows are not 16-byte aligned (odd M in one tile) and an aligned one give
+    the same result: the vector-load and scalar merges agree, ties and tails included."""
+    x, W, b = make(9, 8, 61, seed=32)
+    W[3] = W[40] = 0.0
+    b[3] = b[40] = 9.0
+    want = reference.topk_encode(x, W, b, 5)
+    got = topk_encode(*cuda_target.to(x, W, b, dtype=torch.float32), 5,
+                      backend=cuda_target.backend)
+    assert torch.equal(got[1].cpu(), want[1])
+    got64 = topk_encode(*cuda_target.to(x, W[:60], b[:60]), 5, backend=cuda_target.backend)
+    assert_exact(tuple(t.cpu() for t in got64), reference.topk_encode(x, W[:60], b[:60], 5))
+
+
+def test_cuda_bad_running_state_dtype_is_named(cuda_target):
+    c = T.module_for("cuda_emulated" if cuda_target.emulated else "cuda")
+    tile = cuda_target.to(torch.zeros(2, 4))
+    b = cuda_target.to(torch.zeros(4))
+    rv = cuda_target.to(torch.full((2, 2), float("-inf"), dtype=torch.float64))
+    ri = cuda_target.to(torch.full((2, 2), -1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="float32 tile needs a float32 running state"):
+        c.topk_encode_merge_cuda(tile.data_ptr(), 0, 2, 4, 4, 0, 0, b.data_ptr(), 0, 0, 3, True,
+                                 2, rv.data_ptr(), ri.data_ptr(), 0)
 
 
 @cuda

@@ -10,7 +10,8 @@ if(NOT ACTSPACE_CUDA_INCLUDE)
 endif()
 
 set(EMU_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/bindings.cpp
-                ${CMAKE_CURRENT_SOURCE_DIR}/csrc/common/cuda_emulate.cpp)
+                ${CMAKE_CURRENT_SOURCE_DIR}/csrc/common/cuda_emulate.cpp
+                ${CMAKE_CURRENT_SOURCE_DIR}/csrc/common/emulate_selftest.cpp)
 foreach(f ${FAMILIES})
   list(APPEND EMU_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/${f}/bind.cpp)
   set(cu ${CMAKE_CURRENT_SOURCE_DIR}/csrc/${f}/cuda.cu)
@@ -18,7 +19,8 @@ foreach(f ${FAMILIES})
   list(APPEND EMU_SOURCES ${cu})
 endforeach()
 
-pybind11_add_module(_core_cuda_emulated MODULE ${EMU_SOURCES})
+# NO_EXTRAS: no LTO (a slow link) and no stripping (sanitizer reports keep their symbols)
+pybind11_add_module(_core_cuda_emulated MODULE NO_EXTRAS ${EMU_SOURCES})
 set_target_properties(_core_cuda_emulated PROPERTIES CXX_STANDARD 20)  # std::atomic_ref
 target_include_directories(_core_cuda_emulated PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/csrc
                            ${GENERATED_INCLUDE} ${ACTSPACE_CUDA_INCLUDE})

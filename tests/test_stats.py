@@ -13,9 +13,10 @@ from actspace.ops import stats as S
 from actspace.ops._common import core
 from actspace.reference import stats as R
 
+from _cuda_targets import cuda_target  # noqa: F401,E402  (fixture)
+
 pytestmark = pytest.mark.skipif(core() is None, reason="compiled extension not built")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _data(N, d, dtype, seed, mean=0.0, nonfinite=True):
@@ -294,41 +295,42 @@ def test_bad_inputs_are_named():
 
 
 # ------------------------------------------------------------------------------ CUDA
-@needs_cuda
+# On a GPU and on the emulated core (tests/_cuda_targets.py), kernel forced.
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_moments_kernel(dtype):
-    x = _data(3000, 300, dtype, seed=11, mean=50.0)
-    got, want = S.moments_init(300, device="cuda"), R.moments_init(300)
-    S.moments_update(got, x[::1, :].cuda(), backend="kernel")
-    S.moments_update(got, x.cuda()[:, :300][::2], backend="kernel")  # row-strided
+def test_cuda_moments_kernel(dtype, cuda_target):
+    N, d = (3000, 300) if not cuda_target.emulated else (300, 37)
+    x = _data(N, d, dtype, seed=11, mean=50.0)
+    got, want = S.moments_init(d, device=cuda_target.device), R.moments_init(d)
+    S.moments_update(got, cuda_target.to(x[::1, :]), backend=cuda_target.backend)
+    S.moments_update(got, cuda_target.to(x)[:, :d][::2], backend=cuda_target.backend)  # strided
     R.moments_update(want, x)
     R.moments_update(want, x[::2])
     _assert_moments_close({k: v.cpu() for k, v in got.items()}, want)
 
 
-@needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_latent_kernel(dtype):
-    M, T = 1000, 8
-    got, want = S.latent_init(M, top_t=T, device="cuda"), R.latent_init(M, top_t=T)
+def test_cuda_latent_kernel(dtype, cuda_target):
+    M, T, N, k = (1000, 8, 700, 32) if not cuda_target.emulated else (130, 4, 50, 6)
+    dev, backend = cuda_target.device, cuda_target.backend
+    got, want = S.latent_init(M, top_t=T, device=dev), R.latent_init(M, top_t=T)
     for b in range(3):
-        vals, idx = _code(700, 32, M, seed=b, dtype=dtype)
-        S.latent_update(got, vals.cuda(), idx.cuda(), 700 * b, backend="kernel")
-        R.latent_update(want, vals, idx, 700 * b)
-    got = {k: v.cpu() for k, v in got.items()}
+        vals, idx = _code(N, k, M, seed=b, dtype=dtype)
+        S.latent_update(got, *cuda_target.to(vals, idx), N * b, backend=backend)
+        R.latent_update(want, vals, idx, N * b)
+    got = {key: v.cpu() for key, v in got.items()}
     for key in ("count", "hist", "top_values", "top_tokens"):
         assert torch.equal(got[key], want[key]), key
     for key in ("sum", "sumsq"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-12, atol=0)
     # no atomics: the sums add in slot order, as on the CPU kernel (sumsq may differ in
     # the last bit where one compiler fuses v*v + ss), and the same on every run
-    cpu, again = S.latent_init(M, top_t=T), S.latent_init(M, top_t=T, device="cuda")
+    cpu, again = S.latent_init(M, top_t=T), S.latent_init(M, top_t=T, device=dev)
     for b in range(3):
-        vals, idx = _code(700, 32, M, seed=b, dtype=dtype)
-        S.latent_update(cpu, vals, idx, 700 * b, backend="kernel")
-        S.latent_update(again, vals.cuda(), idx.cuda(), 700 * b, backend="kernel")
+        vals, idx = _code(N, k, M, seed=b, dtype=dtype)
+        S.latent_update(cpu, vals, idx, N * b, backend="kernel")
+        S.latent_update(again, *cuda_target.to(vals, idx), N * b, backend=backend)
     assert torch.equal(got["sum"], cpu["sum"])
     for key in ("sum", "sumsq", "top_values", "top_tokens"):
         assert torch.equal(got[key], again[key].cpu()), key
