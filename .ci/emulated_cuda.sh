@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 JOBS=${JOBS:-2}
-export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+# the normal core must be importable (the kernel test modules skip without it)
+$PY -c "from actspace.ops._common import core; assert core(), 'actspace._core is not built'"
 FAMILY_TESTS=()
 while read -r f; do
   case "$f" in ''|\#*) continue ;; esac
@@ -16,15 +17,18 @@ while read -r f; do
 done < csrc/families.txt
 
 run_sanitized() {  # run_sanitized asan|tsan CMD... : the Python process with the runtime preloaded
+  # (libstdc++ preloaded too: the python binary does not link it, and the sanitizer runtime
+  # must find the real __cxa_throw when it starts, or torch's first C++ exception aborts)
   local kind=$1; shift
+  local cxx; cxx="$(gcc -print-file-name=libstdc++.so)"
   if [ "$kind" = asan ]; then
-    LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so) $cxx" \
     ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$@"
   else
     # ASLR off: gcc 12's TSan refuses the high-entropy mmap layout of newer kernels
-    LD_PRELOAD="$(gcc -print-file-name=libtsan.so)" \
+    LD_PRELOAD="$(gcc -print-file-name=libtsan.so) $cxx" \
     TSAN_OPTIONS="halt_on_error=1:exitcode=66:report_signal_unsafe=0:suppressions=$PWD/.ci/tsan.supp" \
       setarch "$(uname -m)" -R "$@"
   fi

@@ -247,6 +247,34 @@ def test_gradcheck(activation):
         torch.testing.assert_close(a, r)
 
 
+def test_backward_reads_W_enc_in_its_dtype(monkeypatch):
+    """The backward never makes a float32 copy of a bf16 W_enc ([M, d], 2 GB at the reference
+    shape): both sparse products receive W_enc itself, and the gradients stay close to the
+    float64 ones."""
+    SD = importlib.import_module("actspace.ops.sparse_decode")
+
+    seen = []
+    for name in ("decode_forward", "decode_backward"):
+        real = getattr(SD, name)
+
+        def spy(*a, _real=real, **kw):
+            seen.append(a[3] if len(a) > 3 else a[2])  # the W argument
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(SD, name, spy)
+    x, W, b = make(6, 32, 50, seed=33)
+    xb, Wb, bb = (t.to(torch.bfloat16).requires_grad_() for t in (x, W, b))
+    v, _ = topk_encode(xb, Wb, bb, 4, backend="kernel")
+    v.float().square().sum().backward()
+    assert seen and all(w.dtype == torch.bfloat16 and w.data_ptr() == Wb.data_ptr()
+                        for w in seen)
+    x64, W64, b64 = (t.detach().double().requires_grad_() for t in (xb, Wb, bb))
+    v64, _ = topk_encode(x64, W64, b64, 4, backend="reference")
+    v64.square().sum().backward()
+    for got, want in ((xb.grad, x64.grad), (Wb.grad, W64.grad)):
+        assert (got.double() - want).abs().max() <= 0.02 * want.abs().max() + 1e-3
+
+
 def test_gradcheck_threshold_and_no_bias():
     x, W, _ = make(5, 4, 19, seed=14)
     thr = torch.full((19,), 0.1, dtype=torch.float64)

@@ -8,7 +8,10 @@ torch.library custom ops so the op also works under torch.compile.
 
 Backward: grad_values by gathered dot products; grad_W_dec latent-major from a CSR of the
 slots sorted by latent (bitwise-repeatable; on CPU fused with grad_values so each W_dec
-row is read once), or on CUDA by atomics (the default there, faster, order not fixed).
+row is read once), or on CUDA by atomics for float32/float64 W (the default there, faster,
+order not fixed; they add straight into grad_W, no [M, d] accumulator). bfloat16/float16 W
+always takes the CSR path on CUDA: atomics in those types would round every addition, and a
+float32 [M, d] accumulator is 2 GB at M=131072, d=4096.
 """
 from __future__ import annotations
 
@@ -166,19 +169,18 @@ def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, 
                                                  gv.data_ptr(), N, k, M, d, stream)
             if need_W:
                 v = values.to(acc).contiguous()
-                if deterministic:
+                if deterministic or W.dtype != acc:
                     offsets, order = csr_by_latent(idx, M)
                     gW = torch.empty((M, d), dtype=W.dtype, device=dev)
                     c.sparse_decode_grad_W_csr_cuda(g.data_ptr(), v.data_ptr(),
                                                     offsets.data_ptr(), order.data_ptr(), k,
                                                     dtype_code(W), gW.data_ptr(), M, d, stream)
                 else:
-                    gacc = torch.zeros((M, d), dtype=acc, device=dev)
+                    gW = torch.zeros((M, d), dtype=W.dtype, device=dev)  # W.dtype == acc
                     c.sparse_decode_grad_W_atomic_cuda(g.data_ptr(), v.data_ptr(),
                                                        idx.data_ptr(), dtype_code(idx),
-                                                       dtype_code(gacc), gacc.data_ptr(),
+                                                       dtype_code(gW), gW.data_ptr(),
                                                        N, k, M, d, stream)
-                    gW = gacc.to(W.dtype)
     if gv is not None:
         gv = gv.to(values.dtype)
     return gv, gW

@@ -226,12 +226,18 @@ def _backward(ctx, grad_values, grad_indices):
     g = gv * scale.to(acc)[idx] if scale is not None else gv  # d loss / d (xc·W + b_enc)
     xc = x.to(acc) if b_dec is None else x.to(acc) - b_dec.to(acc)
     grad_x = grad_W = grad_b = grad_bd = grad_s = None
+    # No float32 copy of W_enc (2 GB at M=131072, d=4096 in bf16): the decode kernels read
+    # W_enc in its own dtype and accumulate in float32. grad_x comes out in W_enc's dtype,
+    # which is x's in the usual case; a mixed-precision call (x wider than W_enc) still
+    # widens W_enc so that grad_x keeps x's precision.
+    W_dec_like = W_enc if W_enc.dtype in (acc, x.dtype) else W_enc.to(acc)
     if need[0] or need[4]:
-        gx = decode_forward(g, indices, W_enc.to(acc), path=ctx.path)  # [N, d]
+        gx = decode_forward(g, indices, W_dec_like, path=ctx.path)  # [N, d]
         grad_x = gx.to(x.dtype) if need[0] else None
-        grad_bd = (-gx.sum(0)).to(b_dec.dtype) if need[4] else None
+        grad_bd = (-gx.sum(0, dtype=acc)).to(b_dec.dtype) if need[4] else None
     if need[1]:
-        grad_W = decode_backward(xc, g, indices, W_enc.to(acc), need_values=False,
+        # grad_W [M, d] written in W_enc's dtype by the kernel (float32 sums, one rounding)
+        grad_W = decode_backward(xc, g, indices, W_enc, need_values=False,
                                  deterministic=torch.are_deterministic_algorithms_enabled(),
                                  path=ctx.path)[1]
         grad_W = grad_W.to(W_enc.dtype)
