@@ -334,3 +334,21 @@ def test_cuda_latent_kernel(dtype, cuda_target):
     assert torch.equal(got["sum"], cpu["sum"])
     for key in ("sum", "sumsq", "top_values", "top_tokens"):
         assert torch.equal(got[key], again[key].cpu()), key
+
+
+@pytest.mark.gpu
+def test_cuda_moments_many_chunks_tree_and_bounded_workspace(cuda_target):
+    """Five row chunks (a tree merge with an odd leaf) over two channel tiles, NaN rows
+    included; and the workspace stays bounded whatever N is (at most 128 chunks)."""
+    from actspace.ops._common import module_for
+
+    c = module_for("cuda_emulated" if cuda_target.emulated else "cuda")
+    assert c.stats_moments_cuda_chunks(1100) == 5
+    assert c.stats_moments_cuda_chunks(10**9) <= 128
+    x = _data(1100, 33, torch.float32, seed=12, mean=-3.0)
+    got, want = S.moments_init(33, device=cuda_target.device), R.moments_init(33)
+    S.moments_update(got, cuda_target.to(x[:5]), backend=cuda_target.backend)  # a state first
+    S.moments_update(got, cuda_target.to(x), backend=cuda_target.backend)
+    R.moments_update(want, x[:5])
+    R.moments_update(want, x)
+    _assert_moments_close({k: v.cpu() for k, v in got.items()}, want)

@@ -6,7 +6,8 @@
 // make two passes (count/sum/min/max, then float64 powers of the deviations from their own
 // mean, the second pass served from L1/L2), and the 8 row lanes are Chan-merged in shared
 // memory into one partial state per (chunk, channel). Kernel 2 merges the partials of each
-// channel in chunk order into the state: the same formulas as the CPU path (stats.h).
+// channel in a fixed pairwise tree, then into the state: the same formulas as the CPU path
+// (stats.h). At most MAX_CHUNKS chunks: the workspace does not grow with N.
 //
 // latent: the caller groups the firing slots by latent (a CSR built with a stable sort,
 // ops/stats.py), then one thread per latent folds its slots, in slot order, into its own
@@ -23,10 +24,13 @@ namespace cuda {
 namespace {
 
 constexpr int TX = 32, TY = 8;      // moments block: channels x row lanes
-constexpr int64_t MIN_ROWS = 256;   // rows per chunk (more when N would exceed grid.y)
+constexpr int64_t MIN_ROWS = 256;   // rows per chunk at least
+// Chunks per update at most: bounds the workspace (10 * d * 8 bytes per chunk, 2.6 MB at
+// d = 4096) whatever N is, while 128 chunks x d/32 channel tiles still fill a GPU.
+constexpr int64_t MAX_CHUNKS = 128;
 
 int64_t rows_per_chunk(int64_t N) {
-  const int64_t need = (N + 65534) / 65535;  // keep grid.y <= 65535
+  const int64_t need = (N + MAX_CHUNKS - 1) / MAX_CHUNKS;
   return need > MIN_ROWS ? need : MIN_ROWS;
 }
 
@@ -86,23 +90,34 @@ __global__ void moments_partial(const typename CT<T>::raw* __restrict__ x, int64
   pi[0] = zer; pi[d] = nf;
 }
 
-__global__ void moments_finish(int64_t d, int64_t chunks, const double* __restrict__ part_f,
-                               const int64_t* __restrict__ part_i, MomentState st) {
+// One thread per channel: the chunk partials of the channel are merged pairwise in a fixed
+// tree (chunk a absorbs chunk a + s for s = 1, 2, 4, ...: log2(chunks) levels, rounding
+// errors grow with the depth, not the count), in place in the workspace (each thread owns
+// its channel's column), then the root is merged into the running state.
+__global__ void moments_finish(int64_t d, int64_t chunks, double* __restrict__ part_f,
+                               int64_t* __restrict__ part_i, MomentState st) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= d) return;
-  double n = st.count[c], mean = st.mean[c], m2 = st.m2[c], m3 = st.m3[c], m4 = st.m4[c];
-  double mn = st.min[c], mx = st.max[c];
-  int64_t zer = st.zeros[c], nf = st.nonfinite[c];
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    const double* pf = part_f + ch * 8 * d + c;
-    chan_merge(n, mean, m2, m3, m4, pf[0], pf[d], pf[2 * d], pf[3 * d], pf[4 * d]);
-    mn = fmin(mn, pf[5 * d]);
-    mx = fmax(mx, pf[6 * d]);
-    zer += part_i[ch * 2 * d + c];
-    nf += part_i[ch * 2 * d + d + c];
+  for (int64_t step = 1; step < chunks; step *= 2) {
+    for (int64_t a = 0; a + step < chunks; a += 2 * step) {
+      double* pa = part_f + a * 8 * d + c;
+      const double* pb = part_f + (a + step) * 8 * d + c;
+      chan_merge(pa[0], pa[d], pa[2 * d], pa[3 * d], pa[4 * d], pb[0], pb[d], pb[2 * d],
+                 pb[3 * d], pb[4 * d]);
+      pa[5 * d] = fmin(pa[5 * d], pb[5 * d]);
+      pa[6 * d] = fmax(pa[6 * d], pb[6 * d]);
+      part_i[a * 2 * d + c] += part_i[(a + step) * 2 * d + c];
+      part_i[a * 2 * d + d + c] += part_i[(a + step) * 2 * d + d + c];
+    }
   }
+  double n = st.count[c], mean = st.mean[c], m2 = st.m2[c], m3 = st.m3[c], m4 = st.m4[c];
+  const double* pf = part_f + c;
+  chan_merge(n, mean, m2, m3, m4, pf[0], pf[d], pf[2 * d], pf[3 * d], pf[4 * d]);
+  const double mn = fmin(st.min[c], pf[5 * d]), mx = fmax(st.max[c], pf[6 * d]);
   st.count[c] = n; st.mean[c] = mean; st.m2[c] = m2; st.m3[c] = m3; st.m4[c] = m4;
-  st.min[c] = mn; st.max[c] = mx; st.zeros[c] = zer; st.nonfinite[c] = nf;
+  st.min[c] = mn; st.max[c] = mx;
+  st.zeros[c] += part_i[c];
+  st.nonfinite[c] += part_i[d + c];
   if (n > 0) st.absmax[c] = fmax(st.absmax[c], fmax(-mn, mx));
 }
 
