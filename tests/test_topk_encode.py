@@ -508,6 +508,26 @@ def test_cuda_unaligned_tiles_take_the_scalar_loads(cuda_target):
     assert_exact(tuple(t.cpu() for t in got64), reference.topk_encode(x, W[:60], b[:60], 5))
 
 
+def test_cuda_two_tiles_in_turn(cuda_target, monkeypatch):
+    """The CUDA path writes two tile buffers in turn (on a GPU: one merged on the side stream
+    while the next matmul fills the other) and each stays under CUDA_TILE_BYTES."""
+    monkeypatch.setattr(T, "CUDA_TILE_BYTES", 8 * 64 * 8)
+    outs = []
+    real = T._tile_mm
+
+    def spy(a, b, out, cuda_fp32):
+        outs.append((out.data_ptr(), out.numel() * out.element_size()))
+        return real(a, b, out, cuda_fp32)
+
+    monkeypatch.setattr(T, "_tile_mm", spy)
+    x, W, b = make(20, 8, 200, seed=34)
+    got = topk_encode(*cuda_target.to(x, W, b), 6, backend=cuda_target.backend)
+    assert_exact(tuple(t.cpu() for t in got), reference.topk_encode(x, W, b, 6))
+    assert len(outs) > 4 and all(n <= 8 * 64 * 8 for _, n in outs)
+    bases = [p for p, _ in outs]
+    assert len(set(bases)) == 2 and all(u != v for u, v in zip(bases, bases[1:]))
+
+
 def test_cuda_bad_running_state_dtype_is_named(cuda_target):
     c = T.module_for("cuda_emulated" if cuda_target.emulated else "cuda")
     tile = cuda_target.to(torch.zeros(2, 4))

@@ -4,7 +4,8 @@ Tier-0 design: torch's matmul produces the pre-activation one tile at a time
 (tile = x_centered[rows] @ W_enc[m0:m1]ᵀ, at most TILE_BYTES = 32 MB) and our kernel merges each
 tile into a running top-k per row in one pass (bias, scale, activation, JumpReLU filter,
 early reject against the row's k-th value). Memory beyond the inputs and outputs: one
-tile (≤ TILE_BYTES), x_centered [N, d] when b_dec is given or a copy is needed, and the
+tile (≤ TILE_BYTES; on a GPU two of ≤ CUDA_TILE_BYTES, merged on a side stream while the
+next is made), x_centered [N, d] when b_dec is given or a copy is needed, and the
 running buffers [N, k]. The op is registered as torch.library custom op
 ``actspace::topk_encode`` with a fake kernel and a backward through the selected entries
 only (never a dense N×M gradient), so it works under autograd and torch.compile.
@@ -27,6 +28,10 @@ from ._common import (CPU, CUDA, DTYPE_CODES, acc_dtype, as_index, check_float,
 TILE_BYTES = 32 << 20
 # Rows per tile: a latent tile of W_enc is reused across row blocks while it is in cache.
 MAX_TILE_ROWS = 4096
+# On a GPU (and the emulated CUDA path) two tiles of at most this size are used in turn: the
+# one being merged and the one cuBLAS is writing then stay in L2 together (16 MB of the
+# ~50 MB of an H100/H200), and the merge runs on a side stream while the next matmul runs.
+CUDA_TILE_BYTES = 8 << 20
 # The CUDA merge keeps a row's running top-k in shared memory: k up to this.
 CUDA_MAX_K = 256
 # Rows per chunk when backward regathers W_enc rows to recompute pre-activations ([c, k, d]).
@@ -103,6 +108,47 @@ def _default_path(path: str, device: torch.device) -> str:
     return path or (CPU if device.type == "cpu" else CUDA)
 
 
+class _TileRing:
+    """Tile buffers used in turn. With streams (a GPU), merges run on a side stream: the
+    matmul into one buffer overlaps the merge of the other, and a buffer is written again
+    only after the merge that read it finished (events). Without (CPU, emulator), a ring."""
+
+    def __init__(self, nbuf: int, numel: int, dtype, dev, streams: bool):
+        self.bufs = [torch.empty(numel, dtype=dtype, device=dev) for _ in range(nbuf)]
+        self.count = 0
+        self.streams = streams
+        if streams:
+            self.main = torch.cuda.current_stream(dev)
+            self.side = torch.cuda.Stream(dev)
+            self.side.wait_stream(self.main)  # running state and biases are ready
+            self.free = [None] * nbuf
+
+    def take(self):
+        """(slot, buffer) for the next tile; the matmul may write it once this returns."""
+        i = self.count % len(self.bufs)
+        self.count += 1
+        if self.streams and self.free[i] is not None:
+            self.main.wait_event(self.free[i])
+        return i, self.bufs[i]
+
+    def merge(self, i: int, launch, default_stream: int) -> None:
+        """launch(stream) the merge of slot i, after its matmul."""
+        if not self.streams:
+            launch(default_stream)
+            return
+        made = torch.cuda.Event()
+        made.record(self.main)
+        self.side.wait_event(made)
+        launch(self.side.cuda_stream)
+        self.free[i] = torch.cuda.Event()
+        self.free[i].record(self.side)
+
+    def join(self) -> None:
+        """The current stream waits for every merge (the finish kernel runs there)."""
+        if self.streams:
+            self.main.wait_stream(self.side)
+
+
 def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale, path):
     """The tiled kernel path. Tensors already validated, all on one device; path is CPU,
     CUDA or CUDA_EMULATED (ops._common.kernel_path)."""
@@ -133,31 +179,34 @@ def _forward_kernel(x, W_enc, b_enc, k, b_dec, activation, threshold, scale, pat
     if cpu_widen:
         xc = xc.float()
     tile_dt = torch.float32 if cuda_fp32 or cpu_widen else cdt
-    rows, cols = tile_plan(N, M, tile_dt.itemsize)
-    tile_buf = torch.empty(rows * cols, dtype=tile_dt, device=dev)
+    cuda_kernels = path != CPU  # the CUDA entry points, on a GPU or emulated on the host
+    rows, cols = tile_plan(N, M, tile_dt.itemsize,
+                           min(TILE_BYTES, CUDA_TILE_BYTES) if cuda_kernels else None)
     run_vals = torch.full((N, k), float("-inf"), dtype=acc, device=dev)
     run_idx = torch.full((N, k), -1, dtype=torch.int32, device=dev)
     tcode, acode = DTYPE_CODES[tile_dt], DTYPE_CODES[acc]
     relu = activation == "relu"
-    cuda_kernels = path != CPU  # the CUDA entry points, on a GPU or emulated on the host
     stream = stream_handle(dev)
-    if cuda_kernels:
-        merge = lambda *a: c.topk_encode_merge_cuda(*a, stream)  # noqa: E731
-    else:
-        merge = c.topk_encode_merge
     esz = run_vals.element_size()
     # kernels launch on the current device: make it x's (a model split over several GPUs)
     with on_device(path, dev):
+        ring = _TileRing(2 if cuda_kernels else 1, rows * cols, tile_dt, dev, on_cuda)
         for m0 in range(0, M, cols):
             m1 = min(M, m0 + cols)
             Wt = W[m0:m1].float() if cpu_widen else W[m0:m1]
             off = [0 if p is None else p.data_ptr() + m0 * esz for p in (b_p, s_p, t_p)]
             for r0 in range(0, N, rows):
                 r1 = min(N, r0 + rows)
-                tile = tile_buf[: (r1 - r0) * (m1 - m0)].view(r1 - r0, m1 - m0)
+                slot, buf = ring.take()
+                tile = buf[: (r1 - r0) * (m1 - m0)].view(r1 - r0, m1 - m0)
                 _tile_mm(xc[r0:r1], Wt, tile, cuda_fp32)
-                merge(tile.data_ptr(), tcode, r1 - r0, m1 - m0, m1 - m0, r0, m0, off[0],
-                      off[1], off[2], acode, relu, k, run_vals.data_ptr(), run_idx.data_ptr())
+                args = (tile.data_ptr(), tcode, r1 - r0, m1 - m0, m1 - m0, r0, m0, off[0],
+                        off[1], off[2], acode, relu, k, run_vals.data_ptr(), run_idx.data_ptr())
+                if cuda_kernels:
+                    ring.merge(slot, lambda st, a=args: c.topk_encode_merge_cuda(*a, st), stream)
+                else:
+                    c.topk_encode_merge(*args)
+        ring.join()
         values = torch.empty((N, k), dtype=x.dtype, device=dev)
         indices = torch.empty((N, k), dtype=torch.int32, device=dev)
         args = (run_vals.data_ptr(), run_idx.data_ptr(), acode, N, k, values.data_ptr(),
