@@ -29,6 +29,7 @@ while read -r f; do
   case "$f" in ''|\#*) continue ;; esac
   FAMILY_TESTS+=("tests/test_$f.py")
 done < csrc/families.txt
+FAMILY_TESTS+=(tests/test_snmf.py)  # not a kernel family, but it has GPU tests
 # the GPU tests: the cuda_target fixture's "cuda" instances and the other gpu-marked tests
 SELECT="(cuda or gpu) and not cuda_emulated"
 # racecheck/synccheck: the shared-memory and warp-synchronous kernels, one small case each
