@@ -30,8 +30,8 @@ target_compile_definitions(_core_cuda_emulated PRIVATE ACTSPACE_WITH_CUDA=1
                            ACTSPACE_CUDA_ARCHS_STR="emulated")
 find_package(Threads REQUIRED)
 target_link_libraries(_core_cuda_emulated PRIVATE Threads::Threads)
-# -O1 keeps the sanitizers' reports precise and the compile short
-target_compile_options(_core_cuda_emulated PRIVATE -O1 -g -fno-omit-frame-pointer)
+# -O1 -g1 (line tables): precise sanitizer reports with file:line, a short compile
+target_compile_options(_core_cuda_emulated PRIVATE -O1 -g1 -fno-omit-frame-pointer)
 if(ACTSPACE_SANITIZE STREQUAL "address")
   set(SAN_FLAGS -fsanitize=address,undefined,alignment -fno-sanitize-recover=all)
 elseif(ACTSPACE_SANITIZE STREQUAL "thread")
