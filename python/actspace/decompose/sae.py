@@ -224,7 +224,6 @@ class SAE(nn.Module, Decomposition):
             return None
         return self._check_x(x) @ self.W_skip.T
 
-
     def forward(self, x):
         """x [N, d_in] -> (reconstruction [N, d_out], SparseCode)."""
         code = self.encode(x)
@@ -281,7 +280,6 @@ class SAE(nn.Module, Decomposition):
 
         return detect(path).load(Path(path), device=device, dtype=dtype)
 
-
     @classmethod
     def from_pretrained(cls, release: str, sae_id: str, *, device=None, dtype=None,
                         **hub) -> "SAE":
@@ -291,7 +289,6 @@ class SAE(nn.Module, Decomposition):
 
         return load_pretrained(release, sae_id, device=device, dtype=dtype, **hub)
 
-
     @classmethod
     def load_many(cls, source: str, pattern: str | None = None, *, device=None, dtype=None,
                   **hub) -> "dict[str, SAE]":
@@ -300,7 +297,6 @@ class SAE(nn.Module, Decomposition):
         from .pretrained import load_many
 
         return load_many(source, pattern, device=device, dtype=dtype, **hub)
-
 
     def hookpoint_for(self, model, convention: str | None = None, *, out: bool = False) -> str:
         """The actspace hookpoint in model (e.g. "model.layers.12") of this SAE's hook name
