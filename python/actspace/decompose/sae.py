@@ -268,10 +268,10 @@ class SAE(nn.Module, Decomposition):
         Hugging Face Hub: "hf://org/repo/path/in/repo" (optionally "hf://org/repo@rev/path")
         or "RELEASE:SAE_ID" of the release registry. hub: revision=, refresh=, registry=
         (see decompose.pretrained.load_pretrained)."""
-        from .pretrained import is_remote_spec, load_spec
+        from .formats.registry import remote
 
-        if is_remote_spec(path):
-            return load_spec(str(path), device=device, dtype=dtype, **hub)
+        if remote("is_remote")(path):
+            return remote("load")(str(path), device=device, dtype=dtype, **hub)
         if hub:
             raise TypeError(f"unexpected argument(s) {sorted(hub)} for a local path")
         from pathlib import Path
@@ -285,18 +285,18 @@ class SAE(nn.Module, Decomposition):
                         **hub) -> "SAE":
         """The SAE sae_id of a registered release (``actspace sae list``), downloaded from
         the Hub on first use (only its files) and read from the cache afterwards."""
-        from .pretrained import load_pretrained
+        from .formats.registry import remote
 
-        return load_pretrained(release, sae_id, device=device, dtype=dtype, **hub)
+        return remote("from_pretrained")(release, sae_id, device=device, dtype=dtype, **hub)
 
     @classmethod
     def load_many(cls, source: str, pattern: str | None = None, *, device=None, dtype=None,
                   **hub) -> "dict[str, SAE]":
         """{name: SAE} for every SAE in "hf://org/repo[/folder]" (or a release name) whose
         name matches the fnmatch pattern (None: all), in natural order (layers.2 < layers.10)."""
-        from .pretrained import load_many
+        from .formats.registry import remote
 
-        return load_many(source, pattern, device=device, dtype=dtype, **hub)
+        return remote("load_many")(source, pattern, device=device, dtype=dtype, **hub)
 
     def hookpoint_for(self, model, convention: str | None = None, *, out: bool = False) -> str:
         """The actspace hookpoint in model (e.g. "model.layers.12") of this SAE's hook name

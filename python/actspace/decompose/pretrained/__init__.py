@@ -138,3 +138,14 @@ def load_many(source: str, pattern: str | None = None, *, device=None, dtype=Non
                          f"{sorted(folders)[:20] or 'none'})")
     base = f"hf://{loc.repo}" + (f"@{rev}" if rev else "") + (f"/{loc.path}" if loc.path else "")
     return {n: load_spec(f"{base}/{n}", **kw) for n in names}
+
+
+def _register() -> None:
+    """Make this the source SAE.load / from_pretrained / load_many use for Hub specs."""
+    from ..formats.registry import REMOTE
+
+    REMOTE.update(is_remote=is_remote_spec, load=load_spec, from_pretrained=load_pretrained,
+                  load_many=load_many)
+
+
+_register()

@@ -125,7 +125,7 @@ def _names_under(root: Path) -> list[str]:
 
 def _match_layout(names, layout=None):
     """The format whose required files are all among names (layout given: that one only)."""
-    from ..formats import FORMATS, get_format
+    from ..formats.registry import FORMATS, get_format
 
     get_format("saelens")   # the built-in layouts are registered
     cands = [get_format(layout)] if layout else list(FORMATS.values())
@@ -175,7 +175,7 @@ def _check_location(repo: str, path: str, revision: str) -> None:
 
 def _wanted_files(path, layout) -> str:
     if layout:
-        from ..formats import get_format
+        from ..formats.registry import get_format
 
         return ", ".join(repr(_join(path, f)) for f in _required(get_format(layout)))
     return repr(_join(path, "*")) + " (layout not known until listed)"
@@ -218,7 +218,7 @@ def _download(repo, path, revision, layout, progress):
             raise ValueError(f"hf://{repo}/{path}: no known SAE layout matches the files "
                              f"there: {sorted(names)[:30] or 'none'}")
     else:
-        from ..formats import get_format
+        from ..formats.registry import get_format
 
         fmt = get_format(layout)
         if not _required(fmt):

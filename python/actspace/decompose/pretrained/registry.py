@@ -109,7 +109,7 @@ def _l0(v, src, name):
 
 
 def _parse_release(name, raw, src) -> Release:
-    from ..formats import FORMATS, get_format
+    from ..formats.registry import FORMATS, get_format
 
     get_format("saelens")   # the built-in layouts are registered
 
