@@ -444,7 +444,7 @@ _LENS_EXTRA = {"W_skip": torch.zeros(D_IN, D_IN)}
     (lambda p: _write_saelens(p, "gated"), "missing tensor 'r_mag'"),
     (lambda p: _write_saelens(p, "gated_plus"), "unsupported architecture 'gated_plus'"),
     (lambda p: _write_saelens(p, "skip_transcoder", layout="v6"),
-     "unsupported architecture 'skip_transcoder'"),
+     "missing tensor 'W_skip'"),   # a skip transcoder needs its W_skip [d_out, d_in]
     (lambda p: _write_saelens(p, "standard", activation_fn_str="tanh-relu"),
      "unsupported activation 'tanh-relu'"),
     (lambda p: _write_saelens(p, "topk", activation_fn_str="relu"),
@@ -479,7 +479,7 @@ _LENS_EXTRA = {"W_skip": torch.zeros(D_IN, D_IN)}
     (lambda p: _write_sparsify(p, shapes={"decoder.weight": (D_IN, D_SAE)}),
      r"unexpected tensor\(s\) \['decoder.weight'\]"),
     (lambda p: _write_sparsify(p, activation="groupmax"), "activation='groupmax'"),
-    (lambda p: _write_sparsify(p, skip_connection=True), "skip_connection=True"),
+    (lambda p: _write_sparsify(p, skip_connection=True), "missing tensor 'W_skip'"),
     (lambda p: _write_sparsify(p, transcode="yes"), "'transcode' must be a bool"),
 ])
 def test_mismatched_files_raise_clear_errors(tmp_path, mutate, match):

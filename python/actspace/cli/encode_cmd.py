@@ -6,7 +6,8 @@ HELP = "encode an activation store into a sparse latent store with per-latent st
 
 
 def add_arguments(p) -> None:
-    p.add_argument("sae", help="SAE directory (anything actspace.SAE.load reads)")
+    p.add_argument("sae", help="SAE directory (any layout actspace.SAE.load reads), "
+                   "hf://org/repo/folder, or RELEASE:ID (`actspace sae list`)")
     p.add_argument("store", help="activation store directory")
     p.add_argument("out", help="output directory for the latent store (resumes if partial)")
     p.add_argument("--batch-size", type=int, default=4096)

@@ -6,7 +6,8 @@ HELP = "evaluate an SAE: FVU, L0, dead/dense latents; splice cost in a model (CE
 
 
 def add_arguments(p) -> None:
-    p.add_argument("sae", help="SAE directory (anything actspace.SAE.load reads)")
+    p.add_argument("sae", help="SAE directory (any layout actspace.SAE.load reads), "
+                   "hf://org/repo/folder, or RELEASE:ID (`actspace sae list`)")
     p.add_argument("store", nargs="?", default=None,
                    help="activation store directory at the SAE's hookpoint")
     p.add_argument("--store-out", default=None, help="transcoders: the store at the SAE's "

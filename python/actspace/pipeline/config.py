@@ -26,7 +26,10 @@ DEFAULTS: dict = {
     "sae": {"hookpoints": None, "kind": "topk", "expansion_factor": 8, "d_sae": None, "k": 32,
             "batch_size": 1024, "epochs": 1, "lr": None, "log_every": 5, "seed": 0,
             "dead_tokens": 10_000_000,    # not fired in this many tokens = dead
-            "checkpoint_every": 100},     # steps between checkpoints (what a rerun resumes)
+            "checkpoint_every": 100,      # steps between checkpoints (what a rerun resumes)
+            # instead of training: "RELEASE:ID", "hf://org/repo/folder" or a local SAE
+            # directory (one SAE hookpoint), or {hookpoint: spec}
+            "pretrained": None},
     "pca": None,                  # {"n_components": int}
     "snmf": None,                 # {"n_components": int, "max_rows": int, "n_iter": int}
     "latents": {"top_t": 8, "context": 6, "n_cards": 12, "batch_size": 4096},
@@ -139,6 +142,13 @@ def _check_sae(s: dict) -> None:
     _positive_number(s["lr"], "sae.lr", allow_none=True)
     if not _is_int(s["seed"]):
         raise ValueError(f"config: sae.seed must be an int, got {s['seed']!r}")
+    pre = s["pretrained"]
+    if pre is not None and not (isinstance(pre, str) and pre) and not (
+            isinstance(pre, dict) and pre and all(isinstance(k, str) and isinstance(v, str)
+                                                  and v for k, v in pre.items())):
+        raise ValueError("config: sae.pretrained must be an SAE spec (\"RELEASE:ID\", "
+                         "\"hf://org/repo/folder\" or a directory) or a mapping {hookpoint: "
+                         f"spec}}, got {pre!r}")
 
 
 def _check_steering(st: dict) -> None:

@@ -93,11 +93,22 @@ class _Context:
 
         return ActivationStore.open(os.path.join(self.out, "stores", _dirname(hp)))
 
+    def pretrained(self, hp: str) -> str | None:
+        """The spec of the pretrained SAE used at hp (sae.pretrained), or None: train one."""
+        pre = self.cfg["sae"]["pretrained"]
+        if pre is None or isinstance(pre, str):
+            return pre
+        if hp not in pre:
+            raise ValueError(f"config: sae.pretrained has no SAE for hookpoint {hp!r} "
+                             f"(has {sorted(pre)})")
+        return pre[hp]
+
     def sae(self, hp: str):
         from ..decompose.sae import SAE
 
         # on the model's device: eval, encode and cards run where the model runs
-        return SAE.load(os.path.join(self.out, "sae", _dirname(hp), "sae"),
+        spec = self.pretrained(hp)
+        return SAE.load(spec or os.path.join(self.out, "sae", _dirname(hp), "sae"),
                         device=self.cfg["model"]["device"])
 
 
@@ -229,9 +240,26 @@ def sae_train_config(cfg: dict, hp: str, out_dir: str, progress: bool = True):
         kind_options={n: s[n] for n in all_options()})
 
 
+def _use_pretrained(ctx: _Context, hp: str, spec: str) -> dict:
+    """The train stage of a pretrained SAE: load it (downloading only its files once),
+    check it reads this hookpoint's width, record where it came from."""
+    sae = ctx.sae(hp)
+    d = ctx.store(hp).d
+    if sae.d_in != d:
+        raise ValueError(f"config: sae.pretrained {spec!r} reads d_in={sae.d_in}, but "
+                         f"hookpoint {hp!r} has d={d}")
+    info = {"pretrained": spec, "kind": sae.kind, "d_sae": sae.d_sae,
+            "commit": sae.provenance.get("commit"), "provenance": sae.provenance}
+    write_json_atomic(os.path.join(ctx.out, "sae", _dirname(hp), "pretrained.json"), info)
+    return {k: v for k, v in info.items() if k != "provenance"}
+
+
 def _train(ctx: _Context, hp: str) -> dict:
     from ..decompose.train import train_sae
 
+    spec = ctx.pretrained(hp)
+    if spec is not None:
+        return _use_pretrained(ctx, hp, spec)
     res = train_sae(ctx.store(hp), sae_train_config(
         ctx.cfg, hp, os.path.join(ctx.out, "sae", _dirname(hp)), ctx.progress))
     last = res.history[-1] if res.history else {}
@@ -351,6 +379,10 @@ def run_pipeline(cfg: dict, out_dir, *, progress: bool = True, log=print) -> lis
         if hp not in hps:
             raise ValueError(f"config: sae.hookpoints has {hp!r}, not among the captured "
                              f"hookpoints {hps}")
+    if cfg["sae"] is not None and isinstance(cfg["sae"]["pretrained"], str) and len(sae_hps) != 1:
+        raise ValueError(f"config: sae.pretrained names one SAE, but there are {len(sae_hps)} "
+                         f"SAE hookpoints {sae_hps}; set sae.hookpoints to one, or give "
+                         "sae.pretrained as {hookpoint: spec}")
     plan = [(f"stats/{_dirname(hp)}", lambda hp=hp: _stats(ctx, hp)) for hp in hps]
     if cfg["pca"] is not None:
         plan += [(f"pca/{_dirname(hp)}", lambda hp=hp: _pca(ctx, hp)) for hp in hps]

@@ -192,6 +192,15 @@ def _massive(s: dict) -> str:
 
 def _sae_section(out: str, name: str, evals: dict, cards: dict) -> str:
     parts = [f"<h3>SAE at {escape(name)}</h3>"]
+    pre_path = os.path.join(out, "sae", name, "pretrained.json")
+    if os.path.isfile(pre_path):      # a pretrained SAE (sae.pretrained): where it came from
+        pre = _load(pre_path)
+        prov = pre.get("provenance") or {}
+        where = (f"{prov['repo']}@{str(prov.get('commit'))[:12]} {prov.get('path', '')}"
+                 if prov.get("repo") else pre.get("pretrained"))
+        parts.append(f"<p class='muted'>pretrained {escape(str(pre.get('kind')))}, "
+                     f"d_sae={_fmt(pre.get('d_sae'))}, from <code>{escape(str(where))}</code>"
+                     "</p>")
     hist_path = os.path.join(out, "sae", name, "history.json")
     if os.path.isfile(hist_path):
         hist = _load(hist_path)
@@ -260,7 +269,8 @@ def render(out_dir) -> str:
     order = _run_order(out, cfg)
     stats = {n: stats[n] for n in _ordered(stats, order)}
     names = _ordered({os.path.basename(os.path.dirname(p))
-                      for p in glob.glob(os.path.join(out, "sae", "*", "history.json"))}
+                      for p in glob.glob(os.path.join(out, "sae", "*", "history.json"))
+                      + glob.glob(os.path.join(out, "sae", "*", "pretrained.json"))}
                      | set(cards), order)
     model = cfg.get("model", {}).get("path", "?")
     src = cfg.get("texts", {}).get("source", "?")

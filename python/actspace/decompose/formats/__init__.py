@@ -19,6 +19,10 @@ from __future__ import annotations
 from . import saelens  # noqa: F401,I001
 from . import sparsify  # noqa: F401
 from . import gemmascope  # noqa: F401
+from . import gemmascope2  # noqa: F401  (params.safetensors, affine skip transcoders)
+from . import llamascope  # noqa: F401  (hyperparams.json + checkpoints/final.safetensors)
+from . import dictlearning  # noqa: F401  (ae.pt, torch.load(weights_only=True) + config.json)
+from .. import pretrained  # noqa: F401,E402  (registers the Hub source in registry.REMOTE)
 from .registry import FORMATS, Format, detect, get_format, register
 
 __all__ = ["Format", "FORMATS", "register", "detect", "get_format"]

@@ -94,6 +94,7 @@ def build_sae(*, d_in, d_sae, kind, k, d_out, hookpoint, hookpoint_out, apply_b_
     dtype = dtype or W_enc.dtype
     sae = SAE(d_in, d_sae, kind, k, d_out=d_out, hookpoint=hookpoint,
               hookpoint_out=hookpoint_out, apply_b_dec_to_input=apply_b_dec_to_input,
+              skip="W_skip" in (extra or {}),   # an affine skip transcoder's W_skip [d_out, d_in]
               dtype=dtype, device="meta", init=False)
     state = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if threshold is not None:

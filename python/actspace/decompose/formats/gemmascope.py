@@ -73,8 +73,9 @@ def load_gemmascope(p: Path, *, device=None, dtype=None):
 
 def save_gemmascope(sae, p: Path) -> None:
     """Write sae as p/params.npz (JumpReLU without b_dec subtraction only)."""
-    if not KINDS[sae.kind].gemmascope or sae.apply_b_dec_to_input:
-        raise ValueError("format='gemmascope' stores JumpReLU SAEs without b_dec subtraction")
+    if not KINDS[sae.kind].gemmascope or sae.apply_b_dec_to_input or sae.W_skip is not None:
+        raise ValueError("format='gemmascope' stores JumpReLU SAEs without b_dec subtraction "
+                         "or skip connection")
     if sae.dtype == torch.bfloat16:
         raise ValueError("format='gemmascope' (npz) cannot hold bfloat16; convert the SAE first")
     arrays = {"W_enc": sae.W_enc.T, "W_dec": sae.W_dec, "b_enc": sae.b_enc,

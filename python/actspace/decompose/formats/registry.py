@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from ..sae import SAE
 
-__all__ = ["Format", "FORMATS", "register", "detect", "get_format"]
+__all__ = ["Format", "FORMATS", "register", "detect", "get_format", "REMOTE", "remote"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,21 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {}
+
+# Where SAEs that are not local paths come from: decompose/pretrained registers the Hugging
+# Face Hub here ("is_remote", "load", "from_pretrained", "load_many") when formats/ is
+# imported, so SAE.load / from_pretrained / load_many reach it without sae.py importing
+# the loader that builds SAEs (which would be an import cycle).
+REMOTE: dict[str, Callable] = {}
+
+
+def remote(name: str) -> Callable:
+    """The registered remote-source function name (RuntimeError when none is)."""
+    if name not in REMOTE:
+        raise RuntimeError(f"no remote SAE source provides {name!r} (decompose/pretrained "
+                           "registers the Hugging Face Hub when actspace.decompose.formats "
+                           "is imported)")
+    return REMOTE[name]
 
 
 def register(fmt: Format) -> Format:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 
 from ..._io import write_json_atomic, write_safetensors_atomic
+from ..fold import fold_input_scaling
 from ..kinds import KINDS
 from .common import build_sae, cfg_dtype, expect_tensor, int_field, read_cfg, read_weights
 from .registry import Format, register
@@ -61,7 +62,13 @@ def _arch_table() -> tuple[dict, set]:
         if spec.saelens_transcoder and spec.saelens_native:
             kinds.setdefault(spec.saelens_transcoder, spec.name)
             transcoders.add(spec.saelens_transcoder)
+    kinds.update(_SKIP_ARCHS)
+    transcoders.update(_SKIP_ARCHS)
     return kinds, transcoders
+
+
+# affine skip transcoders (SAELens 6): output += x @ W_skipᵀ, W_skip [d_out, d_in]
+_SKIP_ARCHS = {"skip_transcoder": "relu", "jumprelu_skip_transcoder": "jumprelu"}
 # legacy 5.x key -> current name (SAEConfig.from_dict's rename table)
 _LEGACY_KEYS = {"hook_point": "hook_name", "hook_point_layer": "hook_layer",
                 "hook_point_head_index": "hook_head_index", "activation_fn": "activation_fn_str"}
@@ -98,13 +105,28 @@ def _hook(cfg, meta, name, src, legacy=None):
     return v or None
 
 
+def _input_scaling(cfg, src):
+    """The constant factor the SAE's inputs were multiplied by (folded into the weights on
+    load, see fold.py), or None. SAELens's per-row modes cannot be folded and are refused."""
+    norm = cfg.get("normalize_activations", "none")
+    if norm in ("none", None, False):   # SAELens reads None / False as "none"
+        return None
+    if norm in ("expected_average_only_in", True):   # True: the pre-6 boolean spelling
+        f = cfg.get("norm_scaling_factor")
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
+            raise ValueError(
+                f"{src}: normalize_activations={norm!r} needs the dataset's scaling factor "
+                f"(sqrt(d_in) / mean input norm) in field 'norm_scaling_factor', got {f!r}; "
+                "a release entry may give it (overrides: {norm_scaling_factor: ...})")
+        return float(f)
+    raise ValueError(
+        f"{src}: normalize_activations={norm!r} is not supported (only 'none' and "
+        "'expected_average_only_in'): the SAE expects per-row normalized inputs")
+
+
 def _refuse_unimplemented(cfg, src):
     """Fields whose maths actspace does not implement: refuse rather than compute wrongly."""
-    norm = cfg.get("normalize_activations", "none")
-    if norm not in ("none", None, False):   # SAELens reads None / False as "none"
-        raise ValueError(
-            f"{src}: normalize_activations={norm!r} is not supported (only 'none'): the SAE "
-            "expects normalized inputs that actspace would not produce")
+    _input_scaling(cfg, src)
     if cfg.get("finetuning_scaling_factor"):
         raise ValueError(f"{src}: finetuning_scaling_factor="
                          f"{cfg['finetuning_scaling_factor']!r} is not supported (only false)")
@@ -166,10 +188,12 @@ def detect_saelens(p: Path) -> bool:
     return p.is_dir() and (p / WEIGHTS).is_file()
 
 
-def load_saelens(p: Path, *, device=None, dtype=None):
-    """The SAELens directory p (cfg.json + sae_weights.safetensors) as an SAE."""
+def load_saelens(p: Path, *, device=None, dtype=None, overrides=None):
+    """The SAELens directory p (cfg.json + sae_weights.safetensors) as an SAE. overrides:
+    fields merged over cfg.json (a release entry's, e.g. norm_scaling_factor)."""
     p = Path(p)
-    cfg, src = read_cfg(p / "cfg.json"), f"SAELens {str(p / 'cfg.json')!r}"
+    cfg = {**read_cfg(p / "cfg.json"), **(overrides or {})}
+    src = f"SAELens {str(p / 'cfg.json')!r}"
     meta = cfg.get("metadata") or {}
     if not isinstance(meta, dict):
         raise ValueError(f"{src}: field 'metadata' must be an object, got {meta!r}")
@@ -206,6 +230,8 @@ def load_saelens(p: Path, *, device=None, dtype=None):
             t[ours] = t.pop(theirs)
     names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if spec.threshold else set())
     names |= {n for n, _, _ in spec.extra_params}
+    if arch in _SKIP_ARCHS:
+        names.add("W_skip")
     extra = sorted(set(t) - names)
     if extra:
         raise ValueError(f"{wsrc}: unexpected tensor(s) {extra} for architecture "
@@ -226,12 +252,17 @@ def load_saelens(p: Path, *, device=None, dtype=None):
     dims = {"d_in": d_in, "d_sae": d_sae, "d_out": d_out}
     extra = {n: expect_tensor(t, n, tuple(dims[d] for d in shape), wsrc)
              for n, shape, _ in spec.extra_params}
+    if arch in _SKIP_ARCHS:
+        extra["W_skip"] = expect_tensor(t, "W_skip", (d_out, d_in), wsrc)
     sae = build_sae(d_in=d_in, d_sae=d_sae, kind=kind, k=k, d_out=d_out,
                     hookpoint=_hook(cfg, meta, "hook_name", src, "hook_point"),
                     hookpoint_out=_hook(cfg, meta, "hook_name_out", src),
                     apply_b_dec_to_input=apply, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec,
                     b_dec=b_dec, threshold=thr, dtype=dtype or file_dtype, device=device,
                     extra=extra)
+    scale = _input_scaling(cfg, src)
+    if scale is not None:   # exact: computed in float64, rounded once (fold.py)
+        fold_input_scaling(sae, scale)
     if not native6 and "reshape_activations" not in cfg and _reshapes_heads(sae.hookpoint):
         # SAELens 5 reshapes a hook_z SAE's input by the hook name alone; 6.x wants it said
         cfg = dict(cfg, reshape_activations="hook_z")
@@ -249,6 +280,12 @@ def _reshapes_heads(hook_name) -> bool:
 def architecture(sae) -> str:
     """The SAELens architecture name sae is written under (ValueError if it has none)."""
     spec = KINDS[sae.kind]
+    if getattr(sae, "W_skip", None) is not None:
+        skip = {v: k for k, v in _SKIP_ARCHS.items()}.get(sae.kind)
+        if skip is None or sae.apply_b_dec_to_input:
+            raise ValueError("format='saelens' holds skip transcoders of kind relu or "
+                             f"jumprelu without b_dec subtraction, not kind={sae.kind!r}")
+        return skip
     arch = spec.saelens_transcoder if sae.is_transcoder else spec.saelens
     if arch is None:
         raise ValueError(f"format='saelens' has no architecture for kind={sae.kind!r}"
@@ -311,7 +348,7 @@ def config(sae) -> dict:
         cfg["k"] = sae.k
     if topk:
         cfg["rescale_acts_by_decoder_norm"] = False
-    if sae.is_transcoder:
+    if sae.is_transcoder or getattr(sae, "W_skip", None) is not None:
         cfg["d_out"] = sae.d_out
         cfg["hook_name_out"] = sae.hookpoint_out or ""
         cfg["hook_head_index_out"] = cfg.get("hook_head_index_out",
@@ -332,6 +369,8 @@ def save_saelens(sae, p: Path) -> None:
         t[name] = getattr(sae, name)
     for ours, theirs in KINDS[sae.kind].saelens_names:
         t[theirs] = t.pop(ours)
+    if getattr(sae, "W_skip", None) is not None:
+        t["W_skip"] = sae.W_skip
     write_safetensors_atomic(Path(p) / WEIGHTS, t)
     write_json_atomic(Path(p) / "cfg.json", cfg, indent=2)
 

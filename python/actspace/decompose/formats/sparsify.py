@@ -7,7 +7,8 @@ b_dec [d_in] (+ W_skip [d_in, d_in] with a skip connection).
 sparsify's ``transcode`` means exactly "b_dec is not subtracted from the input" (a transcoder
 reads one module's input and predicts its output at the same width; there is no d_out).
 Loading drops unknown cfg fields and is strict about tensors; what actspace does not
-compute (groupmax, skip connections, ...) is refused with the field named. Which kinds are
+compute (groupmax, embed_skip, ...) is refused with the field named. A skip connection
+adds x @ W_skipᵀ (W_skip [d_in, d_in]) to the output: the SAE's W_skip. Which kinds are
 storable here is each kind's ``sparsify`` field (kinds/).
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ def load_sparsify(p: Path, *, device=None, dtype=None):
     p = Path(p)
     cfg, src = read_cfg(p / "cfg.json"), f"sparsify {str(p / 'cfg.json')!r}"
     spec = _kind_of_activation(cfg.get("activation", "topk"), src)
-    for flag in ("skip_connection", "embed_skip", "gram_lookup"):  # terms actspace lacks
+    for flag in ("embed_skip", "gram_lookup"):  # terms actspace lacks
         if cfg.get(flag):
             raise ValueError(f"{src}: {flag}={cfg[flag]!r} is not supported (only false)")
     d_in = int_field(cfg, "d_in", src)
@@ -59,12 +60,11 @@ def load_sparsify(p: Path, *, device=None, dtype=None):
     file_dtype = cfg_dtype(cfg, src)
     wsrc = f"sparsify {str(p / WEIGHTS)!r}"
     t = read_weights(p / WEIGHTS)
-    if "W_skip" in t:
-        raise ValueError(f"{wsrc}: skip connections (tensor 'W_skip') are not supported")
-    extra = sorted(set(t) - set(_SPARSIFY_TENSORS))
+    skip = cfg.get("skip_connection", False)
+    names = _SPARSIFY_TENSORS + (("W_skip",) if skip else ())
+    extra = sorted(set(t) - set(names))
     if extra:
-        raise ValueError(f"{wsrc}: unexpected tensor(s) {extra} (expected "
-                         f"{list(_SPARSIFY_TENSORS)})")
+        raise ValueError(f"{wsrc}: unexpected tensor(s) {extra} (expected {list(names)})")
     W_enc = expect_tensor(t, "encoder.weight", (d_sae, d_in), wsrc)
     b_enc = expect_tensor(t, "encoder.bias", (d_sae,), wsrc)
     W_dec = expect_tensor(t, "W_dec", (d_sae, d_out), wsrc)
@@ -72,7 +72,9 @@ def load_sparsify(p: Path, *, device=None, dtype=None):
     sae = build_sae(d_in=d_in, d_sae=d_sae, kind=spec.name, k=k, d_out=d_out,
                     hookpoint=cfg.get("hookpoint"), hookpoint_out=cfg.get("hookpoint_out"),
                     apply_b_dec_to_input=not transcode, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec,
-                    b_dec=b_dec, dtype=dtype or file_dtype, device=device)
+                    b_dec=b_dec, dtype=dtype or file_dtype, device=device,
+                    extra={"W_skip": expect_tensor(t, "W_skip", (d_out, d_in), wsrc)}
+                    if skip else None)
     sae.extra_cfg = cfg
     return sae
 
@@ -106,13 +108,15 @@ def save_sparsify(sae, p: Path) -> None:
         b_enc = (sae.b_enc.double() + sae.W_enc.double() @ sae.b_dec.double()).to(sae.dtype)
     cfg.update({"activation": act, "d_in": sae.d_in, "num_latents": sae.d_sae, "k": sae.k,
                 "expansion_factor": max(sae.d_sae // sae.d_in, 1), "normalize_decoder": True,
-                "multi_topk": False, "skip_connection": False,
+                "multi_topk": False, "skip_connection": sae.W_skip is not None,
                 "transcode": transcode, "hookpoint": sae.hookpoint})
     if sae.hookpoint_out is not None:
         cfg["hookpoint_out"] = sae.hookpoint_out
-    write_safetensors_atomic(Path(p) / WEIGHTS, {"encoder.weight": sae.W_enc,
-                                                 "encoder.bias": b_enc,
-                                                 "W_dec": sae.W_dec, "b_dec": sae.b_dec})
+    tensors = {"encoder.weight": sae.W_enc, "encoder.bias": b_enc, "W_dec": sae.W_dec,
+               "b_dec": sae.b_dec}
+    if sae.W_skip is not None:
+        tensors["W_skip"] = sae.W_skip
+    write_safetensors_atomic(Path(p) / WEIGHTS, tensors)
     write_json_atomic(Path(p) / "cfg.json", cfg, indent=2)
 
 
