@@ -24,7 +24,7 @@ if [ -z "$version" ]; then
 fi
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
-  tests=(tests/test_steer_*.py tests/test_model_*.py tests/test_capture.py tests/test_evaluate.py)
+  tests=(tests/steer tests/model tests/capture/test_capture.py tests/decompose/test_evaluate.py)
 fi
 
 venv="${TMPDIR:-/tmp}/actspace-transformers-$version"

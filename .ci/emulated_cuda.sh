@@ -13,7 +13,7 @@ $PY -c "from actspace.ops._common import core; assert core(), 'actspace._core is
 FAMILY_TESTS=()
 while read -r f; do
   case "$f" in ''|\#*) continue ;; esac
-  FAMILY_TESTS+=("tests/test_$f.py")
+  FAMILY_TESTS+=("tests/ops/test_$f.py")
 done < csrc/families.txt
 
 run_sanitized() {  # run_sanitized asan|tsan CMD... : the Python process with the runtime preloaded

@@ -13,7 +13,7 @@
 #   bash bench/gpu_verify.sh dry   prints the plan and checks what runs without a GPU here.
 #
 # Every stage runs under its own `timeout`; the exit status is the first failing stage's.
-# The test files come from csrc/families.txt (tests/test_<family>.py).
+# The test files come from csrc/families.txt (tests/ops/test_<family>.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CALL=${1:-1}
@@ -27,17 +27,17 @@ export ACTSPACE_CUDA_KERNELS=1   # route CUDA tensors to our kernels (not yet ve
 FAMILY_TESTS=()
 while read -r f; do
   case "$f" in ''|\#*) continue ;; esac
-  FAMILY_TESTS+=("tests/test_$f.py")
+  FAMILY_TESTS+=("tests/ops/test_$f.py")
 done < csrc/families.txt
-FAMILY_TESTS+=(tests/test_snmf.py)  # not a kernel family, but it has GPU tests
+FAMILY_TESTS+=(tests/decompose/test_snmf.py)  # not a kernel family, but it has GPU tests
 # the GPU tests: the cuda_target fixture's "cuda" instances and the other gpu-marked tests
 SELECT="(cuda or gpu) and not cuda_emulated"
 # racecheck/synccheck: the shared-memory and warp-synchronous kernels, one small case each
 RACE_IDS=(
-  "tests/test_topk_encode.py::test_cuda_matches_reference[cuda-64-dtype0]"
-  "tests/test_topk_encode.py::test_cuda_unaligned_tiles_take_the_scalar_loads[cuda]"
-  "tests/test_stats.py::test_cuda_moments_kernel[cuda-dtype0]"
-  "tests/test_sparse_decode.py::test_cuda_unaligned_rows_and_autograd[cuda]"
+  "tests/ops/test_topk_encode.py::test_cuda_matches_reference[cuda-64-dtype0]"
+  "tests/ops/test_topk_encode.py::test_cuda_unaligned_tiles_take_the_scalar_loads[cuda]"
+  "tests/ops/test_stats.py::test_cuda_moments_kernel[cuda-dtype0]"
+  "tests/ops/test_sparse_decode.py::test_cuda_unaligned_rows_and_autograd[cuda]"
 )
 rc_all=0
 stage() {  # stage NAME SECONDS CMD...: run under timeout, log to $OUT/NAME.txt, keep the rc

@@ -1,8 +1,12 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures. The tests mirror the package (tests/ops, tests/capture, ...); the
+shared helpers (_models.py, _minilm.py ...) sit here and are importable from every folder."""
 import os
+import sys
 
 import pytest
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture

@@ -166,6 +166,6 @@ def test_import_is_light():
     code = ("import sys, actspace as a; a.llm; a.explain; a.score_explanations; "
             "a.llm.openai_compatible('http://127.0.0.1:9/v1', 'm'); "
             "assert 'torch' not in sys.modules, 'torch imported'")
-    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "python"))
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "python"))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)

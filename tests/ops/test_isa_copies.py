@@ -13,7 +13,7 @@ import actspace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # tests/test_<family>.py for every family of csrc/families.txt (the one list of families)
-FAMILIES_TXT = os.path.join(HERE, "..", "csrc", "families.txt")
+FAMILIES_TXT = os.path.join(HERE, "..", "..", "csrc", "families.txt")
 
 
 def families() -> list[str]:
@@ -51,7 +51,7 @@ def test_families_listed_once_and_followed():
     family has its csrc folder, ops module, test file and benchmark."""
     fams = families()
     assert actspace.build_info()["families"] == fams
-    root = os.path.join(HERE, "..")
+    root = os.path.join(HERE, "..", "..")
     for f in fams:
         for path in (f"csrc/{f}/cuda.cu", f"csrc/{f}/cpu.cpp", f"csrc/{f}/bind.cpp",
                      f"python/actspace/ops/{f}.py", f"tests/test_{f}.py", f"bench/bench_{f}.py"):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 pytest.importorskip("transformers")
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples")
 
 
 def _run(name, argv, capsys):
