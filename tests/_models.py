@@ -34,3 +34,21 @@ def save_tiny(tmp_path_factory, name: str, build):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return model, tok, str(d)
+
+
+def save_tiny_gpt2(model_dir, n_embd: int = 32) -> str:
+    """A tiny random GPT-2 LM (2 layers, seed 0) saved in model_dir with MiniLM's tokenizer
+    files beside it (its 30522-token vocabulary), so a pipeline can load both from one path."""
+    import shutil
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=30522, n_positions=64, n_embd=n_embd, n_layer=2,
+                                  n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(model_dir)
+    tok_dir = minilm_dir()
+    for f in os.listdir(tok_dir):
+        if f.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(os.path.join(tok_dir, f), os.path.join(model_dir, f))
+    return str(model_dir)

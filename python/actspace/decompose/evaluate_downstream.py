@@ -21,7 +21,7 @@ import torch
 
 from ..model.hooks import output_tensor, replacing
 from ..model.padding import pad_rows, real_position_ids, takes_position_ids
-from .latents import _reconstruct
+from .latents import reconstruct
 
 SPLICES = ("sae", "sae_with_error", "zero_ablation", "mean_ablation")
 
@@ -33,7 +33,7 @@ def splice(model: torch.nn.Module, hookpoint: str, fn):
     return replacing(model, hookpoint, fn)
 
 
-def _splice_fn(kind: str, sae, mean: torch.Tensor | None, sae_input=None, keep=None):
+def splice_fn(kind: str, sae, mean: torch.Tensor | None, sae_input=None, keep=None):
     """fn(x [..., d]) -> the replacement of x for splice. keep: bool [B, T], the positions
     to splice (None: all); every other row keeps x exactly. sae_input() gives the SAE's
     input when it is not x itself (a transcoder reads its hookpoint, replaces hookpoint_out)."""
@@ -57,7 +57,7 @@ def _splice_fn(kind: str, sae, mean: torch.Tensor | None, sae_input=None, keep=N
                                  f"activation {flat.shape[0]}")
             if not bool(sel.any()):          # nothing to splice (an SAE refuses 0 rows)
                 return x
-            x_hat = _reconstruct(sae, src[sel.to(src.device)])[0]     # [n_sel, d]
+            x_hat = reconstruct(sae, src[sel.to(src.device)])[0]     # [n_sel, d]
             if kind == "sae":
                 out[sel] = x_hat.to(device=x.device, dtype=x.dtype)
             else:
@@ -70,7 +70,7 @@ def _splice_fn(kind: str, sae, mean: torch.Tensor | None, sae_input=None, keep=N
 
 
 @contextlib.contextmanager
-def _spliced(model, hookpoint, hookpoint_out, make_fn, kind, sae, mean, keep=None):
+def spliced(model, hookpoint, hookpoint_out, make_fn, kind, sae, mean, keep=None):
     """splice for an autoencoder, or for a transcoder: a pass-through hook at hookpoint
     keeps the SAE input of this forward, the splice at hookpoint_out uses it."""
     if not hookpoint_out or hookpoint_out == hookpoint:
@@ -185,7 +185,7 @@ def downstream_metrics(sae, model, texts, *, tokenizer=None, hookpoint: str,
             n_seq += pool_clean.shape[0]
         del clean
         for kind in kinds:           # one spliced output alive at a time (vocab-sized)
-            with _spliced(model, hookpoint, hookpoint_out, _splice_fn, kind, sae, mean,
+            with spliced(model, hookpoint, hookpoint_out, splice_fn, kind, sae, mean,
                           keep=keep):
                 out = model(**batch)
             if causal:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .._io import remove_stale_temporaries, write_json_atomic
-from ..stats.latent import LatentStats, code_parts as _code_parts
+from ..stats.latent import LatentStats, code_parts
 from . import latent_store as LS
 from .latent_examples import top_examples
 from .latent_store import FORMAT, FORMAT_VERSION, read_manifest   # noqa: F401 (public names)
@@ -96,7 +96,7 @@ def _sae_apply_dtype(sae, x):
     return x.to(device=getattr(sae, "device", x.device), dtype=getattr(sae, "dtype", x.dtype))
 
 
-def _reconstruct(sae, x):
+def reconstruct(sae, x):
     """(decode(encode(x)), code) for any decomposition (SAE, SNMF, PCA): only encode and
     decode are relied on, not __call__ (PCA has none). x [N, d_in] -> ([N, d_out], code)."""
     x = _sae_apply_dtype(sae, x)
@@ -213,7 +213,7 @@ def encode_store(sae, store, out_dir, *, batch_size: int = 4096,
                     x = _sae_apply_dtype(sae, acts[s:s + batch_size])        # [B, d_in]
                     bad = ~torch.isfinite(x).all(1)                           # [B]
                     # encoded as zeros (an inf row could make a wide code), emptied below
-                    v, ix = _code_parts(sae.encode(x.masked_fill(bad[:, None], 0)))
+                    v, ix = code_parts(sae.encode(x.masked_fill(bad[:, None], 0)))
                     # stats of the values as stored, so a resumed run gives identical stats
                     v, ix = _as_stored(v, ix, bad, values_dtype)
                     bad = bad.cpu()

@@ -103,7 +103,7 @@ def feature_cards(sae, store, latent_dir, tokenizer, n_cards: int) -> dict:
     import torch
 
     from ..decompose.latents import _sae_apply_dtype
-    from ..stats.latent import LatentStats, code_parts as _code_parts
+    from ..stats.latent import LatentStats, code_parts
 
     stats = LatentStats.load(latent_dir)
     with open(os.path.join(latent_dir, "top_examples.json"), encoding="utf-8") as f:
@@ -120,7 +120,7 @@ def feature_cards(sae, store, latent_dir, tokenizer, n_cards: int) -> dict:
             row0 = e["token"] - e["context_index"]
             with torch.no_grad():
                 x = _sae_apply_dtype(sae, store.read(row0, row0 + len(ids)))   # [n, d]
-                v, ix = _code_parts(sae.encode(x))                               # [n, k]
+                v, ix = code_parts(sae.encode(x))                               # [n, k]
                 acts = (v.float() * (ix == lat)).sum(1)                          # [n]
             card["examples"].append({
                 "value": e["value"], "centre": e["context_index"],
