@@ -114,6 +114,15 @@ class FakeLLM:
             self._attempts[key] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        counted = [True]
+
+        def leave():
+            # out of flight BEFORE the answer is written: once the client has read it, it
+            # may send its next request at once, and that must not count as overlapping
+            with self._lock:
+                if counted[0]:
+                    self.in_flight -= 1
+                    counted[0] = False
         try:
             if n < self.hang_first:
                 self._stop.wait(5.0)            # past the client's timeout
@@ -127,6 +136,7 @@ class FakeLLM:
             with self._lock:
                 self.statuses.append(status)
             if status != 200:
+                leave()
                 self._send(h, status, {"error": {"message": f"fake {status}"}})
                 return
             text = answer(body["messages"], self.malformed)
@@ -134,6 +144,7 @@ class FakeLLM:
                       "message": {"role": "assistant", "content": text}}
             if body.get("logprobs") and text.startswith("["):
                 choice["logprobs"] = {"content": _logprobs(text)}
+            leave()
             self._send(h, 200, {"id": f"c{n}", "object": "chat.completion",
                                 "model": body["model"], "choices": [choice],
                                 "usage": {"prompt_tokens": len(json.dumps(body["messages"])) // 4,
@@ -141,8 +152,7 @@ class FakeLLM:
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            leave()
 
     def __enter__(self):
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

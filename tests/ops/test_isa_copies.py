@@ -54,7 +54,7 @@ def test_families_listed_once_and_followed():
     root = os.path.join(HERE, "..", "..")
     for f in fams:
         for path in (f"csrc/{f}/cuda.cu", f"csrc/{f}/cpu.cpp", f"csrc/{f}/bind.cpp",
-                     f"python/actspace/ops/{f}.py", f"tests/test_{f}.py", f"bench/bench_{f}.py"):
+                     f"python/actspace/ops/{f}.py", f"tests/ops/test_{f}.py", f"bench/bench_{f}.py"):
             assert os.path.exists(os.path.join(root, path)), path
 
 
