@@ -26,7 +26,7 @@ target_include_directories(_core_cuda_emulated PRIVATE ${CMAKE_CURRENT_SOURCE_DI
                            ${GENERATED_INCLUDE} ${ACTSPACE_CUDA_INCLUDE})
 target_compile_definitions(_core_cuda_emulated PRIVATE ACTSPACE_WITH_CUDA=1
                            ACTSPACE_CUDA_EMULATE=1 ACTSPACE_MODULE_NAME=_core_cuda_emulated
-                           ACTSPACE_VERSION="${SKBUILD_PROJECT_VERSION}"
+                           ACTSPACE_VERSION="${ACTSPACE_VERSION}"
                            ACTSPACE_CUDA_ARCHS_STR="emulated")
 find_package(Threads REQUIRED)
 target_link_libraries(_core_cuda_emulated PRIVATE Threads::Threads)
