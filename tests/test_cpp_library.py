@@ -1,7 +1,8 @@
 """The kernels as an embeddable C++ library (issue 21): a plain CMake build with
 ACTSPACE_PYTHON=OFF installs actspace::kernels with its package config; the example in
 examples/cpp finds it with find_package(actspace), calls actspace::topk_encode on raw float
-pointers (its own tile GEMM + the merge/finish kernels), and must match actspace.reference.
+pointers (its own tile GEMM + the merge/finish kernels), and must match actspace.reference;
+a second program does the same for sparse_decode and the streaming moments.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 import actspace
 from actspace import reference
+from actspace.reference import stats as reference_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
@@ -49,6 +51,7 @@ def example(tmp_path_factory):
     _run(["cmake", "-S", ROOT / "examples" / "cpp", "-B", ex_build, *_generator_args(),
           f"-DCMAKE_PREFIX_PATH={prefix}"])
     _run(["cmake", "--build", ex_build])
+    assert (ex_build / "decode_stats_example").exists()
     exe = ex_build / "topk_encode_example"
     assert exe.exists()
     return exe
@@ -108,3 +111,39 @@ def test_example_matches_reference(example, tmp_path, relu, isa):
     if relu:  # all-zero rows: relu(b_enc - W b_dec) = 0 everywhere; ties go to the lower index
         assert torch.equal(ri[:5], torch.arange(k, dtype=torch.int32).expand(5, k))
         assert torch.equal(idx[:5], ri[:5]) and torch.all(vals[:5] == 0)
+
+
+def test_decode_and_moments_match_reference(example, tmp_path):
+    """sparse_decode (with -1 slots and repeated latents) and moments_update in two blocks."""
+    g = torch.Generator().manual_seed(5)
+    n, k, m, d = 301, 12, 900, 33
+    values = torch.randn(n, k, generator=g)
+    indices = torch.randint(0, m, (n, k), generator=g, dtype=torch.int32)
+    indices[::7, -3:] = -1  # empty slots are skipped
+    indices[1, :2] = 17  # a latent twice in one row adds twice
+    W_dec = torch.randn(m, d, generator=g)
+    b_dec = torch.randn(d, generator=g)
+    inp, outp = tmp_path / "in.bin", tmp_path / "out.bin"
+    with open(inp, "wb") as f:
+        np.array([n, k, m, d], dtype="<i8").tofile(f)
+        values.numpy().astype("<f4").tofile(f)
+        indices.numpy().astype("<i4").tofile(f)
+        W_dec.numpy().astype("<f4").tofile(f)
+        b_dec.numpy().astype("<f4").tofile(f)
+    _run([example.parent / "decode_stats_example", inp, outp])
+    raw = np.fromfile(outp, dtype=np.uint8)
+    assert raw.size == n * d * 4 + 7 * d * 8 + 2 * d * 8
+    x_hat = torch.from_numpy(raw[: n * d * 4].view("<f4").reshape(n, d).copy())
+    f64 = raw[n * d * 4: n * d * 4 + 7 * d * 8].view("<f8").reshape(7, d)
+    i64 = raw[n * d * 4 + 7 * d * 8:].view("<i8").reshape(2, d)
+
+    ref = reference.sparse_decode(values.double(), indices, W_dec.double(), b_dec.double())
+    torch.testing.assert_close(x_hat.double(), ref, rtol=1e-5, atol=1e-4)
+
+    state = reference_stats.moments_init(d)
+    reference_stats.moments_update(state, x_hat.double())  # moments of the values it saw
+    for row, key in enumerate(("count", "mean", "m2", "m3", "m4", "min", "max")):
+        torch.testing.assert_close(torch.from_numpy(f64[row].copy()), state[key],
+                                   rtol=1e-9, atol=1e-7, msg=key)
+    assert torch.equal(torch.from_numpy(i64[0].copy()), state["zeros"])
+    assert torch.equal(torch.from_numpy(i64[1].copy()), state["nonfinite"])
