@@ -3,7 +3,7 @@
 // The Python layer drives the kernels with torch tensors (ops/*.py); this file is the same
 // driving in plain C++ for frameworks that embed the kernels without Python or libtorch:
 // it owns the small buffers, checks sizes, and for topk_encode makes the pre-activation
-// tiles itself (the Python path uses torch's matmul for that).
+// tiles itself with lib/tile_gemm.cpp (the Python path uses torch's matmul for that).
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
@@ -12,6 +12,7 @@
 
 #include "actspace/actspace.hpp"
 #include "common/isa.h"
+#include "lib/tile_gemm.h"
 #include "sparse_decode/sparse_decode.h"
 #include "stats/stats.h"
 #include "topk_encode/topk_encode.h"
@@ -23,30 +24,6 @@ namespace {
 // that writes it and the merge that reads it.
 constexpr int64_t kTileRows = 256;
 constexpr int64_t kTileCols = 4096;
-
-// tile[r, c] = <xc[r], W[c]> for r < rows, c < cols (both row-major over d). Blocks of
-// 4 latents share each loaded x value; 8 independent partial sums per dot product let the
-// compiler vectorise the reduction without reassociating it.
-void gemm_tile(const float* xc, int64_t rows, const float* W, int64_t cols, int64_t d,
-               float* tile, int64_t ld) {
-#pragma omp parallel for schedule(static) collapse(2) if (rows * cols * d >= (1 << 18))
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c0 = 0; c0 < cols; c0 += 4) {
-      const float* xr = xc + r * d;
-      const int64_t nc = std::min<int64_t>(4, cols - c0);
-      for (int64_t c = 0; c < nc; ++c) {
-        const float* w = W + (c0 + c) * d;
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t i = 0;
-        for (; i + 8 <= d; i += 8)
-          for (int l = 0; l < 8; ++l) acc[l] += xr[i + l] * w[i + l];
-        float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-        for (; i < d; ++i) s += xr[i] * w[i];
-        tile[r * ld + c0 + c] = s;
-      }
-    }
-  }
-}
 
 void require(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(what);
@@ -73,6 +50,7 @@ void topk_encode(const float* x, const float* W_enc, const float* b_enc, const f
   std::vector<float> tile(static_cast<size_t>(rows_max * cols_max));
   std::vector<float> xc(b_dec ? static_cast<size_t>(rows_max * d) : 0);
   static const auto merge = ACTSPACE_CALL_ISA(topk_encode_merge);
+  static const auto gemm = ACTSPACE_CALL_ISA(tile_gemm_f32);
 
   for (int64_t r0 = 0; r0 < n; r0 += rows_max) {
     const int64_t rows = std::min(rows_max, n - r0);
@@ -84,7 +62,7 @@ void topk_encode(const float* x, const float* W_enc, const float* b_enc, const f
     }
     for (int64_t m0 = 0; m0 < m; m0 += cols_max) {
       const int64_t cols = std::min(cols_max, m - m0);
-      gemm_tile(xr, rows, W_enc + m0 * d, cols, d, tile.data(), cols);
+      gemm(xr, rows, W_enc + m0 * d, cols, d, tile.data(), cols);
       merge(tile.data(), kF32, rows, cols, cols, r0, m0, bias + m0, scale ? scale + m0 : nullptr,
             threshold ? threshold + m0 : nullptr, kF32, relu, k, run_vals.data(), run_idx.data());
     }
