@@ -19,7 +19,7 @@ import actspace
 from actspace import reference
 from actspace.reference import stats as reference_stats
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
 pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or CXX is None,
                                 reason="needs cmake and a C++ compiler")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import actspace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pyproject_reads_the_version_from_init():
