@@ -187,7 +187,7 @@ def test_bad_input(tiny, tok, sae32):
 
 
 def test_unknown_word_named(tok):
-    from tests._models import load_minilm
+    from _models import load_minilm
 
     model, mtok = load_minilm()
     with pytest.raises(ValueError, match="not in the vocabulary|tokens"):

@@ -67,7 +67,7 @@ def _top_vs_random(model, tok, prompts, metric, sae, hookpoint):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from tests._models import load_minilm
+    from _models import load_minilm
 
     torch.manual_seed(0)
     model, tok = load_minilm()
