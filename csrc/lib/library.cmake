@@ -12,17 +12,8 @@ configure_file(${CMAKE_CURRENT_SOURCE_DIR}/csrc/include/actspace/version.hpp.in
                ${GENERATED_INCLUDE}/actspace/version.hpp @ONLY)
 
 # The driver's tile GEMM, one copy per ISA like the kernels (same flags, same namespaces).
-set(GEMM_OBJECTS)
-foreach(isa ${ISA_VARIANTS})
-  add_library(actspace_gemm_${isa} OBJECT ${CMAKE_CURRENT_SOURCE_DIR}/csrc/lib/tile_gemm.cpp)
-  target_include_directories(actspace_gemm_${isa} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/csrc)
-  target_compile_definitions(actspace_gemm_${isa} PRIVATE ACTSPACE_ISA=${isa})
-  target_compile_options(actspace_gemm_${isa} PRIVATE -O3 -fno-math-errno ${ISA_FLAGS_${isa}})
-  if(OpenMP_CXX_FOUND)
-    target_link_libraries(actspace_gemm_${isa} PRIVATE OpenMP::OpenMP_CXX)
-  endif()
-  list(APPEND GEMM_OBJECTS $<TARGET_OBJECTS:actspace_gemm_${isa}>)
-endforeach()
+actspace_per_isa_objects(actspace_gemm "${CMAKE_CURRENT_SOURCE_DIR}/csrc/lib/tile_gemm.cpp"
+                         GEMM_OBJECTS)
 
 add_library(actspace_kernels STATIC ${CMAKE_CURRENT_SOURCE_DIR}/csrc/lib/api.cpp ${ISA_OBJECTS}
             ${GEMM_OBJECTS})
