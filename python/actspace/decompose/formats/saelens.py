@@ -31,6 +31,13 @@ the 5.x fields). Transcoders ("transcoder" = ReLU, "jumprelu_transcoder") exist 
 on; SAELens has no TopK transcoder, so a TopK transcoder is written under actspace's own
 architecture name "topk_transcoder", which SAELens refuses by name instead of misreading.
 Configs whose maths actspace does not implement are refused on load rather than run wrong.
+
+SAELens' trainers checkpoint with ``TrainingSAE.save_model``: for BatchTopK and Matryoshka
+that is a training layout ("batchtopk", "matryoshka_batchtopk": a scalar float64
+``topk_threshold`` instead of ``threshold``, a float k, rescale_acts_by_decoder_norm true by
+default) that its own ``SAE.load_from_disk`` cannot read; it is read here as our batchtopk /
+matryoshka kind, with the codes its save_inference_model's JumpReLU would give (checked
+against the sae-lens package by bench/check_saelens_formats.py).
 """
 from __future__ import annotations
 
@@ -62,9 +69,18 @@ def _arch_table() -> tuple[dict, set]:
         if spec.saelens_transcoder and spec.saelens_native:
             kinds.setdefault(spec.saelens_transcoder, spec.name)
             transcoders.add(spec.saelens_transcoder)
+        if spec.saelens_training:
+            kinds.setdefault(spec.saelens_training, spec.name)
     kinds.update(_SKIP_ARCHS)
     transcoders.update(_SKIP_ARCHS)
     return kinds, transcoders
+
+
+def _training_archs() -> set:
+    """SAELens training layouts (its trainers' checkpoints, TrainingSAE.save_model) that
+    differ from the inference one: a scalar float64 ``topk_threshold`` buffer where the
+    inference file has ``threshold`` [d_sae], and a float k."""
+    return {spec.saelens_training for spec in KINDS.values() if spec.saelens_training}
 
 
 # affine skip transcoders (SAELens 6): output += x @ W_skipᵀ, W_skip [d_out, d_in]
@@ -156,7 +172,8 @@ def _kind(cfg, native6, src):
         raise ValueError(f"{src}: unsupported activation {act!r} for architecture {arch!r}")
     kind = cfg.get("actspace_kind", base)
     spec = KINDS.get(kind) if isinstance(kind, str) else None
-    if kind != base and (spec is None or arch not in (spec.saelens, spec.saelens_transcoder)):
+    if kind != base and (spec is None or arch not in (spec.saelens, spec.saelens_transcoder,
+                                                      spec.saelens_training)):
         raise ValueError(f"{src}: actspace_kind={kind!r} does not match architecture {arch!r}")
     return arch, kind
 
@@ -171,9 +188,12 @@ def _rescale_folded(cfg, arch, kind, W_enc, b_enc, W_dec, src):
     flag = cfg.get("rescale_acts_by_decoder_norm")
     if not flag:
         return W_enc, b_enc, W_dec
-    if KINDS[kind].saelens != "topk":
+    # BatchTopK's training layout ranks the same rescaled values, and its topk_threshold is
+    # in their units, so the same fold keeps its codes (as its save_inference_model does)
+    if KINDS[kind].saelens != "topk" and arch not in _training_archs():
         raise ValueError(f"{src}: rescale_acts_by_decoder_norm={flag!r} is not supported for "
-                         f"architecture {arch!r} (only for topk)")
+                         f"architecture {arch!r} (only for topk and the BatchTopK training "
+                         "layouts)")
     n = W_dec.double().norm(dim=1)                                      # [d_sae]
     if bool(((n - 1).abs() <= UNIT_NORM_TOL).all()):
         return W_enc, b_enc, W_dec
@@ -210,6 +230,8 @@ def load_saelens(p: Path, *, device=None, dtype=None, overrides=None):
         kw = cfg.get("activation_fn_kwargs") or {}
         # 6.x reads the top-level k; a 5.x file (and 6.x converting one) activation_fn_kwargs
         k = cfg.get("k", kw.get("k")) if native6 else kw.get("k", cfg.get("k"))
+        if isinstance(k, float) and k.is_integer() and arch in _training_archs():
+            k = int(k)   # SAELens' BatchTopK k is a float (a mean L0)
         if isinstance(k, bool) or not isinstance(k, int):
             raise ValueError(f"{src}: field 'activation_fn_kwargs.k' (or 'k') must be an int "
                              f"for {kind}, got {k!r}")
@@ -228,6 +250,10 @@ def load_saelens(p: Path, *, device=None, dtype=None, overrides=None):
     for ours, theirs in spec.saelens_names:   # SAELens' names -> ours (gated: b_gate)
         if theirs in t:
             t[ours] = t.pop(theirs)
+    training = arch in _training_archs()
+    if training:   # its scalar float64 buffer is our scalar threshold
+        t["threshold"] = expect_tensor(t, "topk_threshold", (), wsrc)
+        del t["topk_threshold"]
     names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if spec.threshold else set())
     names |= {n for n, _, _ in spec.extra_params}
     if arch in _SKIP_ARCHS:
@@ -243,8 +269,11 @@ def load_saelens(p: Path, *, device=None, dtype=None, overrides=None):
     W_enc, b_enc, W_dec = _rescale_folded(cfg, arch, kind, W_enc, b_enc, W_dec, src)
     thr = None
     if spec.threshold:
-        thr = expect_tensor(t, "threshold", (d_sae,), wsrc)
-        if spec.threshold == "scalar":  # saved as a JumpReLU with one threshold for all
+        if training:
+            thr = t["threshold"].to(W_enc.dtype)
+        else:
+            thr = expect_tensor(t, "threshold", (d_sae,), wsrc)
+        if spec.threshold == "scalar" and not training:   # a JumpReLU, one threshold for all
             if not bool((thr == thr[0]).all()):
                 raise ValueError(f"{wsrc}: {kind} tensor 'threshold' must be one value for all "
                                  "latents")

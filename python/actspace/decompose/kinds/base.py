@@ -87,6 +87,8 @@ class Kind:
     saelens_transcoder  the same for a transcoder (None: not storable as one)
     saelens_native   reading `saelens` back (without actspace_kind) means this kind; False
                      for a kind stored under another's name (batchtopk as jumprelu)
+    saelens_training SAELens' training architecture read back as this kind (its trainers'
+                     checkpoints: e.g. "batchtopk", with a scalar ``topk_threshold``)
     sparsify         sparsify's ``activation`` for this kind (None: not storable there)
     gemmascope       storable in Gemma Scope's params.npz (JumpReLU maths)
     extra_params     the kind's own parameters beyond W_enc, b_enc, W_dec, b_dec, threshold:
@@ -116,6 +118,7 @@ class Kind:
     saelens: str | None = None
     saelens_transcoder: str | None = None
     saelens_native: bool = True
+    saelens_training: str | None = None
     sparsify: str | None = None
     gemmascope: bool = False
     extra_params: tuple[tuple[str, tuple[str, ...], float], ...] = ()

@@ -43,4 +43,5 @@ KIND = Kind(
     options=AUXK_OPTIONS + (Option("threshold_momentum", 0.9, "batchtopk: EMA momentum of the "
                                    "inference threshold", float, minimum=0, maximum=1),),
     auxk=True, fold_threshold=fold_threshold, selects_by_rank=True,
-    saelens="jumprelu", saelens_transcoder="jumprelu_transcoder", saelens_native=False)
+    saelens="jumprelu", saelens_transcoder="jumprelu_transcoder", saelens_native=False,
+    saelens_training="batchtopk")

@@ -112,4 +112,5 @@ KIND = Kind(
         Option("prefix_count", 3, "matryoshka: nested prefixes (d_sae, d_sae/2, ... >= k)",
                int, minimum=1)),
     auxk=True, fold_threshold=fold_threshold, selects_by_rank=True,
-    saelens="jumprelu", saelens_transcoder="jumprelu_transcoder", saelens_native=False)
+    saelens="jumprelu", saelens_transcoder="jumprelu_transcoder", saelens_native=False,
+    saelens_training="matryoshka_batchtopk")
