@@ -125,6 +125,7 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
                                    "__shfl_xor_sync");
 }
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
 inline float __uint_as_float(unsigned u) {

@@ -95,11 +95,14 @@ void bind_sparse_decode_cuda(py::module_& m) {
                                             P<void>(grad_W_acc), N, k, M, d, bind::stream(stream));
         });
   m.def("sparse_decode_grad_W_csr_cuda",
-        [](ptr_t grad_out, ptr_t values, ptr_t offsets, ptr_t order, int64_t k, int w_code,
-           ptr_t grad_W, int64_t M, int64_t d, ptr_t stream) {
+        [](ptr_t grad_out, ptr_t values, ptr_t offsets, ptr_t order, int64_t k, ptr_t plan,
+           int64_t n_items, int64_t n_split, int64_t chunk, int w_code, ptr_t grad_W, ptr_t part,
+           int64_t M, int64_t d, ptr_t stream) {
           cuda::sparse_decode_grad_W_csr(P<const void>(grad_out), P<const void>(values),
                                          P<const int32_t>(offsets), P<const int32_t>(order), k,
-                                         w_code, P<void>(grad_W), M, d, bind::stream(stream));
+                                         P<const int32_t>(plan), n_items, n_split, chunk,
+                                         w_code, P<void>(grad_W), P<void>(part), M, d,
+                                         bind::stream(stream));
         });
 }
 #endif

@@ -59,9 +59,17 @@ void sparse_decode_grad_W_atomic(const void* grad_out, const void* values, const
                                  int64_t k, int64_t M, int64_t d, void* stream);
 // Deterministic latent-major path from a CSR (offsets [M+1] int32, order [N*k] int32 of
 // flat slots, ascending within a latent); writes every row of grad_W (W storage type).
+// plan int32 [n_items + 2M + n_split], built by Python (ops/sparse_decode.py grad_W_plan):
+//   item_latent [n_items]: the latent of each work item, M past the last item;
+//   item_first [M]: the index of the latent's first item (its chunk q is item - item_first);
+//   part_first [M]: -1 for a latent in one item (<= chunk slots, written straight to gW),
+//                   else the first of its ceil(slots / chunk) partial rows in `part`;
+//   split_latent [n_split]: the split latents in increasing order, M past the last one.
+// part: acc type [rows, d], rows >= the partial rows part_first names (never read elsewhere).
 void sparse_decode_grad_W_csr(const void* grad_out, const void* values, const int32_t* offsets,
-                              const int32_t* order, int64_t k, int w_code, void* grad_W,
-                              int64_t M, int64_t d, void* stream);
+                              const int32_t* order, int64_t k, const int32_t* plan,
+                              int64_t n_items, int64_t n_split, int64_t chunk, int w_code,
+                              void* grad_W, void* part, int64_t M, int64_t d, void* stream);
 }  // namespace cuda
 #endif
 }  // namespace actspace

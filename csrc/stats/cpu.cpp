@@ -293,7 +293,7 @@ int64_t latent_impl(const V* values, int64_t vld, const I* indices, int64_t ild,
         const double v = load_d(values + n * vld + j);
         const int64_t tok = tok0 + n;
         s += v;
-        ss += v * v;
+        ss += square_rn(v);
         ++h[latent_bin(std::log10(v), lo, hi, nbins)];
         if (T > 0 && top_before(v, tok, tv[T - 1], tt[T - 1])) {  // insertion into the sorted list
           int64_t p = T - 1;

@@ -10,9 +10,13 @@
 // (stats.h). At most MAX_CHUNKS chunks: the workspace does not grow with N.
 //
 // latent: the caller groups the firing slots by latent (a CSR built with a stable sort,
-// ops/stats.py), then one thread per latent folds its slots, in slot order, into its own
-// count, sums, histogram and top-T list: no atomics and no locks, and the float64 sums add
-// in the same order on every run (and as on CPU).
+// ops/stats.py), then one warp per latent folds its slots 32 at a time: coalesced loads of
+// the CSR entries, histogram bins by integer atomics, the float64 sum/sumsq added in slot
+// order (every lane adds the batch's values in lane order, the CPU kernel's order: bitwise
+// equal to it) and the top-T list kept in shared memory in float64 as the CPU kernel keeps
+// it, candidates filtered by the list's last entry with a ballot and inserted in slot order
+// by the whole warp. The same bits on every run, and as on CPU.
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -122,6 +126,52 @@ __global__ void moments_finish(int64_t d, int64_t chunks, double* __restrict__ p
 }
 
 // ------------------------------------------------------------------ latent statistics
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kFoldWarps = 4;  // latents per block of the fold (one warp each)
+constexpr size_t kFoldSmemMax = 48 << 10;
+
+// Shared memory of one warp: the latent's top-T list as the CPU kernel keeps it while it
+// folds (float64 values, tokens: a float64 value is rounded to float32 only when the list is
+// stored back), then one batch of 32 entries (values, tokens).
+__host__ __device__ inline size_t fold_smem_per_warp(int64_t T) { return static_cast<size_t>(T + 32) * 16; }
+
+// Inserts (v, tok) into the warp's sorted list lv/lt [T] exactly where the CPU kernel's
+// serial insertion puts it (csrc/stats/cpu.cpp); called by all 32 lanes with the same
+// arguments. The position search and the shift run 32 entries at a time.
+__device__ void top_insert(double* lv, int64_t* lt, int64_t T, double v, int64_t tok, int lane) {
+  if (!top_before(v, tok, lv[T - 1], lt[T - 1])) return;  // beaten by an earlier insertion
+  // the serial insertion moves down past every entry the new one beats and stops after the
+  // last entry (below T - 1) it does not beat: p = that entry + 1, or 0
+  int64_t p = 0;
+  for (int64_t r0 = (T - 2) / 32 * 32; T >= 2 && r0 >= 0; r0 -= 32) {
+    const int64_t i = r0 + lane;
+    const unsigned stays = __ballot_sync(kFull, i < T - 1 && !top_before(v, tok, lv[i], lt[i]));
+    if (stays) {
+      p = r0 + (31 - __clz(static_cast<int>(stays))) + 1;
+      break;
+    }
+  }
+  // entries p .. T-2 move up one place, the highest 32 first (a round reads what the round
+  // before it has already moved away)
+  for (int64_t r1 = T - 1; r1 > p; r1 -= 32) {
+    const int64_t i = r1 - 1 - lane;
+    const bool moves = i >= p;
+    double mv = 0;
+    int64_t mt = 0;
+    if (moves) { mv = lv[i]; mt = lt[i]; }
+    __syncwarp();  // every read of this round before any write (lane l writes what l-1 reads)
+    if (moves) { lv[i + 1] = mv; lt[i + 1] = mt; }
+    __syncwarp();  // the next round overwrites what this one read
+  }
+  if (lane == 0) { lv[p] = v; lt[p] = tok; }
+  __syncwarp();
+}
+
+// One warp per latent folds the latent's CSR entries 32 at a time: coalesced loads of the
+// entries, a gather of their values, histogram bins by integer atomics (order-free), the
+// float64 sum and sum of squares added in slot order by every lane (so the same bits as the
+// CPU kernel's serial loop), and the top-T candidates (those beating the list's last entry
+// when the batch starts) inserted one by one in slot order.
 template <typename V>
 __global__ void latent_fold(const typename CT<V>::raw* __restrict__ values, int64_t vld, int64_t k,
                             int64_t M, int64_t T, int64_t nbins, double lo, double hi,
@@ -129,34 +179,57 @@ __global__ void latent_fold(const typename CT<V>::raw* __restrict__ values, int6
                             const int64_t* __restrict__ ent, int64_t* count, double* sum,
                             double* sumsq, int64_t* hist, float* top_values,
                             int64_t* top_tokens) {
-  const int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (m >= M) return;
+  ACTSPACE_DYNAMIC_SMEM(unsigned char, smem);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (m >= M) return;  // whole warps exit together (m is warp-uniform)
   const int64_t e0 = off[m], e1 = off[m + 1];
   if (e0 == e1) return;
+  double* lv = reinterpret_cast<double*>(smem + warp * fold_smem_per_warp(T));
+  int64_t* lt = reinterpret_cast<int64_t*>(lv + T);
+  double* bv = reinterpret_cast<double*>(lt + T);
+  int64_t* bt = reinterpret_cast<int64_t*>(bv + 32);
   float* tv = top_values + m * T;
   int64_t* tt = top_tokens + m * T;
-  int64_t* h = hist + m * nbins;
+  for (int64_t i = lane; i < T; i += 32) { lv[i] = tv[i]; lt[i] = tt[i]; }
+  __syncwarp();
+  auto* h = reinterpret_cast<unsigned long long*>(hist + m * nbins);
   double s = 0, ss = 0;
-  for (int64_t e = e0; e < e1; ++e) {
-    const int64_t id = ent[e], n = id / k, j = id % k;
-    const double v = static_cast<double>(ldg<V>(values + n * vld + j));
-    const int64_t tok = tok0 + n;
-    s += v;
-    ss += v * v;
-    ++h[latent_bin(log10(v), lo, hi, nbins)];
-    if (T > 0 && top_before(v, tok, tv[T - 1], tt[T - 1])) {
-      int64_t p = T - 1;
-      for (; p > 0 && top_before(v, tok, tv[p - 1], tt[p - 1]); --p) {
-        tv[p] = tv[p - 1];
-        tt[p] = tt[p - 1];
-      }
-      tv[p] = static_cast<float>(v);
-      tt[p] = tok;
+  for (int64_t base = e0; base < e1; base += 32) {
+    const int n_here = static_cast<int>(min(static_cast<int64_t>(32), e1 - base));
+    const bool live = lane < n_here;
+    double v = 0;
+    int64_t tok = 0;
+    if (live) {
+      const int64_t id = ent[base + lane], n = id / k, j = id % k;
+      v = static_cast<double>(ldg<V>(values + n * vld + j));
+      tok = tok0 + n;
+      atomicAdd(h + latent_bin(log10(v), lo, hi, nbins), 1ull);
+      bv[lane] = v;
+      bt[lane] = tok;
     }
+    const unsigned cands =
+        __ballot_sync(kFull, live && T > 0 && top_before(v, tok, lv[T - 1], lt[T - 1]));
+    __syncwarp();  // the batch is in bv/bt for every lane
+    for (int i = 0; i < n_here; ++i) {
+      s += bv[i];
+      ss += square_rn(bv[i]);
+    }
+    for (unsigned rest = cands; rest != 0; rest &= rest - 1) {
+      const int i = __ffs(rest) - 1;
+      top_insert(lv, lt, T, bv[i], bt[i], lane);
+    }
+    __syncwarp();  // every lane has read the batch before the next one overwrites it
   }
-  count[m] += e1 - e0;
-  sum[m] += s;
-  sumsq[m] += ss;
+  if (lane == 0) {
+    count[m] += e1 - e0;
+    sum[m] += s;
+    sumsq[m] += ss;
+  }
+  for (int64_t i = lane; i < T; i += 32) {
+    tv[i] = static_cast<float>(lv[i]);
+    tt[i] = lt[i];
+  }
 }
 
 inline unsigned grid_for(int64_t n, int block) { return static_cast<unsigned>((n + block - 1) / block); }
@@ -197,9 +270,17 @@ void latent_update_cuda(const void* values, int vdtype, int64_t vld, int64_t N, 
   // offsets [M + 1], then entries n * k + j in slot order within each latent
   const int64_t* off = ws;
   const int64_t* ent = ws + M + 1;
+  // as many warps (latents) per block as the shared-memory lists allow, at most kFoldWarps
+  const size_t per_warp = fold_smem_per_warp(T);
+  if (per_warp > kFoldSmemMax)
+    throw std::invalid_argument("latent_update (CUDA): top_t = " + std::to_string(T) +
+                                " exceeds " + std::to_string(kFoldSmemMax / 16 - 32) +
+                                ", the longest top list the fold keeps in shared memory");
+  const int warps = static_cast<int>(std::min<size_t>(kFoldWarps, kFoldSmemMax / per_warp));
   dispatch_float(vdtype, "latent_update (CUDA): values", [&](auto tag) {
     using V = decltype(tag);
-    ACTSPACE_LAUNCH(dim3(grid_for(M, 128)), dim3(128), 0, s, latent_fold<V>)(
+    ACTSPACE_LAUNCH(dim3(grid_for(M, warps)), dim3(32 * warps), warps * per_warp, s,
+                    latent_fold<V>)(
         static_cast<const typename CT<V>::raw*>(values), vld, k, M, T, nbins, lo, hi,
         token_offset, off, ent, count, sum, sumsq, hist, top_values, top_tokens);
   });

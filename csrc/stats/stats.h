@@ -63,6 +63,26 @@ ACTSPACE_STATS_HD int64_t latent_bin(double log10v, double lo, double hi, int64_
   return static_cast<int64_t>(b);  // floor: b >= 0 here
 }
 
+// v * v rounded on its own, never fused into the add that follows (a compiler may contract
+// ss += v * v into one FMA, and only where the target has FMA: the per-ISA CPU copies, nvcc):
+// the CPU and CUDA latent folds add the same products and stay bitwise equal.
+ACTSPACE_STATS_HD double square_rn(double v) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(v, v);
+#else
+  double sq = v * v;
+#if defined(__x86_64__)
+  __asm__("" : "+x"(sq));  // opaque to the optimiser: the product is rounded here
+#elif defined(__aarch64__)
+  __asm__("" : "+w"(sq));
+#else
+  volatile double keep = sq;
+  sq = keep;
+#endif
+  return sq;
+#endif
+}
+
 // (v, tok) ranks before (ov, ot) in a top-T list: larger value first, ties to the earlier token.
 ACTSPACE_STATS_HD bool top_before(double v, int64_t tok, double ov, int64_t ot) {
   return v > ov || (v == ov && tok < ot);

@@ -375,3 +375,110 @@ def test_cuda_poisoned_outputs_are_all_written(cuda_target):
     cuda_target.sync()
     assert not out.isnan().any()
     check_forward(v.cpu(), idx.cpu(), W.cpu(), b.cpu(), out.cpu())
+
+
+# ------------------------------------------------------------------ deterministic grad_W split
+def _skewed(N, k, M, d, dtype, seed=0):
+    """Latent 3 fires on every row, latent 8 on most rows (both split into many chunks when
+    the chunk is small), the rest random with empty slots."""
+    v, idx, W, _ = make(N, k, M, d, dtype, vdtype=torch.float32, seed=seed)
+    idx[:, 0] = 3
+    idx[torch.rand(N, generator=torch.Generator().manual_seed(seed)) < 0.8, 1] = 8
+    return v, idx, W
+
+
+def test_grad_W_plan_covers_every_slot_once_within_bounds():
+    """The work list (torch ops only): every latent's CSR slots covered by its items in
+    order, exactly once; split latents listed in order; partial rows distinct and within
+    the bounds the buffers are sized by (items <= M + n/C, partial rows < 2 n/C)."""
+    from actspace.ops._common import csr_by_latent
+    from actspace.ops.sparse_decode import grad_W_plan
+
+    for seed, (N, k, M, C) in enumerate([(40, 4, 13, 4), (50, 3, 5, 1), (7, 2, 30, 100),
+                                         (64, 8, 3, 7), (1, 1, 1, 1), (9, 2, 4, 2)]):
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(-1, M, (N, k), generator=g)
+        idx[:, 0] = M - 1  # a latent on every row
+        offsets, _ = csr_by_latent(idx, M)
+        p = grad_W_plan(offsets, N * k, C)
+        assert p.n_items <= M + N * k // C and p.part_rows <= 2 * N * k // C + 1
+        plan = p.plan.tolist()
+        item_latent = plan[:p.n_items]
+        item_first = plan[p.n_items:p.n_items + M]
+        part_first = plan[p.n_items + M:p.n_items + 2 * M]
+        split_latent = plan[p.n_items + 2 * M:]
+        off = offsets.tolist()
+        counts = [off[m + 1] - off[m] for m in range(M)]
+        want_split = [m for m in range(M) if counts[m] > C]
+        assert split_latent == want_split + [M] * (p.n_split - len(want_split))
+        covered, parts = [], []
+        for i, m in enumerate(item_latent):
+            if m == M:
+                continue
+            q = i - item_first[m]
+            s0, s1 = off[m] + q * C, min(off[m + 1], off[m] + (q + 1) * C)
+            covered += list(range(s0, s1))
+            if counts[m] > C:
+                assert s0 < s1
+                parts.append(part_first[m] + q)
+            else:
+                assert q == 0 and part_first[m] == -1 and (s0, s1) == (off[m], off[m + 1])
+        assert covered == list(range(off[M]))  # every slot once, in CSR order
+        assert sorted(parts) == list(range(len(parts))) and len(parts) <= p.part_rows
+        assert sorted(set(item_latent) - {M}) == list(range(M))  # every latent has an item
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [72, 7])  # 7: the scalar (unvectorised) path
+def test_cuda_grad_W_splits_popular_latents(dtype, d, cuda_target, monkeypatch):
+    """A latent on every row split into many chunks (GRAD_W_CHUNK lowered): the gradient
+    matches float64 within plain torch's error, and is bitwise the same run to run."""
+    import importlib
+
+    from actspace.ops._common import csr_by_latent
+
+    SD = importlib.import_module("actspace.ops.sparse_decode")  # the module, not the op
+    N, k, M, chunk = (40, 4, 13, 4) if cuda_target.emulated else (3000, 16, 500, 64)
+    v, idx, W = _skewed(N, k, M, d, dtype)
+    monkeypatch.setattr(SD, "GRAD_W_CHUNK", chunk)
+    plan = SD.grad_W_plan(csr_by_latent(idx, M)[0], N * k, chunk)
+    split = plan.plan[plan.n_items + 2 * M:].tolist()
+    assert 3 in split and 8 in split  # latent 3: N / chunk chunks
+    g = torch.randn(N, d, dtype=torch.float64).to(dtype)
+    v, idx, W, gd = cuda_target.to(v, idx, W, g)
+    runs = [SD._backward(gd, v, idx, W, False, True, True, _path(cuda_target))[1]
+            for _ in range(2)]
+    cuda_target.sync()
+    _, eW, _ = ref_backward(g.double(), v.double().cpu(), idx.cpu(), W.double().cpu())
+    _, pW, _ = ref_backward(g, v.cpu().to(dtype), idx.cpu(), W.cpu(), acc=dtype)
+    assert runs[0].dtype == dtype
+    assert err(runs[0], eW) <= bound(err(pW, eW), dtype)
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.gpu
+def test_cuda_grad_W_split_writes_every_row_and_no_stray_partials(cuda_target):
+    """Raw entry point with gW and the partial buffer poisoned: every gW element is
+    written (empty latents 0), and only the partial rows the plan names are used."""
+    from actspace.ops._common import csr_by_latent, module_for
+    from actspace.ops.sparse_decode import grad_W_plan
+
+    N, k, M, d, C = 24, 3, 11, 40, 5
+    v, idx, W = _skewed(N, k, M, d, torch.float32, seed=4)
+    idx[idx == 6] = -1  # latent 6 never fires: a zero row
+    g = torch.randn(N, d)
+    offsets, order = csr_by_latent(idx, M)
+    p = grad_W_plan(offsets, N * k, C)
+    gW = torch.full((M, d), float("nan"))
+    part = torch.full((p.part_rows + 1, d), float("nan"))  # one row past the bound, unused
+    v, gW, part, g, offsets, order, plan = cuda_target.to(v, gW, part, g, offsets, order,
+                                                          p.plan)
+    module_for(_path(cuda_target)).sparse_decode_grad_W_csr_cuda(
+        g.data_ptr(), v.data_ptr(), offsets.data_ptr(), order.data_ptr(), k, plan.data_ptr(),
+        p.n_items, p.n_split, C, 0, gW.data_ptr(), part.data_ptr(), M, d, 0)
+    cuda_target.sync()
+    gW, part = gW.cpu(), part.cpu()
+    _, eW, _ = ref_backward(g.double().cpu(), v.double().cpu(), idx, W.double())
+    assert not gW.isnan().any() and err(gW, eW) < 1e-5 and (gW[6] == 0).all()
+    assert part[-1].isnan().all()

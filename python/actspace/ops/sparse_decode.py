@@ -11,11 +11,13 @@ slots sorted by latent (bitwise-repeatable; on CPU fused with grad_values so eac
 row is read once), or on CUDA by atomics for float32/float64 W (the default there, faster,
 order not fixed; they add straight into grad_W, no [M, d] accumulator). bfloat16/float16 W
 always takes the CSR path on CUDA: atomics in those types would round every addition, and a
-float32 [M, d] accumulator is 2 GB at M=131072, d=4096.
+float32 [M, d] accumulator is 2 GB at M=131072, d=4096. The CUDA CSR path splits popular
+latents into fixed chunks of GRAD_W_CHUNK slots (grad_W_plan) so that a latent firing on
+every row is not one serial chain; still deterministic, with a bounded partial buffer.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -127,6 +129,50 @@ def _forward(values, indices, W, b, path):
     return out
 
 
+# Slots per work item of the deterministic CUDA grad_W: a latent with more is split into
+# chunks of this many CSR slots (the longest serial chain of one block), whose partial rows
+# a second kernel sums in order. Tests lower it to split small cases.
+GRAD_W_CHUNK = 512
+
+
+class GradWPlan(NamedTuple):
+    """The work list of the deterministic CUDA grad_W (csrc/sparse_decode/sparse_decode.h):
+    plan int32 [n_items + 2M + n_split] = item_latent | item_first | part_first |
+    split_latent; n_items and n_split are bounds (entries past the real ones say M), and
+    part_rows bounds the partial rows, so that nothing waits for the GPU to size them."""
+    plan: torch.Tensor
+    n_items: int
+    n_split: int
+    part_rows: int
+    chunk: int
+
+
+def grad_W_plan(offsets: torch.Tensor, n_slots: int, chunk: int) -> GradWPlan:
+    """Split the CSR (offsets [M+1], n_slots = N*k) into work items of <= chunk slots, with
+    torch ops on offsets' device and no host sync (the sizes are bounds known from M, n_slots
+    and chunk). Latent m with c_m <= chunk slots: one item writing gW[m]; c_m > chunk:
+    ceil(c_m / chunk) items, each with a partial row. Bounds: items <= M + n_slots // chunk;
+    split latents <= n_slots // (chunk + 1); partial rows <= n_slots // chunk + that."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    M = offsets.numel() - 1
+    dev = offsets.device
+    counts = (offsets[1:] - offsets[:-1]).long()                              # [M]
+    split = counts > chunk                                                    # [M]
+    n_chunks = torch.where(split, (counts + chunk - 1) // chunk, 1)            # [M]
+    item_end = torch.cumsum(n_chunks, 0)                                      # [M]
+    n_items = M + n_slots // chunk
+    # item i belongs to the first latent whose items end after i (M for i past the last)
+    item_latent = torch.searchsorted(item_end, torch.arange(n_items, device=dev), right=True)
+    part_end = torch.cumsum(torch.where(split, n_chunks, 0), 0)                # [M]
+    part_first = torch.where(split, part_end - n_chunks, -1)                  # [M]
+    n_split = min(M, n_slots // (chunk + 1))
+    split_latent = torch.searchsorted(torch.cumsum(split, 0),
+                                      torch.arange(n_split, device=dev), right=True)
+    plan = torch.cat([item_latent, item_end - n_chunks, part_first, split_latent]).int()
+    return GradWPlan(plan, n_items, n_split, n_slots // chunk + n_split, chunk)
+
+
 def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, path):
     """-> (grad_values [N,k] in values.dtype or None, grad_W [M,d] in W.dtype or None)."""
     if path is None or indices.numel() > _INT32_MAX:
@@ -171,10 +217,13 @@ def _backward(grad_out, values, indices, W, need_values, need_W, deterministic, 
                 v = values.to(acc).contiguous()
                 if deterministic or W.dtype != acc:
                     offsets, order = csr_by_latent(idx, M)
+                    plan = grad_W_plan(offsets, N * k, GRAD_W_CHUNK)
                     gW = torch.empty((M, d), dtype=W.dtype, device=dev)
-                    c.sparse_decode_grad_W_csr_cuda(g.data_ptr(), v.data_ptr(),
-                                                    offsets.data_ptr(), order.data_ptr(), k,
-                                                    dtype_code(W), gW.data_ptr(), M, d, stream)
+                    part = torch.empty((plan.part_rows, d), dtype=acc, device=dev)
+                    c.sparse_decode_grad_W_csr_cuda(
+                        g.data_ptr(), v.data_ptr(), offsets.data_ptr(), order.data_ptr(), k,
+                        plan.plan.data_ptr(), plan.n_items, plan.n_split, plan.chunk,
+                        dtype_code(W), gW.data_ptr(), part.data_ptr(), M, d, stream)
                 else:
                     gW = torch.zeros((M, d), dtype=W.dtype, device=dev)  # W.dtype == acc
                     c.sparse_decode_grad_W_atomic_cuda(g.data_ptr(), v.data_ptr(),
