@@ -4,6 +4,9 @@ Forward : einsum over the gathered rows W_dec[idx] (materialises [N, k, d]),
           F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode='sum'), ours.
 Backward: autograd through embedding_bag (grads of vals and W_dec) vs ours (raw entry point
           decode_backward, deterministic and default; and through torch autograd).
+Skewed (CUDA section): latent 0 fires on every row; the deterministic backward with popular
+          latents split into GRAD_W_CHUNK-slot chunks vs the same with no split (one block
+          chain of N slots per column tile) and vs embedding_bag on the same indices.
 GB/s counts the gathered rows only: N·k·d elements forward, 2·N·k·d backward (rows read for
 grad_values + contributions summed into grad_W). Peak memory: CPU = rise of the peak RSS
 during one call after warm-up (/proc/self/clear_refs; buffers below glibc's mmap threshold,
@@ -27,7 +30,11 @@ import torch.nn.functional as F
 
 import actspace as acts
 from actspace.ops._common import core, cuda_built
+import importlib
+
 from actspace.ops.sparse_decode import _backward, _forward
+
+SD = importlib.import_module("actspace.ops.sparse_decode")  # the module (GRAD_W_CHUNK)
 
 
 def sync(dev):
@@ -78,13 +85,14 @@ def peak_mib(fn, dev):
     return (_rss_kib("VmHWM:") - base) / 1024
 
 
-def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
+def bench(N, d, M, k, dtype, dev, reps, with_einsum=True, skewed=False):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(M, d, generator=g).to(dev, dtype)
     vals = torch.randn(N, k, generator=g).to(dev, dtype)
     idx = torch.randint(0, M, (N, k), generator=g).to(dev)
     grad = torch.randn(N, d, generator=g).to(dev, dtype)
     esize = W.element_size()
+    path = "cpu" if dev.type == "cpu" else "cuda"  # our kernel on the tensors' device
     methods = []  # (name, phase, fn, baseline or None, rows moved in units of N·k·d)
 
     def add(name, phase, fn, baseline=None, moved=1):
@@ -95,7 +103,7 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
         add("einsum_fwd", "forward", lambda: torch.einsum("nk,nkd->nd", vals, W[idx]))
     add("embedding_bag_fwd", "forward",
         lambda: F.embedding_bag(idx, W, per_sample_weights=vals, mode="sum"))
-    add("ours_fwd", "forward", lambda: _forward(vals, idx, W, None, True), "embedding_bag_fwd")
+    add("ours_fwd", "forward", lambda: _forward(vals, idx, W, None, path), "embedding_bag_fwd")
 
     # ---- backward
     Wl, vl = W.clone().requires_grad_(), vals.clone().requires_grad_()
@@ -104,7 +112,7 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
         lambda: torch.autograd.grad(out_eb, (vl, Wl), grad, retain_graph=True), moved=2)
     for det in (True, False):
         add(f"ours_bwd_{'deterministic' if det else 'default'}", "backward",
-            lambda det=det: _backward(grad, vals, idx, W, True, True, det, True),
+            lambda det=det: _backward(grad, vals, idx, W, True, True, det, path),
             "embedding_bag_bwd", moved=2)
     out_ours = acts.ops.sparse_decode(vl, idx, Wl, backend="kernel")
     add("ours_bwd_autograd", "backward",
@@ -115,8 +123,28 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
     add("embedding_bag_bwd_values_only", "backward",
         lambda: torch.autograd.grad(out_eb_v, (vl,), grad, retain_graph=True))
     add("ours_bwd_values_only", "backward",
-        lambda: _backward(grad, vals, idx, W, True, False, False, True),
+        lambda: _backward(grad, vals, idx, W, True, False, False, path),
         "embedding_bag_bwd_values_only")
+    if skewed:  # one latent on every row: N slots for latent 0
+        idx_s = idx.clone()
+        idx_s[:, 0] = 0
+        out_eb_s = F.embedding_bag(idx_s, Wl, per_sample_weights=vl, mode="sum")
+        add("embedding_bag_bwd_skewed", "backward",
+            lambda: torch.autograd.grad(out_eb_s, (vl, Wl), grad, retain_graph=True), moved=2)
+        add("ours_bwd_deterministic_skewed", "backward",
+            lambda: _backward(grad, vals, idx_s, W, True, True, True, path),
+            "embedding_bag_bwd_skewed", moved=2)
+
+        def unsplit():  # the same with chunks longer than any latent: no split
+            chunk = SD.GRAD_W_CHUNK
+            SD.GRAD_W_CHUNK = N * k + 1
+            try:
+                return _backward(grad, vals, idx_s, W, True, True, True, path)
+            finally:
+                SD.GRAD_W_CHUNK = chunk
+
+        add("ours_bwd_deterministic_skewed_unsplit", "backward", unsplit,
+            "embedding_bag_bwd_skewed", moved=2)
 
     secs = timeit_round_robin([m[2] for m in methods], reps, dev)
     rows = {}
@@ -126,6 +154,10 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
     for name, _, _, baseline, _ in methods:
         if baseline:
             rows[name]["speedup_vs_" + baseline] = rows[baseline]["ms"] / rows[name]["ms"]
+    if skewed:
+        rows["ours_bwd_deterministic_skewed"]["speedup_vs_unsplit"] = (
+            rows["ours_bwd_deterministic_skewed_unsplit"]["ms"]
+            / rows["ours_bwd_deterministic_skewed"]["ms"])
     if with_einsum:
         rows["ours_fwd"]["speedup_vs_einsum_fwd"] = rows["einsum_fwd"]["ms"] / rows["ours_fwd"]["ms"]
     return {"shape": {"N": N, "d": d, "M": M, "k": k}, "dtype": str(dtype).replace("torch.", ""),
@@ -135,12 +167,12 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True):
 def print_table(res):
     s = res["shape"]
     print(f"\n{res['device']} {res['dtype']}  N={s['N']} d={s['d']} M={s['M']} k={s['k']}")
-    print(f"{'method':26s} {'ms':>9s} {'GB/s':>7s} {'peak MiB':>9s}  speedup")
+    print(f"{'method':38s} {'ms':>9s} {'GB/s':>7s} {'peak MiB':>9s}  speedup")
     for name, r in res["rows"].items():
         sp = ", ".join(f"{v:.2f}x vs {k[len('speedup_vs_'):]}" for k, v in r.items()
                        if k.startswith("speedup_vs_"))
         pk = "-" if r["peak_MiB"] is None else f"{r['peak_MiB']:.0f}"
-        print(f"{name:26s} {r['ms']:9.2f} {r['GB/s']:7.1f} {pk:>9s}  {sp}")
+        print(f"{name:38s} {r['ms']:9.2f} {r['GB/s']:7.1f} {pk:>9s}  {sp}")
 
 
 def main():
@@ -165,7 +197,7 @@ def main():
     if torch.cuda.is_available() and cuda_built():
         cuda_shape = (1024, 512, 16384, 32) if args.quick else (8192, 4096, 131072, 64)
         res = bench(*cuda_shape, torch.bfloat16, torch.device("cuda"), args.reps,
-                    with_einsum=args.quick)  # full-size einsum needs N·k·d = 4 GiB
+                    with_einsum=args.quick, skewed=True)  # full-size einsum: 4 GiB
         print_table(res)
         results["runs"].append(res)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

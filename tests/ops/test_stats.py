@@ -231,6 +231,21 @@ def test_latent_untouched_latents_and_strided_input():
     assert (got["top_values"][40:] == 123.0).all() and (got["count"][40:] == 5).all()
 
 
+def test_latent_sums_add_in_slot_order_unfused():
+    """sum and sumsq are the serial float64 sums in slot order with every v*v rounded on
+    its own (never fused into an FMA: the CUDA fold adds the same products, stats.h)."""
+    g = torch.Generator().manual_seed(5)
+    vals = torch.rand(3000, 2, generator=g, dtype=torch.float64) * 3 + 0.1
+    idx = torch.zeros(3000, 2, dtype=torch.int32)
+    st_ = S.latent_init(1)
+    S.latent_update(st_, vals, idx, 0, backend="kernel")
+    s = ss = 0.0
+    for v in vals.reshape(-1).tolist():  # Python floats: one rounding per operation
+        s += v
+        ss += v * v
+    assert st_["sum"].item() == s and st_["sumsq"].item() == ss
+
+
 @settings(max_examples=20, deadline=None)
 @given(N=st.integers(1, 200), k=st.integers(1, 9), M=st.integers(1, 60), T=st.integers(1, 6),
        split=st.floats(0, 1), seed=st.integers(0, 9999))
