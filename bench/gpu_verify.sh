@@ -8,8 +8,8 @@
 #       allocator off, so an overrun is not hidden inside a pooled segment), the CUDA
 #       sections of the topk_encode and sparse_decode benchmarks.
 #   call 2 (<= 3 min, right after, the machine still warm):  OUT=$OUT bash bench/gpu_verify.sh 2
-#       racecheck and synccheck on the merge and moments kernels (exact test ids), the stats
-#       benchmark's CUDA section.
+#       racecheck and synccheck on the merge, moments and latent-fold kernels (exact test
+#       ids), the stats benchmark's CUDA section.
 #   bash bench/gpu_verify.sh dry   prints the plan and checks what runs without a GPU here.
 #
 # Every stage runs under its own `timeout`; the exit status is the first failing stage's.
@@ -37,6 +37,7 @@ RACE_IDS=(
   "tests/ops/test_topk_encode.py::test_cuda_matches_reference[cuda-64-dtype0]"
   "tests/ops/test_topk_encode.py::test_cuda_unaligned_tiles_take_the_scalar_loads[cuda]"
   "tests/ops/test_stats.py::test_cuda_moments_kernel[cuda-dtype0]"
+  "tests/ops/test_stats.py::test_cuda_latent_fold_bitwise_equals_cpu[cuda-40-dtype0]"
   "tests/ops/test_sparse_decode.py::test_cuda_unaligned_rows_and_autograd[cuda]"
 )
 rc_all=0

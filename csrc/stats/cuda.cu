@@ -133,7 +133,9 @@ constexpr size_t kFoldSmemMax = 48 << 10;
 // Shared memory of one warp: the latent's top-T list as the CPU kernel keeps it while it
 // folds (float64 values, tokens: a float64 value is rounded to float32 only when the list is
 // stored back), then one batch of 32 entries (values, tokens).
-__host__ __device__ inline size_t fold_smem_per_warp(int64_t T) { return static_cast<size_t>(T + 32) * 16; }
+__host__ __device__ inline size_t fold_smem_per_warp(int64_t T) {
+  return static_cast<size_t>(T + 32) * 16;
+}
 
 // Inserts (v, tok) into the warp's sorted list lv/lt [T] exactly where the CPU kernel's
 // serial insertion puts it (csrc/stats/cpu.cpp); called by all 32 lanes with the same
