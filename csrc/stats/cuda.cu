@@ -1,5 +1,5 @@
-// stats CUDA kernels (compiled with nvcc, or on the host by the emulated core). Device pointers in, the stream
-// as an integer, all workspace allocated by Python; nothing here synchronises.
+// stats CUDA kernels (compiled with nvcc, or on the host by the emulated core). Device pointers
+// in, the stream as an integer, all workspace allocated by Python; nothing here synchronises.
 //
 // moments: kernel 1 gives each block a tile of 32 channels x rows_per_chunk rows; its
 // 32x8 threads each take every 8th row of one channel (coalesced 128-byte row segments),
@@ -169,11 +169,25 @@ __device__ void top_insert(double* lv, int64_t* lt, int64_t T, double v, int64_t
   __syncwarp();
 }
 
+// Whether the warp's list lv/lt [T] is in ranking order. Only then does its last entry never
+// fall as entries are inserted, so that it filters a whole batch's candidates at once. The
+// kernels keep lists sorted, but a stored float64 list rounded to float32 can show ties out
+// of token order (and a state can be edited by hand): such a list is folded unfiltered.
+__device__ bool list_sorted(const double* lv, const int64_t* lt, int64_t T, int lane) {
+  for (int64_t r0 = 0; r0 + 1 < T; r0 += 32) {
+    const int64_t i = r0 + lane;
+    if (__ballot_sync(kFull, i + 1 < T && top_before(lv[i + 1], lt[i + 1], lv[i], lt[i])))
+      return false;
+  }
+  return true;
+}
+
 // One warp per latent folds the latent's CSR entries 32 at a time: coalesced loads of the
 // entries, a gather of their values, histogram bins by integer atomics (order-free), the
 // float64 sum and sum of squares added in slot order by every lane (so the same bits as the
 // CPU kernel's serial loop), and the top-T candidates (those beating the list's last entry
-// when the batch starts) inserted one by one in slot order.
+// when the batch starts, if the list is sorted) inserted one by one in slot order, each
+// checked again against the list's last entry as the CPU kernel does.
 template <typename V>
 __global__ void latent_fold(const typename CT<V>::raw* __restrict__ values, int64_t vld, int64_t k,
                             int64_t M, int64_t T, int64_t nbins, double lo, double hi,
@@ -195,6 +209,7 @@ __global__ void latent_fold(const typename CT<V>::raw* __restrict__ values, int6
   int64_t* tt = top_tokens + m * T;
   for (int64_t i = lane; i < T; i += 32) { lv[i] = tv[i]; lt[i] = tt[i]; }
   __syncwarp();
+  const bool filter = list_sorted(lv, lt, T, lane);
   auto* h = reinterpret_cast<unsigned long long*>(hist + m * nbins);
   double s = 0, ss = 0;
   for (int64_t base = e0; base < e1; base += 32) {
@@ -210,8 +225,8 @@ __global__ void latent_fold(const typename CT<V>::raw* __restrict__ values, int6
       bv[lane] = v;
       bt[lane] = tok;
     }
-    const unsigned cands =
-        __ballot_sync(kFull, live && T > 0 && top_before(v, tok, lv[T - 1], lt[T - 1]));
+    const unsigned cands = __ballot_sync(
+        kFull, live && T > 0 && (!filter || top_before(v, tok, lv[T - 1], lt[T - 1])));
     __syncwarp();  // the batch is in bv/bt for every lane
     for (int i = 0; i < n_here; ++i) {
       s += bv[i];

@@ -400,6 +400,45 @@ def test_cuda_latent_fold_bitwise_equals_cpu(dtype, T, cuda_target):
 
 
 @pytest.mark.gpu
+def test_cuda_latent_fold_unsorted_state_equals_cpu(cuda_target):
+    """A state whose top lists are not sorted (merged by hand, or poisoned): the warp-wide
+    insertion still puts every entry exactly where the CPU kernel's serial loop does."""
+    M, N, k, T = 5, 80, 4, 37
+    g = torch.Generator().manual_seed(9)
+    cpu = S.latent_init(M, top_t=T)
+    cpu["top_values"] = ((torch.rand(M, T, generator=g) * 12).round() / 2).float()
+    cpu["top_tokens"] = torch.randint(0, 1000, (M, T), generator=g)
+    got = {key: v.clone().to(cuda_target.device) for key, v in cpu.items()}
+    vals, idx = _popular_code(N, k, M, seed=7, dtype=torch.float32)
+    S.latent_update(cpu, vals, idx, 300, backend="kernel")
+    S.latent_update(got, *cuda_target.to(vals, idx), 300, backend=cuda_target.backend)
+    for key in ("count", "sum", "sumsq", "hist", "top_values", "top_tokens"):
+        assert torch.equal(got[key].cpu(), cpu[key]), key
+
+
+@pytest.mark.gpu
+def test_cuda_latent_float64_ties_stored_out_of_token_order(cuda_target):
+    """float64 values 1e-12 apart are ranked in float64, then stored as one float32 value:
+    the stored list [(10, tok 15), (10, tok 10)] is out of token order. Inserting (11, tok 0)
+    lifts (10, 15) to the end, which (10, tok 12) beats: the CPU kernel keeps tok 12, and
+    so must the fold (a batch filter on the first last entry, (10, 10), would drop it)."""
+    one = torch.zeros(1, 1, dtype=torch.int32)
+    a_v = torch.full((6, 1), -1.0, dtype=torch.float64)
+    a_v[0], a_v[5] = 10 + 1e-12, 10 + 2e-12
+    b_v = torch.full((13, 1), -1.0, dtype=torch.float64)   # non-positive: does not fire
+    b_v[0], b_v[12] = 11.0, 10.0
+    cpu = S.latent_init(1, top_t=2)
+    got = S.latent_init(1, top_t=2, device=cuda_target.device)
+    for vals, off in ((a_v, 10), (b_v, 0)):
+        idx = one.expand(vals.shape[0], 1).contiguous()
+        S.latent_update(cpu, vals, idx, off, backend="kernel")
+        S.latent_update(got, *cuda_target.to(vals, idx), off, backend=cuda_target.backend)
+    assert cpu["top_tokens"][0].tolist() == [0, 12]
+    for key in ("count", "sum", "sumsq", "hist", "top_values", "top_tokens"):
+        assert torch.equal(got[key].cpu(), cpu[key]), key
+
+
+@pytest.mark.gpu
 def test_cuda_latent_top_list_too_long_is_named(cuda_target):
     ls = S.latent_init(3, top_t=4000, device=cuda_target.device)
     v, i = cuda_target.to(torch.ones(2, 2), torch.zeros(2, 2, dtype=torch.int32))
