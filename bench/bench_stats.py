@@ -8,7 +8,8 @@ ours does the same work either way. torch accumulates in float32, ours in float6
 
 latent: our latent_update (counts, sums, histogram, top-T) vs the matmul a topk_encode of
 the same batch needs at least (x [N, d] @ W_enc^T [d, M]); the matmul is timed on a slice of
-rows and scaled linearly to N (it is linear in N), to keep the run short.
+rows and scaled linearly to N (it is linear in N), to keep the run short. On CUDA also with
+a skewed code (latent 0 on every row: one warp folds N entries).
 
     python bench/bench_stats.py [--quick] [--out bench/out/bench_stats.json]
 """
@@ -100,27 +101,33 @@ def bench_moments(N: int, d: int, reps: int, device: str = "cpu") -> dict:
             "m2_max_rel_err_vs_f64": rel}
 
 
-def bench_latent(N: int, k: int, M: int, d: int, T: int, reps: int) -> dict:
+def bench_latent(N: int, k: int, M: int, d: int, T: int, reps: int, device: str = "cpu",
+                 skewed: bool = False) -> dict:
     g = torch.Generator().manual_seed(1)
     # a plausible code: top-k of random positive scores, int32 indices, sorted per row
     vals = torch.rand(N, k, generator=g).sort(1, descending=True).values * 4
     idx = torch.stack([torch.randperm(M, generator=g)[:k] for _ in range(min(N, 64))])
     idx = idx.repeat((N + 63) // 64, 1)[:N].to(torch.int32)
     idx = (idx + torch.arange(N, dtype=torch.int32).unsqueeze(1) * 7919) % M  # spread latents
-    state = S.latent_init(M, top_t=T)
+    if skewed:
+        idx[:, 0] = 0  # latent 0 on every row
+    vals, idx = vals.to(device), idx.to(device)
+    state = S.latent_init(M, top_t=T, device=device)
     offset = [0]
 
     def ours():
         S.latent_update(state, vals, idx, offset[0], backend="kernel")
         offset[0] += N
 
-    t_ours = timeit(ours, reps)
+    t_ours = timeit(synced(ours, device), reps)
     rows = min(N, 512)
-    x = torch.randn(rows, d, generator=g)
-    W = torch.randn(M, d, generator=g) / d**0.5
-    out = torch.empty(rows, M)
-    t_mm = timeit(lambda: torch.matmul(x, W.t(), out=out), max(1, reps // 2)) * (N / rows)
+    x = torch.randn(rows, d, generator=g).to(device)
+    W = (torch.randn(M, d, generator=g) / d**0.5).to(device)
+    out = torch.empty(rows, M, device=device)
+    t_mm = timeit(synced(lambda: torch.matmul(x, W.t(), out=out), device),
+                  max(1, reps // 2)) * (N / rows)
     return {"N": N, "k": k, "M": M, "d": d, "T": T, "values_dtype": "float32",
+            "device": device, "skewed": skewed,
             "t_latent_s": t_ours, "t_encode_matmul_s": t_mm,
             "latent_fraction_of_matmul": t_ours / t_mm,
             "workspace_bytes": (M + 1 + N * k) * 8}
@@ -158,17 +165,17 @@ def main(argv=None) -> None:
                   f"{r['t_ours_s']*1e3:.2f} ms, speedup {r['speedup']:.2f}x (CPU time "
                   f"{r['speedup_cpu_time']:.2f}x), ours {r['ours_GBps']:.1f}"
                   f" GB/s read vs copy {r['copy_GBps']:.1f} GB/s (r+w)")
-    if args.cuda_only:  # the latent section is CPU only
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
-        print(f"wrote {args.out}")
-        return
-    r = bench_latent(**latent_cfg)
-    res["latent"] = r
-    print(f"latent N={r['N']} k={r['k']} M={r['M']}: {r['t_latent_s']*1e3:.2f} ms = "
-          f"{100 * r['latent_fraction_of_matmul']:.2f}% of the encode matmul "
-          f"({r['t_encode_matmul_s']*1e3:.0f} ms, d={r['d']})")
+    latent_runs = [] if args.cuda_only else [("cpu", False)]
+    if "cuda" in devices:
+        latent_runs += [("cuda", False), ("cuda", True)]
+    res["latent"] = []
+    for device, skewed in latent_runs:
+        r = bench_latent(**latent_cfg, device=device, skewed=skewed)
+        res["latent"].append(r)
+        print(f"latent {device}{' skewed' if skewed else ''} N={r['N']} k={r['k']} "
+              f"M={r['M']}: {r['t_latent_s']*1e3:.2f} ms = "
+              f"{100 * r['latent_fraction_of_matmul']:.2f}% of the encode matmul "
+              f"({r['t_encode_matmul_s']*1e3:.1f} ms, d={r['d']})")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
