@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Kind, Option, TrainOut, encode_above
+from .base import Kind, Option, TrainOut, encode_above, fired_and_l0
 
 
 class JumpReLUFn(torch.autograd.Function):
@@ -106,7 +106,7 @@ def train_forward(sae, x, total_var, opts):
     target = opts["l0_target"]
     sparsity = l0_penalty(count, opts["l0_coeff"] if target is None
                           else opts["l0_target_coeff"], target)
-    return TrainOut(acts @ sae.W_dec + sae.b_dec, mask.any(0), mask.sum() / N, sparsity)
+    return TrainOut(acts @ sae.W_dec + sae.b_dec, *fired_and_l0(mask), sparsity)
 
 
 @torch.no_grad()

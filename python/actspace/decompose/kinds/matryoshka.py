@@ -78,15 +78,18 @@ def recorded_options(sae, opts) -> dict:
 
 
 def batch_topk(pre: torch.Tensor, k: int):
-    """pre [N, M] -> (acts [N, M], mask [N, M] bool, smallest selected value or None):
-    the k·N largest relu(pre) of the whole batch kept, the rest zero."""
+    """pre [N, M] -> (acts [N, M], fired [M] bool, active (scalar: nonzero entries of acts),
+    smallest selected value or None): the k·N largest relu(pre) of the whole batch kept, the
+    rest zero. fired and active come from the k·N selected entries, not from [N, M] passes."""
     z = torch.relu(pre)
     vals, flat = z.flatten().topk(min(k * z.shape[0], z.numel()), sorted=False)
-    mask = torch.zeros(z.numel(), dtype=torch.bool, device=z.device)
-    mask[flat] = True
-    mask = mask.view_as(z) & (z > 0)
-    sel = vals[vals > 0]
-    return z * mask, mask, (sel.min() if sel.numel() else None)
+    # a mask of z's dtype: z * keep then needs no casts (forward or backward)
+    keep = torch.zeros_like(z).view(-1).index_fill_(0, flat, 1.0).view_as(z)
+    positive = vals > 0                                   # [k·N]: a selected zero is inactive
+    fired = torch.zeros(z.shape[1], dtype=torch.bool, device=z.device)
+    fired[flat[positive] % z.shape[1]] = True
+    sel = vals[positive]
+    return z * keep, fired, positive.sum(), (sel.min() if sel.numel() else None)
 
 
 def prefix_reconstructions(acts: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor,
@@ -116,7 +119,7 @@ def encode(sae, x):
 
 def train_forward(sae, x, total_var, opts):
     N = x.shape[0]
-    acts, mask, smallest = batch_topk(sae.preactivation(x), sae.k)   # [N, d_sae]
+    acts, fired, active, smallest = batch_topk(sae.preactivation(x), sae.k)   # [N, d_sae]
     if smallest is not None:
         with torch.no_grad():  # BatchTopK's inference threshold (EMA of the smallest kept)
             m = smallest.to(sae.threshold.dtype)
@@ -125,7 +128,7 @@ def train_forward(sae, x, total_var, opts):
             sae.threshold.copy_(m if first else mom * sae.threshold + (1 - mom) * m)
     prefixes = prefixes_of(sae.d_sae, sae.k, opts)
     recons = prefix_reconstructions(acts, sae.W_dec, sae.b_dec, prefixes)
-    return TrainOut(recons[-1], mask.any(0), mask.sum() / N, None, extra_y_hats=recons[:-1])
+    return TrainOut(recons[-1], fired, active / N, None, extra_y_hats=recons[:-1])
 
 
 def fold_threshold(sae, n):
