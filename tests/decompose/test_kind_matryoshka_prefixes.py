@@ -187,3 +187,35 @@ def test_saelens_round_trip_keeps_prefixes(tmp_path):
     with pytest.raises(ValueError, match="training_architecture_details.matryoshka_widths: "
                                          "prefixes must be latent counts"):
         acts.SAE.load(tmp_path / "a")
+
+
+def test_a_saelens_matryoshka_file_keeps_its_widths(tmp_path):
+    """The cfg.json sae-lens 6.54.12 writes for MatryoshkaBatchTopKTrainingSAE
+    .save_inference_model (checked outside CI): a JumpReLU SAE whose metadata records the
+    training. It loads as jumprelu (what it computes) and a save keeps that record."""
+    from safetensors.torch import save_file
+
+    d = tmp_path / "sl"
+    d.mkdir()
+    details = {"decoder_init_norm": 0.1, "k": 4, "use_sparse_activations": False,
+               "aux_loss_coefficient": 1.0, "rescale_acts_by_decoder_norm": True,
+               "topk_threshold_lr": 0.01, "matryoshka_widths": [8, 24, 64],
+               "use_matryoshka_aux_loss": False}
+    cfg = {"d_sae": 64, "apply_b_dec_to_input": True, "dtype": "float32", "d_in": 16,
+           "reshape_activations": "none", "device": "cpu", "normalize_activations": "none",
+           "architecture": "jumprelu",
+           "metadata": {"sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12",
+                        "training_architecture": "matryoshka_batchtopk",
+                        "training_architecture_details": details}}
+    (d / "cfg.json").write_text(json.dumps(cfg))
+    g = torch.Generator().manual_seed(0)
+    W = torch.nn.functional.normalize(torch.randn(64, 16, generator=g), dim=1)
+    save_file({"W_enc": W.T.contiguous(), "W_dec": W, "b_enc": torch.zeros(64),
+               "b_dec": torch.zeros(16), "threshold": torch.full((64,), 0.3)},
+              str(d / "sae_weights.safetensors"))
+    sae = acts.SAE.load(d)
+    assert sae.kind == "jumprelu" and sae.training_options == {}
+    sae.save(tmp_path / "again")
+    meta = json.loads((tmp_path / "again" / "cfg.json").read_text())["metadata"]
+    assert meta["training_architecture"] == "matryoshka_batchtopk"
+    assert meta["training_architecture_details"] == details
