@@ -296,27 +296,33 @@ def load_saelens(p: Path, *, device=None, dtype=None, overrides=None):
         # SAELens 5 reshapes a hook_z SAE's input by the hook name alone; 6.x wants it said
         cfg = dict(cfg, reshape_activations="hook_z")
     sae.extra_cfg = cfg
-    sae.training_options = _training_options(meta, kind, d_sae, src)
+    sae.training_options = _training_options(cfg, meta, arch, kind, d_sae, src)
     return sae
 
 
-def _training_options(meta, kind, d_sae, src) -> dict:
-    """The kind's training options SAELens 6 recorded in metadata.training_architecture_
-    details (e.g. a matryoshka SAE's matryoshka_widths -> prefixes), checked as the kind
+def _training_options(cfg, meta, arch, kind, d_sae, src) -> dict:
+    """The kind's training options SAELens recorded (e.g. a matryoshka SAE's
+    matryoshka_widths -> prefixes): at the top level of its training layout, else in the
+    inference file's metadata.training_architecture_details (SAELens 6). Checked as the kind
     checks them; {} when the file says none."""
     spec = KINDS[kind]
-    details = meta.get("training_architecture_details")
-    if not spec.saelens_options or not isinstance(details, dict) or \
-            meta.get("training_architecture", spec.saelens_training) != spec.saelens_training:
+    if not spec.saelens_options:
         return {}
+    if arch == spec.saelens_training:       # the trainer's own layout: fields at the top
+        details, where = cfg, ""
+    else:
+        details, where = meta.get("training_architecture_details"), \
+            "metadata.training_architecture_details."
+        if not isinstance(details, dict) or meta.get(
+                "training_architecture", spec.saelens_training) != spec.saelens_training:
+            return {}
     out = {}
     for ours, theirs in spec.saelens_options:
         if theirs in details:
             try:
                 check_kind_options(kind, {ours: details[theirs]}, d_sae)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"{src}: metadata.training_architecture_details.{theirs}: "
-                                 f"{e}") from None
+                raise ValueError(f"{src}: {where}{theirs}: {e}") from None
             out[ours] = details[theirs]
     return out
 
