@@ -203,3 +203,26 @@ def multi_body(model_dir, out_dir, kw):
                     progress=False, **kw)
     torch.save({"states": {h: s.state_dict() for h, s in res.by_hookpoint.items()},
                 "history": res.history}, os.path.join(out_dir, f"rank{_rank()}.pt"))
+
+
+def lockstep_sources(data_path):
+    """The two tensor sources (hookpoints "a", "b") of the stores= tests, from data_path."""
+    from actspace.decompose.train_data import TensorSource
+
+    xs = torch.load(data_path)
+    out = []
+    for name, x in zip(("a", "b"), xs):
+        s = TensorSource(x)
+        s.hookpoint = name
+        out.append(s)
+    return out
+
+
+def stores_body(data_path, out_dir, kw):
+    """train_sae(stores=[a, b]) on this rank (sources read in lockstep, each rank training
+    on its slice of every global batch); saves {hookpoint: state} per rank."""
+    from actspace.decompose.train import train_sae
+
+    res = train_sae(None, stores=lockstep_sources(data_path), progress=False, **kw)
+    torch.save({"states": {h: s.state_dict() for h, s in res.by_hookpoint.items()},
+                "history": res.history}, os.path.join(out_dir, f"rank{_rank()}.pt"))

@@ -334,3 +334,32 @@ def test_latent_sharded_training_matches_single_process(tmp_path):
     # a whole-SAE run refuses the sharded checkpoints instead of restarting silently
     with pytest.raises(ValueError, match="another layout"):
         train_sae(x, out_dir=str(out), progress=False, **kw)
+
+
+def test_stores_in_lockstep_match_single_process(tmp_path):
+    """train_sae(stores=[a, b]) (two sources of different widths read in lockstep) on 2
+    ranks trains the same TopK SAEs as one process on the same global batches."""
+    g = torch.Generator().manual_seed(4)
+    data_path = str(tmp_path / "xs.pt")
+    torch.save([_sparse(N=700), torch.randn(700, 24, generator=g) * 2 + 1], data_path)
+    kw = dict(d_sae=160, k=4, batch_size=100, steps=6, lr=3e-3, dead_tokens=100, log_every=1,
+              seed=2, checkpoint_every=0)
+    one = acts.train_sae(None, stores=H.lockstep_sources(data_path), progress=False, **kw)
+    out = tmp_path / "two"
+    out.mkdir()
+    H.spawn(H.stores_body, data_path, str(out), kw)
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in range(2))
+    assert set(r0["states"]) == {"a", "b"}
+    for h, sae1 in one.by_hookpoint.items():
+        for k, v in sae1.state_dict().items():
+            assert torch.equal(r0["states"][h][k], r1["states"][h][k]), (h, k)
+            torch.testing.assert_close(r0["states"][h][k], v, rtol=2e-4, atol=2e-5,
+                                       msg=f"{h} {k}")
+    assert one.by_hookpoint["b"].d_in == 24
+    for a, b in zip(r0["history"], one.history, strict=True):
+        assert (a["step"], a["hookpoint"], a["tokens"]) == (b["step"], b["hookpoint"],
+                                                            b["tokens"])
+        for k in ("fvu", "auxk", "loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (a["step"], k)
+    # AuxK on both parts: its denominator uses each part's own data-parallel loss scale
+    assert {h["hookpoint"] for h in one.history if h["auxk"] > 0} == {"a", "b"}
