@@ -142,6 +142,12 @@ def _world():
     return dist.get_world_size()
 
 
+# kind -> its own options in kinds_body (jumprelu twice: L0 coefficient and L0 target)
+KIND_RUNS = [("batchtopk", {}), ("relu", {}), ("jumprelu", {}),
+             ("jumprelu", {"l0_target": 4.0}), ("matryoshka", {"prefixes": [8, 16]}),
+             ("gated", {})]
+
+
 def kinds_body(out_dir):
     """Every SAE kind trains on 2 ranks and its state stays bit-identical across ranks."""
     import torch.distributed as dist
@@ -149,15 +155,18 @@ def kinds_body(out_dir):
     from actspace.decompose.train import train_sae
 
     x = torch.randn(800, 16, generator=torch.Generator().manual_seed(0))
-    for kind in ("batchtopk", "relu", "jumprelu"):
+    for kind, opts in KIND_RUNS:
         res = train_sae(x, kind=kind, d_sae=32, k=4, batch_size=100, steps=5,
-                        progress=False, log_every=1)
+                        progress=False, log_every=1, **opts)
         sae, h = res.sae, res.history
         t = torch.cat([p.detach().flatten() for p in sae.state_dict().values()])
         g = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
         dist.all_gather(g, t)
-        assert all(torch.equal(g[0], gi) for gi in g), kind
-        assert h[-1]["fvu"] < h[0]["fvu"], (kind, h)
+        assert all(torch.equal(g[0], gi) for gi in g), (kind, opts)
+        if "l0_target" in opts:      # starts at the target (its FVU barely moves in 5 steps)
+            assert abs(h[-1]["l0"] - opts["l0_target"]) < 1.5, (kind, opts, h)
+        else:
+            assert h[-1]["fvu"] < h[0]["fvu"], (kind, opts, h)
     if dist.get_rank() == 0:
         open(os.path.join(out_dir, "kinds.ok"), "w").close()
 
@@ -181,3 +190,39 @@ def shard_body(data_path, out_dir, kw, stop_at):
         s.W_enc.device.type == "cpu" for s in saes)
     torch.save({"states": states, "history": hist, "shapes": shapes},
                os.path.join(out_dir, f"rank{_rank()}.pt"))
+
+
+def multi_body(model_dir, out_dir, kw):
+    """train_sae(hookpoints=HOOKPOINTS) on the fly on this rank: one SAE (or sweep) per
+    hookpoint from the same forward passes, each rank training on its slice of every global
+    batch; saves {hookpoint: state} and the history per rank."""
+    from actspace.decompose.train import train_sae
+
+    model, tok = load_tiny(model_dir)
+    res = train_sae(None, model=model, tokenizer=tok, texts=texts(), hookpoints=HOOKPOINTS,
+                    progress=False, **kw)
+    torch.save({"states": {h: s.state_dict() for h, s in res.by_hookpoint.items()},
+                "history": res.history}, os.path.join(out_dir, f"rank{_rank()}.pt"))
+
+
+def lockstep_sources(data_path):
+    """The two tensor sources (hookpoints "a", "b") of the stores= tests, from data_path."""
+    from actspace.decompose.train_data import TensorSource
+
+    xs = torch.load(data_path)
+    out = []
+    for name, x in zip(("a", "b"), xs):
+        s = TensorSource(x)
+        s.hookpoint = name
+        out.append(s)
+    return out
+
+
+def stores_body(data_path, out_dir, kw):
+    """train_sae(stores=[a, b]) on this rank (sources read in lockstep, each rank training
+    on its slice of every global batch); saves {hookpoint: state} per rank."""
+    from actspace.decompose.train import train_sae
+
+    res = train_sae(None, stores=lockstep_sources(data_path), progress=False, **kw)
+    torch.save({"states": {h: s.state_dict() for h, s in res.by_hookpoint.items()},
+                "history": res.history}, os.path.join(out_dir, f"rank{_rank()}.pt"))

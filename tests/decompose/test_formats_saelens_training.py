@@ -71,6 +71,7 @@ def test_training_layout_reads_as_our_kind_with_saelens_inference_codes(tmp_path
     torch.testing.assert_close(got.double(), x_hat, atol=1e-5, rtol=1e-5)
     if extra:
         assert sae.extra_cfg["matryoshka_widths"] == [10, 20, D_SAE]
+        assert sae.training_options == {"prefixes": [10, 20, D_SAE]}
 
 
 def test_training_layout_without_topk_threshold_names_the_tensor(tmp_path):

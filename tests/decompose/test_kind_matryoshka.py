@@ -11,10 +11,14 @@ D = torch.float64
 
 def test_batch_topk_keeps_the_k_n_largest_of_the_batch():
     pre = torch.tensor([[3, -1, 0.5, 2], [0.2, 4, -2, 1], [1, 0, 0, 0.1]], dtype=D)
-    acts, mask, smallest = batch_topk(pre, k=1)          # top 3 of 12: 4, 3, 2
+    acts, fired, active, smallest = batch_topk(pre, k=1)  # top 3 of 12: 4, 3, 2
     want = torch.tensor([[3, 0, 0, 2], [0, 4, 0, 0], [0, 0, 0, 0]], dtype=D)
-    assert torch.equal(acts, want) and torch.equal(mask, want > 0)
-    assert float(smallest) == 2.0
+    assert torch.equal(acts, want) and torch.equal(fired, (want > 0).any(0))
+    assert int(active) == 3 and float(smallest) == 2.0
+    # a selected zero is not active: top 3·3 = 9 of a batch with 8 positive entries
+    acts, fired, active, smallest = batch_topk(pre, k=3)
+    assert int(active) == 8 and bool(fired.all()) and float(smallest) == pytest.approx(0.1)
+    assert torch.equal(acts, torch.relu(pre))
 
 
 def test_prefix_losses_by_hand():

@@ -255,10 +255,47 @@ def test_cli_under_torchrun(tiny_gpt2, tmp_path):
 
 
 def test_every_kind_trains_identically_on_both_ranks(tmp_path):
-    """batchtopk / relu / jumprelu are not exact against one process (per-slice selection
-    and penalties, see train_dist) but must keep every rank's SAE identical."""
+    """batchtopk / relu / jumprelu (L0 coefficient and L0 target) / matryoshka / gated are
+    not exact against one process (per-slice selection and penalties, see train_dist) but
+    must keep every rank's SAE identical (jumprelu's L0-target thresholds are initialised
+    from the whole first global batch, not from each rank's slice)."""
     H.spawn(H.kinds_body, str(tmp_path))
     assert (tmp_path / "kinds.ok").exists()
+
+
+@pytest.mark.parametrize("kind", ["topk", "matryoshka"])
+def test_many_hookpoints_on_the_fly_match_single_process(tiny_gpt2, tmp_path, kind):
+    """train_sae(hookpoints=[2 hookpoints]) on the fly on 2 ranks trains the same SAEs as one
+    process on the same global batches: exactly (to float rounding) for topk; for matryoshka
+    (BatchTopK's k·N selection is per rank slice) every rank's SAEs stay identical and
+    every logged FVU and L0 is within a few per cent of the single process's."""
+    kw = dict(kind=kind, d_sae=48, k=4, batch_size=64, steps=6, lr=3e-3, dead_tokens=64,
+              log_every=1, seed=3, checkpoint_every=0, max_length=48)
+    if kind == "matryoshka":
+        kw["prefixes"] = [12, 24]
+    model, tok = H.load_tiny(tiny_gpt2)
+    one = acts.train_sae(None, model=model, tokenizer=tok, texts=H.texts(),
+                         hookpoints=H.HOOKPOINTS, progress=False, **kw)
+    H.spawn(H.multi_body, tiny_gpt2, str(tmp_path), kw)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert set(r0["states"]) == set(H.HOOKPOINTS)
+    for h in H.HOOKPOINTS:
+        for k, v in r0["states"][h].items():          # ranks stay identical
+            assert torch.equal(v, r1["states"][h][k]), (h, k)
+    assert [(a["step"], a["hookpoint"], a["tokens"]) for a in r0["history"]] == \
+        [(b["step"], b["hookpoint"], b["tokens"]) for b in one.history]
+    if kind == "topk":
+        for h, sae1 in one.by_hookpoint.items():
+            for k, v in sae1.state_dict().items():
+                torch.testing.assert_close(r0["states"][h][k], v, rtol=2e-4, atol=2e-5,
+                                           msg=f"{h} {k}")
+        for a, b in zip(r0["history"], one.history):
+            for k in ("fvu", "l0", "auxk", "loss", "dead_fraction"):
+                assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (a["step"], k)
+    else:
+        for a, b in zip(r0["history"], one.history):
+            assert a["fvu"] == pytest.approx(b["fvu"], rel=0.05), (a, b)
+            assert a["l0"] == pytest.approx(b["l0"], rel=1e-6), (a, b)   # k·N over the ranks
 
 
 def test_latent_sharded_training_matches_single_process(tmp_path):
@@ -297,3 +334,32 @@ def test_latent_sharded_training_matches_single_process(tmp_path):
     # a whole-SAE run refuses the sharded checkpoints instead of restarting silently
     with pytest.raises(ValueError, match="another layout"):
         train_sae(x, out_dir=str(out), progress=False, **kw)
+
+
+def test_stores_in_lockstep_match_single_process(tmp_path):
+    """train_sae(stores=[a, b]) (two sources of different widths read in lockstep) on 2
+    ranks trains the same TopK SAEs as one process on the same global batches."""
+    g = torch.Generator().manual_seed(4)
+    data_path = str(tmp_path / "xs.pt")
+    torch.save([_sparse(N=700), torch.randn(700, 24, generator=g) * 2 + 1], data_path)
+    kw = dict(d_sae=160, k=4, batch_size=100, steps=6, lr=3e-3, dead_tokens=100, log_every=1,
+              seed=2, checkpoint_every=0)
+    one = acts.train_sae(None, stores=H.lockstep_sources(data_path), progress=False, **kw)
+    out = tmp_path / "two"
+    out.mkdir()
+    H.spawn(H.stores_body, data_path, str(out), kw)
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in range(2))
+    assert set(r0["states"]) == {"a", "b"}
+    for h, sae1 in one.by_hookpoint.items():
+        for k, v in sae1.state_dict().items():
+            assert torch.equal(r0["states"][h][k], r1["states"][h][k]), (h, k)
+            torch.testing.assert_close(r0["states"][h][k], v, rtol=2e-4, atol=2e-5,
+                                       msg=f"{h} {k}")
+    assert one.by_hookpoint["b"].d_in == 24
+    for a, b in zip(r0["history"], one.history, strict=True):
+        assert (a["step"], a["hookpoint"], a["tokens"]) == (b["step"], b["hookpoint"],
+                                                            b["tokens"])
+        for k in ("fvu", "auxk", "loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (a["step"], k)
+    # AuxK on both parts: its denominator uses each part's own data-parallel loss scale
+    assert {h["hookpoint"] for h in one.history if h["auxk"] > 0} == {"a", "b"}

@@ -1,6 +1,7 @@
 """`actspace train`: train an SAE (or a sweep) on an activation store and save it.
 
     actspace train STORE_DIR --out runs/l3 --k 32 --expansion-factor 8
+    actspace train STORE_DIR --out runs/m --kind matryoshka --d-sae 2048 --prefixes 512 1024
     actspace train acts.safetensors --out runs/x --k 16 32 64 --d-sae 4096   # a sweep
 
 Kill it and run the same command again: it resumes from the checkpoint in --out.
@@ -52,7 +53,7 @@ def add_arguments(p):
     p.add_argument("--dead-tokens", type=int, default=10_000_000)
     for opt in all_options().values():     # each kind's own options (kinds/<kind>.py)
         p.add_argument("--" + opt.name.replace("_", "-"), type=opt.type, default=opt.default,
-                       help=opt.help)
+                       help=opt.help, **({"nargs": "+"} if opt.many else {}))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--hookpoint", default=None, help="recorded in the SAE (default: the store's)")

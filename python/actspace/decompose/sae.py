@@ -84,7 +84,8 @@ class SAE(nn.Module, Decomposition):
 
     Attributes: d_in, d_out, d_sae, k (None for relu / jumprelu), kind, hookpoint
     (= hookpoint_in), hookpoint_out, dtype, device, apply_b_dec_to_input, provenance (where
-    a loaded SAE came from: Hub repo, commit, file hashes; {} otherwise).
+    a loaded SAE came from: Hub repo, commit, file hashes; {} otherwise), training_options
+    (the kind's options it was trained with, e.g. matryoshka's prefixes; {} if unknown).
     Parameters: W_enc [d_sae, d_in], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out],
     threshold ([d_sae] parameter for jumprelu, scalar buffer for batchtopk), W_skip
     ([d_out, d_in] with skip=True: an affine skip transcoder adds x @ W_skipᵀ to its output;
@@ -138,6 +139,10 @@ class SAE(nn.Module, Decomposition):
             self.register_parameter("W_skip", None)
         self.extra_cfg: dict = {}  # fields read from a foreign cfg.json, written back on save
         self.provenance: dict = {}  # set by the loaders (decompose/pretrained)
+        # the kind's options as it was trained with them (Kind.recorded_options, e.g. a
+        # matryoshka SAE's prefixes): set by training, saved and loaded by the formats that
+        # hold them (SAELens: metadata.training_architecture_details)
+        self.training_options: dict = {}
         if init:    # init=False: the caller writes every weight (loading, sharding)
             self.init_weights()
 

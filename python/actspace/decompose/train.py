@@ -32,8 +32,9 @@ def train_sae(data=None, config: TrainConfig | None = None, *, saes=None, model=
     lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.); warmup_steps default
     min(1000, steps // 10); the last ``decay_fraction`` of the steps decay linearly to 0.
     Kind options (see kinds/): auxk_coeff and k_aux (AuxK of topk / batchtopk; k_aux default
-    d_in // 2), threshold_momentum (batchtopk), l1_coeff (relu), l0_coeff and bandwidth
-    (jumprelu). dead_tokens: a latent not active in the last this-many tokens is dead.
+    d_in // 2), threshold_momentum (batchtopk), l1_coeff (relu, gated), l0_coeff or l0_target,
+    bandwidth, tanh_scale (jumprelu), prefixes (a list of latent counts) or prefix_count
+    (matryoshka). dead_tokens: a latent not active in the last this-many tokens is dead.
     out_dir: checkpoint, final SAEs (``sae`` or ``sae_{i}``, in ``save_format``) and
     history.json are written there (checked writable before the first step); with
     resume=True an existing checkpoint there is continued (only by a run with the same SAEs,

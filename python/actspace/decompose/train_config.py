@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .kinds import KINDS, all_options, get_kind
+from .kinds import KINDS, all_options, check_kind_options, get_kind
 
 __all__ = ["TrainConfig", "TrainResult"]
 
@@ -78,6 +78,12 @@ class TrainConfig:
         for n, o in all_options().items():
             o.check(opts[n])
         self.kind_options = opts
+        # the kind's checks across its options and against the widths known here (those
+        # given by expansion_factor are checked per SAE when training starts)
+        widths = [None] if self.d_sae is None else (
+            self.d_sae if isinstance(self.d_sae, (list, tuple)) else [self.d_sae])
+        for w in widths:
+            check_kind_options(self.kind, opts, w if isinstance(w, int) else None)
         _range("batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         if self.hookpoints is not None:
             from .train_multi import check_hookpoint_list

@@ -18,7 +18,8 @@ step, and keeps every piece of state that is not a gradient identical on all ran
 - gradients: summed across ranks before the decoder-gradient projection, so the projection,
   Adam step and decoder renormalisation are identical on every rank;
 - fired latents (dead-latent bookkeeping), non-finite batch skips, b_dec initialisation
-  and float buffers (batchtopk's threshold) are reduced so every rank agrees;
+  and float buffers (batchtopk's threshold) are reduced so every rank agrees; a kind's
+  initialisation from the first batch (init_from_batch) sees the whole global batch;
 - the logged fvu / l0 / auxk / loss are those of the global batch;
 - checkpoints, final SAEs, history and the progress bar are rank 0's (train.py asks
   ``is_main``); parameters are broadcast from rank 0 at the start, as DDP does.
@@ -197,6 +198,16 @@ class DataParallel:
             return (s[:-1] / s[-1]).to(y.dtype)
         parts = D.all_gather_object(y.detach().cpu())
         return median_fn(torch.cat(parts).to(y.device))
+
+    def global_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's slice x [B_r, d] -> the global batch [B, d] (the ranks' slices in rank
+        order). For the data-dependent initialisations of the first batch (a kind's
+        init_from_batch, e.g. JumpReLU thresholds at an L0 target), which must see what one
+        process would, or the ranks would start from different weights."""
+        if not self.active:
+            return x
+        parts = D.all_gather_object(x.detach().cpu())
+        return torch.cat(parts).to(x.device)
 
     def begin_batch(self, y: torch.Tensor) -> tuple[float, int]:
         """-> (loss scale of this rank, rows of the global batch) for y [B_r, d_out]."""

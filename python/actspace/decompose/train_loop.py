@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .._io import ensure_writable_dir, remove_stale_temporaries, write_json_atomic
-from .kinds import KINDS
+from .kinds import KINDS, check_kind_options
 from .train_checkpoint import load_checkpoint, save_checkpoint
 from .train_config import TrainConfig, TrainResult
 from .train_data import as_source, batches_per_epoch, split_batch
@@ -204,6 +204,11 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
         for s in saes:
             fold_decoder_norm(s)
         saes = dp.shard_saes(list(saes))
+    for s in saes:                   # the widths are known now (expansion_factor, saes=)
+        check_kind_options(s.kind, cfg.kind_options, s.d_sae)
+        record = KINDS[s.kind].recorded_options
+        s.training_options = {} if record is None else dict(
+            record(s, cfg.options_of_kind(s.kind)))
     dev = saes[0].device
     opts = []
     for s in saes:
@@ -271,7 +276,8 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
                     for i, s in enumerate(saes):
                         init = KINDS[s.kind].init_from_batch
                         if init is not None:
-                            init(s, x if xs is None else xs[i], cfg.options_of_kind(s.kind))
+                            init(s, dp.global_batch(x if xs is None else xs[i]),
+                                 cfg.options_of_kind(s.kind))
             _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg, sched, dp, xs=xs,
                         names=names)
             bar.update(1)

@@ -199,6 +199,9 @@ class LatentParallel(DataParallel):
     def center(self, y, how, median_fn):
         return y.mean(0) if how == "mean" else median_fn(y)     # the same batch everywhere
 
+    def global_batch(self, x):
+        return x                     # every rank reads the whole batch
+
     def begin_batch(self, y):
         return 1.0, y.shape[0]
 

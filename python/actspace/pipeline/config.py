@@ -123,14 +123,16 @@ def _kind_option_defaults() -> dict:
 
 
 def _check_sae(s: dict) -> None:
-    from ..decompose.kinds import KINDS, all_options
+    from ..decompose.kinds import KINDS, all_options, check_kind_options
 
     _choice(s["kind"], tuple(KINDS), "sae.kind")
-    for name, opt in all_options().items():
-        try:
+    try:
+        for name, opt in all_options().items():
             opt.check(s[name])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"config: sae.{e}") from None
+        # the kind's checks across options (e.g. matryoshka: prefixes or prefix_count)
+        check_kind_options(s["kind"], s, s["d_sae"] if _is_int(s["d_sae"]) else None)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config: sae.{e}") from None
     if s["hookpoints"] is not None:
         _str_list(s["hookpoints"], "sae.hookpoints")
     for key in ("k", "batch_size", "epochs", "log_every", "dead_tokens", "checkpoint_every"):

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from ..._io import write_json_atomic, write_safetensors_atomic
 from ..fold import fold_input_scaling
-from ..kinds import KINDS
+from ..kinds import KINDS, check_kind_options
 from .common import build_sae, cfg_dtype, expect_tensor, int_field, read_cfg, read_weights
 from .registry import Format, register
 
@@ -296,7 +296,35 @@ def load_saelens(p: Path, *, device=None, dtype=None, overrides=None):
         # SAELens 5 reshapes a hook_z SAE's input by the hook name alone; 6.x wants it said
         cfg = dict(cfg, reshape_activations="hook_z")
     sae.extra_cfg = cfg
+    sae.training_options = _training_options(cfg, meta, arch, kind, d_sae, src)
     return sae
+
+
+def _training_options(cfg, meta, arch, kind, d_sae, src) -> dict:
+    """The kind's training options SAELens recorded (e.g. a matryoshka SAE's
+    matryoshka_widths -> prefixes): at the top level of its training layout, else in the
+    inference file's metadata.training_architecture_details (SAELens 6). Checked as the kind
+    checks them; {} when the file says none."""
+    spec = KINDS[kind]
+    if not spec.saelens_options:
+        return {}
+    if arch == spec.saelens_training:       # the trainer's own layout: fields at the top
+        details, where = cfg, ""
+    else:
+        details, where = meta.get("training_architecture_details"), \
+            "metadata.training_architecture_details."
+        if not isinstance(details, dict) or meta.get(
+                "training_architecture", spec.saelens_training) != spec.saelens_training:
+            return {}
+    out = {}
+    for ours, theirs in spec.saelens_options:
+        if theirs in details:
+            try:
+                check_kind_options(kind, {ours: details[theirs]}, d_sae)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{src}: {where}{theirs}: {e}") from None
+            out[ours] = details[theirs]
+    return out
 
 
 def _reshapes_heads(hook_name) -> bool:
@@ -383,6 +411,14 @@ def config(sae) -> dict:
         cfg["hook_head_index_out"] = cfg.get("hook_head_index_out",
                                              meta.get("hook_head_index_out"))
     meta.update({k: cfg[k] for k in _META_KEYS if k in cfg})
+    spec = KINDS[sae.kind]
+    if spec.saelens_training and sae.training_options:   # as SAELens 6 records training
+        details = {"k": sae.k} if sae.k is not None else {}
+        details.update({theirs: sae.training_options[ours]
+                        for ours, theirs in spec.saelens_options
+                        if ours in sae.training_options})
+        meta["training_architecture"] = spec.saelens_training
+        meta["training_architecture_details"] = details
     meta["sae_lens_version"] = LAYOUT_VERSION
     cfg["metadata"] = meta
     return cfg

@@ -15,8 +15,10 @@ kind's name themselves:
 - the foreign formats (formats/saelens.py, sparsify.py, gemmascope.py): saelens,
   saelens_transcoder, saelens_native (and extra_params as tensors), sparsify, gemmascope.
 
-Not yet expressible (extend Kind when a kind needs it): options that are not one int or
-float (e.g. a list of group sizes), a decode that differs from code @ W_dec + b_dec.
+Options are one int or float, or a list of them (``Option(many=True)``, e.g. matryoshka's
+prefixes); checks across options or against d_sae are the kind's ``check_options``. Not yet
+expressible (extend Kind when a kind needs it): a decode that differs from
+code @ W_dec + b_dec.
 
 Adding a kind: write ``kinds/<name>.py`` defining ``KIND = Kind(...)`` (encode,
 train_forward and whichever optional fields apply; import only from .base, ..code and
@@ -29,7 +31,8 @@ from __future__ import annotations
 from . import batchtopk, gated, jumprelu, matryoshka, relu, topk
 from .base import Kind, Option, TrainOut
 
-__all__ = ["KINDS", "Kind", "Option", "TrainOut", "register", "get_kind", "all_options"]
+__all__ = ["KINDS", "Kind", "Option", "TrainOut", "register", "get_kind", "all_options",
+           "check_kind_options"]
 
 KINDS: dict[str, Kind] = {}
 
@@ -65,6 +68,18 @@ def all_options() -> dict:
         for o in k.options:
             out.setdefault(o.name, o)
     return out
+
+
+def check_kind_options(kind, opts, d_sae=None) -> None:
+    """Check kind's own options in opts (option name -> value; others ignored): each alone
+    (Option.check), then together and against the width d_sae (int, or None while unknown)
+    by the kind's check_options. TypeError / ValueError naming the option(s)."""
+    spec = get_kind(kind)
+    own = {o.name: opts.get(o.name, o.default) for o in spec.options}
+    for o in spec.options:
+        o.check(own[o.name])
+    if spec.check_options is not None:
+        spec.check_options(own, d_sae)
 
 
 for _module in (topk, batchtopk, jumprelu, relu, matryoshka, gated):

@@ -18,7 +18,7 @@ import torch
 from ... import ops
 from ..code import SparseCode
 
-__all__ = ["Option", "TrainOut", "Kind", "encode_above", "FIRST_WIDTH"]
+__all__ = ["Option", "TrainOut", "Kind", "encode_above", "fired_and_l0", "FIRST_WIDTH"]
 
 FIRST_WIDTH = 256   # first code width tried by encode_above
 
@@ -28,7 +28,9 @@ class Option:
     """A training option of a kind (a flag of ``actspace train``, a key of the pipeline's
     ``sae`` section, a keyword of ``train_sae``; held in ``TrainConfig.kind_options``).
 
-    type: int or float; minimum / maximum: inclusive bounds checked by TrainConfig (None:
+    type: int or float; many: the value is a non-empty list of such values (a flag taking
+    several values, a YAML list), e.g. matryoshka's prefixes; minimum / maximum: inclusive
+    bounds checked by TrainConfig on the value (on each element of a list; None:
     unbounded); default None means "automatic" (the kind decides) and is always allowed."""
     name: str
     default: Any
@@ -36,20 +38,36 @@ class Option:
     type: type = float
     minimum: float | None = None
     maximum: float | None = None
+    many: bool = False
+
+    def __post_init__(self):
+        if self.type not in (int, float):
+            raise ValueError(f"option {self.name!r}: type must be int or float, got "
+                             f"{self.type!r}")
 
     def check(self, value) -> None:
         """ValueError/TypeError naming the option when value is not acceptable."""
         if value is None and self.default is None:
             return
+        want = "an int" if self.type is int else "a number"
+        if not self.many:
+            self._check_one(value, self.name, want)
+            return
+        if not isinstance(value, (list, tuple)) or not value:
+            raise TypeError(f"{self.name} must be a non-empty list of "
+                            f"{'ints' if self.type is int else 'numbers'}, got {value!r}")
+        for i, v in enumerate(value):
+            self._check_one(v, f"{self.name}[{i}]", want)
+
+    def _check_one(self, value, name: str, want: str) -> None:
         ok_type = (isinstance(value, int) and not isinstance(value, bool)) if self.type is int \
             else isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok_type:
-            raise TypeError(f"{self.name} must be {'an int' if self.type is int else 'a number'}"
-                            f", got {value!r}")
+            raise TypeError(f"{name} must be {want}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
-            raise ValueError(f"{self.name} must be >= {self.minimum}, got {value!r}")
+            raise ValueError(f"{name} must be >= {self.minimum}, got {value!r}")
         if self.maximum is not None and value > self.maximum:
-            raise ValueError(f"{self.name} must be <= {self.maximum}, got {value!r}")
+            raise ValueError(f"{name} must be <= {self.maximum}, got {value!r}")
 
 
 @dataclass
@@ -88,7 +106,10 @@ class Kind:
     saelens_native   reading `saelens` back (without actspace_kind) means this kind; False
                      for a kind stored under another's name (batchtopk as jumprelu)
     saelens_training SAELens' training architecture read back as this kind (its trainers'
-                     checkpoints: e.g. "batchtopk", with a scalar ``topk_threshold``)
+                     checkpoints: e.g. "batchtopk", with a scalar ``topk_threshold``); also
+                     written as metadata.training_architecture, with
+                     metadata.training_architecture_details, by an SAE that records
+                     training options (recorded_options), as SAELens 6 saves it
     sparsify         sparsify's ``activation`` for this kind (None: not storable there)
     gemmascope       storable in Gemma Scope's params.npz (JumpReLU maths)
     extra_params     the kind's own parameters beyond W_enc, b_enc, W_dec, b_dec, threshold:
@@ -102,6 +123,14 @@ class Kind:
                      training batch (after b_dec's), e.g. JumpReLU thresholds at an L0 target
     param_lr_scales(opts) -> {parameter name: lr multiplier} (e.g. a JumpReLU threshold that
                      must travel in activation units while Adam moves it ~lr per step)
+    check_options(opts, d_sae)  checks that involve several options, or an option and the
+                     width d_sae (an int, or None while unknown): ValueError naming them
+                     (e.g. matryoshka's prefixes against prefix_count and d_sae)
+    recorded_options(sae, opts) -> {option: value} the options as this SAE was trained with
+                     them, resolved (e.g. the prefixes actually used); kept in
+                     ``sae.training_options`` and written by the formats that hold them
+    saelens_options  (our option, SAELens' training detail) pairs for those details, e.g.
+                     ("prefixes", "matryoshka_widths"); read back into training_options
     """
     name: str
     summary: str
@@ -125,6 +154,9 @@ class Kind:
     saelens_names: tuple[tuple[str, str], ...] = ()   # (ours, SAELens') tensor renames
     init_from_batch: Callable[[Any, torch.Tensor, Mapping[str, Any]], None] | None = None
     param_lr_scales: Callable[[Mapping[str, Any]], Mapping[str, float]] | None = None
+    check_options: Callable[[Mapping[str, Any], int | None], None] | None = None
+    recorded_options: Callable[[Any, Mapping[str, Any]], Mapping[str, Any]] | None = None
+    saelens_options: tuple[tuple[str, str], ...] = ()
 
     def extra_shape(self, name_shape: tuple[str, ...], sae) -> tuple[int, ...]:
         """The concrete shape of an extra parameter of sae (see extra_params)."""
@@ -157,6 +189,13 @@ def encode_above(sae, x, threshold, W_enc=None, b_enc=None) -> SparseCode:
         k = min(sae.d_sae, 4 * k)
     width = max(width, 1)
     return SparseCode(v[:, :width], i[:, :width], sae.d_sae)
+
+
+def fired_and_l0(mask: torch.Tensor):
+    """mask [N, M] bool (active entries of a batch's code) -> (fired [M] bool: latents active
+    in some row, l0: scalar mean active latents per row). count_nonzero: a bool .sum() casts
+    to int64 on the way and is ~3x slower on CPU."""
+    return mask.any(0), torch.count_nonzero(mask) / mask.shape[0]
 
 
 # the AuxK options every kind with auxk=True declares (shared so their defaults agree)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import AUXK_OPTIONS, Kind, Option, TrainOut, encode_above
+from .base import AUXK_OPTIONS, Kind, Option, TrainOut, encode_above, fired_and_l0
 
 
 def encode(sae, x):
@@ -29,7 +29,7 @@ def train_forward(sae, x, total_var, opts):
             first = bool(sae.threshold == 0)
             mom = opts["threshold_momentum"]
             sae.threshold.copy_(m if first else mom * sae.threshold + (1 - mom) * m)
-    return TrainOut(acts @ sae.W_dec + sae.b_dec, mask.any(0), mask.sum() / N, None)
+    return TrainOut(acts @ sae.W_dec + sae.b_dec, *fired_and_l0(mask), None)
 
 
 def fold_threshold(sae, n):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Kind, Option, TrainOut, encode_above
+from .base import Kind, Option, TrainOut, encode_above, fired_and_l0
 
 __all__ = ["KIND", "gated_preactivations", "gated_forward", "gated_loss", "gated_as_jumprelu"]
 
@@ -77,7 +77,7 @@ def train_forward(sae, x, total_var, opts):
     rms = (total_var / N).sqrt()
     l1 = opts["l1_coeff"] * gate.sum(1).mean() / rms
     via_gate = gate @ sae.W_dec.detach() + sae.b_dec.detach()   # the auxiliary reconstruction
-    return TrainOut(y_hat, active.any(0), active.sum() / N, l1, extra_y_hats=[via_gate])
+    return TrainOut(y_hat, *fired_and_l0(active), l1, extra_y_hats=[via_gate])
 
 
 def fold_threshold(sae, n):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Kind, Option, TrainOut, encode_above
+from .base import Kind, Option, TrainOut, encode_above, fired_and_l0
 
 
 def encode(sae, x):
@@ -20,7 +20,7 @@ def train_forward(sae, x, total_var, opts):
     N = x.shape[0]
     rms = (total_var / N).sqrt().detach()
     sparsity = opts["l1_coeff"] * acts.sum(1).mean() / rms
-    return TrainOut(acts @ sae.W_dec + sae.b_dec, mask.any(0), mask.sum() / N, sparsity)
+    return TrainOut(acts @ sae.W_dec + sae.b_dec, *fired_and_l0(mask), sparsity)
 
 
 KIND = Kind(
