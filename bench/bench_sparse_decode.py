@@ -107,33 +107,38 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True, skewed=False):
 
     # ---- backward
     Wl, vl = W.clone().requires_grad_(), vals.clone().requires_grad_()
-    out_eb = F.embedding_bag(idx, Wl, per_sample_weights=vl, mode="sum")
-    add("embedding_bag_bwd", "backward",
-        lambda: torch.autograd.grad(out_eb, (vl, Wl), grad, retain_graph=True), moved=2)
+
+    def add_torch_bwd(name, idx_, W_, wrt, moved=1):
+        """torch's autograd through embedding_bag; where torch has no embedding_bag backward
+        for this dtype and device (bf16 on CUDA) the gather + einsum graph, named so.
+        Returns the name the baseline got."""
+        out = F.embedding_bag(idx_, W_, per_sample_weights=vl, mode="sum")
+        try:
+            torch.autograd.grad(out, wrt, grad, retain_graph=True)
+        except NotImplementedError:
+            out = torch.einsum("nk,nkd->nd", vl, W_[idx_])
+            name = name.replace("embedding_bag", "gather_einsum")
+        add(name, "backward",
+            lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True), moved=moved)
+        return name
+
+    base = add_torch_bwd("embedding_bag_bwd", idx, Wl, (vl, Wl), moved=2)
     for det in (True, False):
         add(f"ours_bwd_{'deterministic' if det else 'default'}", "backward",
-            lambda det=det: _backward(grad, vals, idx, W, True, True, det, path),
-            "embedding_bag_bwd", moved=2)
+            lambda det=det: _backward(grad, vals, idx, W, True, True, det, path), base, moved=2)
     out_ours = acts.ops.sparse_decode(vl, idx, Wl, backend="kernel")
     add("ours_bwd_autograd", "backward",
-        lambda: torch.autograd.grad(out_ours, (vl, Wl), grad, retain_graph=True),
-        "embedding_bag_bwd", moved=2)
+        lambda: torch.autograd.grad(out_ours, (vl, Wl), grad, retain_graph=True), base, moved=2)
     # frozen decoder (only grad of vals): autograd through embedding_bag vs row-major ours
-    out_eb_v = F.embedding_bag(idx, W, per_sample_weights=vl, mode="sum")
-    add("embedding_bag_bwd_values_only", "backward",
-        lambda: torch.autograd.grad(out_eb_v, (vl,), grad, retain_graph=True))
+    base_v = add_torch_bwd("embedding_bag_bwd_values_only", idx, W, (vl,))
     add("ours_bwd_values_only", "backward",
-        lambda: _backward(grad, vals, idx, W, True, False, False, path),
-        "embedding_bag_bwd_values_only")
+        lambda: _backward(grad, vals, idx, W, True, False, False, path), base_v)
     if skewed:  # one latent on every row: N slots for latent 0
         idx_s = idx.clone()
         idx_s[:, 0] = 0
-        out_eb_s = F.embedding_bag(idx_s, Wl, per_sample_weights=vl, mode="sum")
-        add("embedding_bag_bwd_skewed", "backward",
-            lambda: torch.autograd.grad(out_eb_s, (vl, Wl), grad, retain_graph=True), moved=2)
+        base_s = add_torch_bwd("embedding_bag_bwd_skewed", idx_s, Wl, (vl, Wl), moved=2)
         add("ours_bwd_deterministic_skewed", "backward",
-            lambda: _backward(grad, vals, idx_s, W, True, True, True, path),
-            "embedding_bag_bwd_skewed", moved=2)
+            lambda: _backward(grad, vals, idx_s, W, True, True, True, path), base_s, moved=2)
 
         def unsplit():  # the same with chunks longer than any latent: no split
             chunk = SD.GRAD_W_CHUNK
@@ -143,8 +148,7 @@ def bench(N, d, M, k, dtype, dev, reps, with_einsum=True, skewed=False):
             finally:
                 SD.GRAD_W_CHUNK = chunk
 
-        add("ours_bwd_deterministic_skewed_unsplit", "backward", unsplit,
-            "embedding_bag_bwd_skewed", moved=2)
+        add("ours_bwd_deterministic_skewed_unsplit", "backward", unsplit, base_s, moved=2)
 
     secs = timeit_round_robin([m[2] for m in methods], reps, dev)
     rows = {}

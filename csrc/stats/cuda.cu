@@ -141,7 +141,12 @@ __host__ __device__ inline size_t fold_smem_per_warp(int64_t T) {
 // serial insertion puts it (csrc/stats/cpu.cpp); called by all 32 lanes with the same
 // arguments. The position search and the shift run 32 entries at a time.
 __device__ void top_insert(double* lv, int64_t* lt, int64_t T, double v, int64_t tok, int lane) {
-  if (!top_before(v, tok, lv[T - 1], lt[T - 1])) return;  // beaten by an earlier insertion
+  const bool enters = top_before(v, tok, lv[T - 1], lt[T - 1]);
+  // every lane's read of the last entry before lane 0 may overwrite it below (p == T - 1
+  // takes no __syncwarp on the way; a ballot orders execution, not memory): racecheck on
+  // the H200 reported this read against the write of the new entry
+  __syncwarp();
+  if (!enters) return;  // beaten by an earlier insertion
   // the serial insertion moves down past every entry the new one beats and stops after the
   // last entry (below T - 1) it does not beat: p = that entry + 1, or 0
   int64_t p = 0;

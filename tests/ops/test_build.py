@@ -50,6 +50,27 @@ def test_cuda_not_routed_until_verified():
             assert use_kernel(family, torch.device("cuda"), "auto") is False
 
 
+def test_cuda_routing_follows_the_verified_list(monkeypatch):
+    """With a CUDA build, "auto" sends CUDA tensors to exactly the verified families' kernels,
+    and ACTSPACE_CUDA_KERNELS=1 to every family's."""
+    import torch
+
+    from actspace.ops import _common
+
+    monkeypatch.setattr(_common, "cuda_built", lambda: True)
+    monkeypatch.delenv("ACTSPACE_CUDA_KERNELS", raising=False)
+    cuda = torch.device("cuda")
+    assert _common.VERIFIED_CUDA == {"sparse_decode", "stats"}
+    for family in ("topk_encode", "sparse_decode", "stats"):
+        want = _common.CUDA if family in _common.VERIFIED_CUDA else None
+        assert _common.kernel_path(family, cuda, "auto") == want
+        assert _common.kernel_path(family, cuda, "reference") is None
+    monkeypatch.setenv("ACTSPACE_CUDA_KERNELS", "1")
+    assert _common.kernel_path("topk_encode", cuda, "auto") == _common.CUDA
+    monkeypatch.setattr(_common, "cuda_built", lambda: False)
+    assert _common.kernel_path("stats", cuda, "auto") is None
+
+
 def test_cuda_emulated_backend_checks(monkeypatch):
     """backend='cuda_emulated' takes CPU tensors only and names the missing emulated core."""
     import torch
