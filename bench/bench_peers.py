@@ -55,7 +55,14 @@ def batches(x, batch, seed):
 
 def actspace_schedule(steps):
     """actspace's defaults (decompose/train_loop.py): warm-up steps, decay steps."""
-    return min(1000, steps // 10), int(0.2 * steps)
+    from actspace.decompose.train_loop import default_warmup_steps
+    return default_warmup_steps(steps), int(0.2 * steps)
+
+
+def actspace_lr(a, steps):
+    """--lr, or actspace's default for this width and step budget."""
+    from actspace.decompose.train_loop import default_lr
+    return a.lr or default_lr(a.d_sae, steps)
 
 
 def lr_factor(step, steps):
@@ -123,8 +130,7 @@ class Sparsify:
             self.opt.train()
             self.auxk_alpha = 0.0       # sparsify's TrainConfig default
         else:
-            self.base_lr = a.lr or 2e-4 / math.sqrt(M / 2 ** 14)
-            self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr)
+            self.opt = torch.optim.Adam(self.sae.parameters(), lr=0.0)  # lr set per step
             self.auxk_alpha = 1 / 32    # actspace's auxk_coeff
         self.since_fired = torch.zeros(M, dtype=torch.long)
         self.step_i, self.steps = 0, None
@@ -138,7 +144,7 @@ class Sparsify:
                 sae.b_dec.data = xb.mean(0)
             if self.recipe != "default":
                 for g in self.opt.param_groups:
-                    g["lr"] = self.base_lr * lr_factor(self.step_i, total)
+                    g["lr"] = actspace_lr(self.a, total) * lr_factor(self.step_i, total)
             sae.set_decoder_norm_to_unit_norm()
             dead = self.since_fired > self.dead_tokens if self.auxk_alpha > 0 else None
             out = sae(xb, dead_mask=dead)
@@ -185,7 +191,7 @@ class SAELens:
             kw = dict(lr=3e-4)
         else:
             warm, decay = actspace_schedule(steps)
-            kw = dict(lr=a.lr or 2e-4 / math.sqrt(a.d_sae / 2 ** 14), lr_warm_up_steps=warm,
+            kw = dict(lr=actspace_lr(a, steps), lr_warm_up_steps=warm,
                       lr_decay_steps=decay)
         kw["lr_end"] = kw["lr"] / 10    # as its runner config sets it (used by cosine only)
         cfg = SAETrainerConfig(total_training_samples=steps * a.batch,
@@ -293,7 +299,7 @@ def main():
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--lr", type=float, default=None,
-                    help="default: actspace's 2e-4/sqrt(d_sae/2^14) for the adam rows")
+                    help="default: actspace's default_lr(d_sae, steps) for the adam rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed_rounds", type=int, default=5)
     ap.add_argument("--speed_steps", type=int, default=5)

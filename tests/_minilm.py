@@ -31,33 +31,47 @@ def minilm_texts(max_chars: int | None = None) -> list[str]:
     return [topics[k][:max_chars] if max_chars else topics[k] for k in sorted(topics)]
 
 
-def minilm_documents(layer=3, max_length=512, batch=16):
+def _windows(tok, text, max_length):
+    """The text's token ids cut into windows of max_length - 2 (each read as its own input)."""
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    n = max_length - 2
+    return [tok.decode(ids[a:a + n]) for a in range(0, max(len(ids), 1), n)]
+
+
+def minilm_documents(layer=3, max_length=512, batch=16, whole=False):
     """Layer `layer`'s residual stream (hidden_states[layer], the output of
     encoder.layer.{layer - 1}) of each pydoc topic truncated to max_length tokens: a list of
-    [tokens_i, 384] tensors, padding dropped; documents batched by length (little padding)."""
+    [tokens_i, 384] tensors, padding dropped; documents batched by length (little padding).
+    whole: every token of each topic instead, read in windows of max_length tokens (about
+    4.5x the tokens; a document is the concatenation of its windows)."""
     model, tok = minilm_model(layer)
     texts = minilm_texts()
-    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
-    docs = [None] * len(texts)
+    pieces = [(d, w) for d, t in enumerate(texts)
+              for w in (_windows(tok, t, max_length) if whole else [t])]
+    lengths = [len(ids) for ids in tok([w for _, w in pieces], truncation=True,
+                                       max_length=max_length)["input_ids"]]
+    order = sorted(range(len(pieces)), key=lengths.__getitem__)
+    out = [None] * len(pieces)
     with torch.no_grad():
         for a in range(0, len(order), batch):
             part = order[a:a + batch]
-            b = tok([texts[i] for i in part], return_tensors="pt", padding=True,
+            b = tok([pieces[i][1] for i in part], return_tensors="pt", padding=True,
                     truncation=True, max_length=max_length)
             hidden = model(**b, output_hidden_states=True).hidden_states[layer]
             for i, h, m in zip(part, hidden, b["attention_mask"]):
-                docs[i] = h[m.bool()]
-    return docs
+                out[i] = h[m.bool()]
+    return [torch.cat([o for (d, _), o in zip(pieces, out) if d == doc])
+            for doc in range(len(texts))]
 
 
-def minilm_split(layer=3, cache: str | None = None):
+def minilm_split(layer=3, cache: str | None = None, whole=False):
     """-> (x_train [~23.6k, 384], x_test [~4.4k, 384]): every 5th document held out whole.
+    whole: every token of each topic (minilm_documents), about 4.5x as many rows.
     cache: a .pt path reused when present (benchmarks; tests recompute)."""
     if cache and os.path.exists(cache):
         d = torch.load(cache)
         return d["train"], d["test"]
-    docs = minilm_documents(layer)
+    docs = minilm_documents(layer, whole=whole)
     held = [i % 5 == 4 for i in range(len(docs))]
     x = torch.cat([d for d, h in zip(docs, held) if not h])
     x_test = torch.cat([d for d, h in zip(docs, held) if h])

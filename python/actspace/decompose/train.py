@@ -29,8 +29,10 @@ def train_sae(data=None, config: TrainConfig | None = None, *, saes=None, model=
     decoder rows are first made unit norm without changing what they compute
     (fold_decoder_norm). To fine-tune a trained SAE pass b_dec_init=None (keep its b_dec).
     steps: optimizer steps of the schedule (default: ``epochs`` passes over the data).
-    lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.); warmup_steps default
-    min(1000, steps // 10); the last ``decay_fraction`` of the steps decay linearly to 0.
+    lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.) times sqrt(10000 / steps) for
+    runs under 10000 steps (train_loop.default_lr: measured on MiniLM); warmup_steps default
+    steps // 10, at least min(30, steps // 3), at most 1000; the last ``decay_fraction`` of
+    the steps decay linearly to 0.
     Kind options (see kinds/): auxk_coeff and k_aux (AuxK of topk / batchtopk; k_aux default
     d_in // 2), threshold_momentum (batchtopk), l1_coeff (relu, gated), l0_coeff or l0_target,
     bandwidth, tanh_scale (jumprelu), prefixes (a list of latent counts) or prefix_count

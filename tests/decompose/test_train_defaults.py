@@ -1,0 +1,41 @@
+"""The default lr and warm-up of train_sae (train_loop.default_lr / default_warmup_steps),
+by hand and through a run's history."""
+import math
+
+import pytest
+import torch
+
+import actspace as acts
+from actspace.decompose.train_loop import default_lr, default_warmup_steps
+
+
+def test_default_lr_by_hand():
+    # long runs: Gao et al.'s 2e-4 / sqrt(d_sae / 2**14), whatever the length
+    assert default_lr(16384, 10_000) == pytest.approx(2e-4)
+    assert default_lr(16384, 250_000) == pytest.approx(2e-4)
+    assert default_lr(65536, 50_000) == pytest.approx(1e-4)
+    # shorter runs: times sqrt(10000 / steps)
+    assert default_lr(16384, 100) == pytest.approx(2e-3)
+    assert default_lr(6144, 100) == pytest.approx(2e-4 / math.sqrt(6144 / 16384) * 10)
+    assert default_lr(6144, 1000) == pytest.approx(2e-4 / math.sqrt(0.375) * math.sqrt(10))
+    assert default_lr(4096, 0) == pytest.approx(4e-4 * 100)   # no division by zero
+
+
+def test_default_warmup_by_hand():
+    assert [default_warmup_steps(s) for s in (0, 3, 30, 90, 100, 300, 1000, 20_000)] == \
+        [0, 1, 10, 30, 30, 30, 100, 1000]
+
+
+def test_train_sae_uses_the_defaults():
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    r = acts.train_sae(x, kind="topk", d_sae=64, k=4, batch_size=64, steps=40, seed=0,
+                       progress=False, checkpoint_every=0, log_every=1)
+    lrs = [row["lr"] for row in r.history if "lr" in row]
+    peak, warm = default_lr(64, 40), default_warmup_steps(40)
+    assert warm == 13
+    assert max(lrs) == pytest.approx(peak)
+    assert lrs[0] == pytest.approx(peak / warm)          # first warm-up step
+    r2 = acts.train_sae(x, kind="topk", d_sae=64, k=4, batch_size=64, steps=40, seed=0,
+                        lr=1e-3, warmup_steps=0, progress=False, checkpoint_every=0,
+                        log_every=1)
+    assert max(row["lr"] for row in r2.history if "lr" in row) == pytest.approx(1e-3)
