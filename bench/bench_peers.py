@@ -237,7 +237,8 @@ def quality(lib, x, x_test, a, seed):
             r, t = Actspace(d, a, seed), time.perf_counter()
             r.train(x, s)
             rows.append({"steps": s, **evaluate(r, x, x_test, a.d_sae),
-                         "seconds": time.perf_counter() - t})
+                         "seconds": time.perf_counter() - t, "lib": lib})
+            print(json.dumps(rows[-1]), flush=True)
     elif lib.endswith("_default"):      # no schedule: one run, evaluated at each budget
         r = (Sparsify(d, a, seed, "default") if lib.startswith("sparsify")
              else SAELens(d, a, seed, "default", budgets[-1]))
@@ -246,7 +247,8 @@ def quality(lib, x, x_test, a, seed):
             r.train_steps(data, s - done, budgets[-1])
             done = s
             rows.append({"steps": s, **evaluate(r, x, x_test, a.d_sae),
-                         "seconds": time.perf_counter() - t0})
+                         "seconds": time.perf_counter() - t0, "lib": lib})
+            print(json.dumps(rows[-1]), flush=True)
     else:
         for s in budgets:
             r = (Sparsify(d, a, seed, "adam") if lib.startswith("sparsify")
@@ -254,10 +256,8 @@ def quality(lib, x, x_test, a, seed):
             t = time.perf_counter()
             r.train_steps(batches(x, a.batch, seed), s, s)
             rows.append({"steps": s, **evaluate(r, x, x_test, a.d_sae),
-                         "seconds": time.perf_counter() - t})
-    for row in rows:
-        row["lib"] = lib
-        print(json.dumps(row), flush=True)
+                         "seconds": time.perf_counter() - t, "lib": lib})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

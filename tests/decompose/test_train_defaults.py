@@ -11,14 +11,15 @@ from actspace.decompose.train_loop import default_lr, default_warmup_steps
 
 def test_default_lr_by_hand():
     # long runs: Gao et al.'s 2e-4 / sqrt(d_sae / 2**14), whatever the length
-    assert default_lr(16384, 10_000) == pytest.approx(2e-4)
+    assert default_lr(16384, 12_000) == pytest.approx(2e-4)
     assert default_lr(16384, 250_000) == pytest.approx(2e-4)
     assert default_lr(65536, 50_000) == pytest.approx(1e-4)
-    # shorter runs: times sqrt(10000 / steps)
-    assert default_lr(16384, 100) == pytest.approx(2e-3)
-    assert default_lr(6144, 100) == pytest.approx(2e-4 / math.sqrt(6144 / 16384) * 10)
-    assert default_lr(6144, 1000) == pytest.approx(2e-4 / math.sqrt(0.375) * math.sqrt(10))
-    assert default_lr(4096, 0) == pytest.approx(4e-4 * 100)   # no division by zero
+    # shorter runs: times sqrt(12000 / steps)
+    assert default_lr(16384, 3000) == pytest.approx(4e-4)
+    assert default_lr(6144, 100) == pytest.approx(2e-4 / math.sqrt(6144 / 16384) * math.sqrt(120))
+    assert 3.55e-3 < default_lr(6144, 100) < 3.6e-3         # the measured best at 100 steps
+    assert default_lr(6144, 1200) == pytest.approx(2e-4 / math.sqrt(0.375) * math.sqrt(10))
+    assert default_lr(4096, 0) == pytest.approx(4e-4 * math.sqrt(12000))   # no division by 0
 
 
 def test_default_warmup_by_hand():

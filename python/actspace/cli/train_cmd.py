@@ -43,7 +43,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--steps", type=int, default=None, help="default: --epochs passes")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(d_sae/16384), times sqrt(10000/steps) under 10000 steps")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(d_sae/16384), times sqrt(12000/steps) under 12000 steps")
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="linear lr warm-up (default min(1000, steps/10))")
     p.add_argument("--decay-fraction", type=float, default=0.2,

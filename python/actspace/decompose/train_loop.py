@@ -44,22 +44,24 @@ from .train_shard import LatentParallel
 __all__ = ["run_training", "default_lr", "default_warmup_steps", "lr_at", "make_optimizer", "sae_specs"]
 
 # Runs of at least this many steps take Gao et al.'s lr; shorter ones a larger one (below).
-LONG_RUN_STEPS = 10_000
+LONG_RUN_STEPS = 12_000
 
 
 def default_lr(d_sae: int, steps: int) -> float:
     """The lr when none is given: Gao et al.'s 2e-4 / sqrt(d_sae / 2**14), tuned for long runs,
     times sqrt(LONG_RUN_STEPS / steps) for shorter ones. Measured on MiniLM layer 3 (d_sae
-    6144, k 32, batch 4096; bench/RESULTS.md, peer comparison): the best lr fell with the
-    step budget about as 1/sqrt(steps) (3.3e-3 at 100 steps, ~2e-3 at 300, ~1e-3 at 1000),
-    while Gao's 3.3e-4 left 100- and 300-step runs far from converged (FVU 0.29 vs 0.16)."""
+    6144, k 32, batch 4096; bench/RESULTS.md, peer comparison): the best lr with at most 1%
+    dead latents fell with the step budget about as 1/sqrt(steps) (3.6e-3 at 100 steps, ~2e-3
+    at 300, ~1e-3 at 1000), while Gao's 3.3e-4 left 100-step runs far from converged (FVU
+    0.29 against 0.16)."""
     return 2e-4 / math.sqrt(d_sae / 2 ** 14) * math.sqrt(max(1.0, LONG_RUN_STEPS / max(steps, 1)))
 
 
 def default_warmup_steps(steps: int) -> int:
-    """A tenth of the run, at least 30 steps (a third of a shorter run), at most 1000: with
-    default_lr's larger rate for short runs, 10 warm-up steps of 100 left 1.0% of the
-    latents dead on MiniLM, 30 steps 0.6% (bench/RESULTS.md)."""
+    """A tenth of the run, at least 30 steps (a third of a shorter run), at most 1000: at
+    default_lr's larger rate for short runs, 100-step runs on MiniLM left 1.07% of the
+    latents dead after 20 warm-up steps and 0.72% after 30 (lr 3.6e-3; at 4e-3: 1.55% and
+    0.94%; bench/RESULTS.md)."""
     return min(1000, max(steps // 10, min(30, steps // 3)))
 
 
