@@ -19,7 +19,11 @@ def test_default_lr_by_hand():
     assert default_lr(6144, 100) == pytest.approx(2e-4 / math.sqrt(6144 / 16384) * math.sqrt(120))
     assert 3.55e-3 < default_lr(6144, 100) < 3.6e-3         # the measured best at 100 steps
     assert default_lr(6144, 1200) == pytest.approx(2e-4 / math.sqrt(0.375) * math.sqrt(10))
-    assert default_lr(4096, 0) == pytest.approx(4e-4 * math.sqrt(12000))   # no division by 0
+    # below 100 steps as at 100; the boost stops at 4e-3; a tiny SAE keeps Gao's rate
+    assert default_lr(65536, 10) == default_lr(65536, 100) == pytest.approx(1e-4 * math.sqrt(120))
+    assert default_lr(4096, 0) == pytest.approx(4e-3)
+    assert default_lr(4096, 1200) == pytest.approx(4e-4 * math.sqrt(10))
+    assert default_lr(32, 5) == pytest.approx(2e-4 * math.sqrt(512))
 
 
 def test_default_warmup_by_hand():

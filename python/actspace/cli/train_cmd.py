@@ -43,9 +43,11 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--steps", type=int, default=None, help="default: --epochs passes")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(d_sae/16384), times sqrt(12000/steps) under 12000 steps")
+    p.add_argument("--lr", type=float, default=None,
+                   help="default 2e-4/sqrt(d_sae/16384), times sqrt(12000/steps) under 12000 "
+                   "steps (boosted to at most 4e-3)")
     p.add_argument("--warmup-steps", type=int, default=None,
-                   help="linear lr warm-up (default min(1000, steps/10))")
+                   help="linear lr warm-up (default steps/10, at least 30, at most 1000)")
     p.add_argument("--decay-fraction", type=float, default=0.2,
                    help="final fraction of steps: lr decays linearly to 0")
     p.add_argument("--b-dec-init", default="mean", choices=["mean", "median"],

@@ -43,18 +43,24 @@ from .train_shard import LatentParallel
 
 __all__ = ["run_training", "default_lr", "default_warmup_steps", "lr_at", "make_optimizer", "sae_specs"]
 
-# Runs of at least this many steps take Gao et al.'s lr; shorter ones a larger one (below).
+# Runs of at least this many steps take Gao et al.'s lr; shorter ones a larger one (below),
+# boosted as for 100 steps at most (nothing shorter was measured) and never above
+# MAX_BOOSTED_LR (the largest rate measured to train well; tiny SAEs, whose Gao rate is
+# already above it, keep that rate).
 LONG_RUN_STEPS = 12_000
+MAX_BOOSTED_LR = 4e-3
 
 
 def default_lr(d_sae: int, steps: int) -> float:
     """The lr when none is given: Gao et al.'s 2e-4 / sqrt(d_sae / 2**14), tuned for long runs,
-    times sqrt(LONG_RUN_STEPS / steps) for shorter ones. Measured on MiniLM layer 3 (d_sae
-    6144, k 32, batch 4096; bench/RESULTS.md, peer comparison): the best lr with at most 1%
-    dead latents fell with the step budget about as 1/sqrt(steps) (3.6e-3 at 100 steps, ~2e-3
-    at 300, ~1e-3 at 1000), while Gao's 3.3e-4 left 100-step runs far from converged (FVU
-    0.29 against 0.16)."""
-    return 2e-4 / math.sqrt(d_sae / 2 ** 14) * math.sqrt(max(1.0, LONG_RUN_STEPS / max(steps, 1)))
+    times sqrt(LONG_RUN_STEPS / steps) for shorter ones (steps taken as at least 100), capped
+    at MAX_BOOSTED_LR. Measured on MiniLM layer 3 (d_sae 6144, k 32, batch 4096;
+    bench/RESULTS.md, peer comparison): the best lr with at most 1% dead latents fell with
+    the step budget about as 1/sqrt(steps) (3.6e-3 at 100 steps, ~2e-3 at 300, ~1e-3 at
+    1000), while Gao's 3.3e-4 left 100-step runs far from converged (FVU 0.29 against 0.16)."""
+    base = 2e-4 / math.sqrt(d_sae / 2 ** 14)
+    boost = math.sqrt(max(1.0, LONG_RUN_STEPS / max(steps, 100)))
+    return max(base, min(base * boost, MAX_BOOSTED_LR))
 
 
 def default_warmup_steps(steps: int) -> int:
