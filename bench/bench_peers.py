@@ -66,12 +66,9 @@ def actspace_lr(a, steps):
 
 
 def lr_factor(step, steps):
-    warm, decay = actspace_schedule(steps)
-    if warm and step < warm:
-        return (step + 1) / warm
-    if decay and step >= steps - decay:
-        return max(steps - step, 0) / decay
-    return 1.0
+    """actspace's schedule (train_loop.lr_at) as a multiplier of the base lr."""
+    from actspace.decompose.train_loop import lr_at
+    return lr_at(step, steps, 1.0, actspace_schedule(steps)[0], 0.2)
 
 
 def fvu(x, x_hat):

@@ -31,9 +31,8 @@ def train_sae(data=None, config: TrainConfig | None = None, *, saes=None, model=
     steps: optimizer steps of the schedule (default: ``epochs`` passes over the data).
     lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.) times sqrt(12000 / steps) for
     runs under 12000 steps, boosted to at most 4e-3 (train_loop.default_lr: measured on
-    MiniLM); warmup_steps default
-    steps // 10, at least min(30, steps // 3), at most 1000; the last ``decay_fraction`` of
-    the steps decay linearly to 0.
+    MiniLM); warmup_steps default steps // 10, at least min(30, steps // 3), at most 1000;
+    the last ``decay_fraction`` of the steps decay linearly to 0.
     Kind options (see kinds/): auxk_coeff and k_aux (AuxK of topk / batchtopk; k_aux default
     d_in // 2), threshold_momentum (batchtopk), l1_coeff (relu, gated), l0_coeff or l0_target,
     bandwidth, tanh_scale (jumprelu), prefixes (a list of latent counts) or prefix_count

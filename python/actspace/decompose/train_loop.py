@@ -41,7 +41,8 @@ from .train_losses import (centered_sum_sq, fold_decoder_norm, geometric_median,
                            project_decoder_grad, train_forward)
 from .train_shard import LatentParallel
 
-__all__ = ["run_training", "default_lr", "default_warmup_steps", "lr_at", "make_optimizer", "sae_specs"]
+__all__ = ["run_training", "default_lr", "default_warmup_steps", "lr_at", "make_optimizer",
+           "sae_specs"]
 
 # Runs of at least this many steps take Gao et al.'s lr; shorter ones a larger one (below),
 # boosted as for 100 steps at most (nothing shorter was measured) and never above
