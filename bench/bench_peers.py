@@ -17,7 +17,8 @@ each epoch's permutation of the training set, seeded alike for every library:
   actspace          train_sae(kind="topk") with its defaults (Adam, warm-up, decay, AuxK)
   sparsify_adam     sparsify's SparseCoder (its init, encoder, loss, decoder-norm handling,
                     first-batch b_dec, AuxK as its Trainer computes it) under actspace's
-                    optimizer and schedule: Adam, the same lr, warm-up and decay
+                    optimizer and schedule: Adam, the same lr, warm-up, decay and
+                    dead-latent window
   saelens_adam      SAELens' TopKTrainingSAE driven by its SAETrainer (its init, AuxK, grad
                     clipping) with the same lr, warm-up and linear decay, set in its config
   sparsify_default  sparsify's own recipe: Signum under schedule-free, its default lr
@@ -131,7 +132,9 @@ class Sparsify:
             self.auxk_alpha = 1 / 32    # actspace's auxk_coeff
         self.since_fired = torch.zeros(M, dtype=torch.long)
         self.step_i, self.steps = 0, None
-        self.dead_tokens = 10_000_000   # both libraries' default
+        # the adam rows follow actspace's recipe, dead-latent window included
+        from actspace.decompose.train_loop import default_dead_tokens
+        self.dead_tokens = default_dead_tokens(M, a.k)
 
     def train_steps(self, data, n, total):
         sae = self.sae

@@ -1,12 +1,12 @@
-"""The default lr and warm-up of train_sae (train_loop.default_lr / default_warmup_steps),
-by hand and through a run's history."""
+"""The default lr, warm-up and dead-latent window of train_sae (train_loop.default_lr,
+default_warmup_steps, default_dead_tokens), by hand and through a run."""
 import math
 
 import pytest
 import torch
 
 import actspace as acts
-from actspace.decompose.train_loop import default_lr, default_warmup_steps
+from actspace.decompose.train_loop import default_dead_tokens, default_lr, default_warmup_steps
 
 
 def test_default_lr_by_hand():
@@ -44,3 +44,51 @@ def test_train_sae_uses_the_defaults():
                         lr=1e-3, warmup_steps=0, progress=False, checkpoint_every=0,
                         log_every=1)
     assert max(row["lr"] for row in r2.history if "lr" in row) == pytest.approx(1e-3)
+
+
+def test_default_dead_tokens_by_hand():
+    # 100 expected firing intervals (d_sae / k tokens), at most Gao et al.'s 10M
+    assert default_dead_tokens(6144, 32) == 19_200
+    assert default_dead_tokens(64, 4) == 1600
+    assert default_dead_tokens(2 ** 24, 32) == 10_000_000
+    assert default_dead_tokens(3, 2) == 150
+    assert default_dead_tokens(4096, None) == 10_000_000   # no k, no AuxK: Gao's window
+
+
+def _dead_masks(monkeypatch, **kw):
+    """Train a 64-latent TopK SAE whose last 8 latents can never fire; -> per step the
+    AuxK dead mask train_forward received."""
+    from actspace.decompose import train_loop
+    seen, real = [], train_loop.train_forward
+
+    def spy(sae, x, y, dead=None, **k):
+        seen.append(dead.clone())
+        return real(sae, x, y, dead=dead, **k)
+
+    monkeypatch.setattr(train_loop, "train_forward", spy)
+    x = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0))
+    sae = acts.SAE(16, 64, kind="topk", k=4)
+    with torch.no_grad():       # latents 56..63: zero encoder rows, a bias no input beats
+        sae.W_enc[56:] = 0
+        sae.b_enc[56:] = -1e4
+    acts.train_sae(x, saes=[sae], batch_size=64, steps=40, lr=1e-3, seed=0, progress=False,
+                   checkpoint_every=0, b_dec_init=None, **kw)
+    return seen
+
+
+def test_default_dead_window_reaches_auxk(monkeypatch):
+    # window 100 * 64 / 4 = 1600 tokens = 25 batches of 64: the silent latents join AuxK
+    # from step 25 on (1600 tokens seen), not before
+    seen = _dead_masks(monkeypatch)
+    assert len(seen) == 40
+    assert not any(bool(m.any()) for m in seen[:25])
+    assert all(bool(m[56:].all()) for m in seen[25:])
+    # Gao's 10M would never have reached them in this run
+    seen = _dead_masks(monkeypatch, dead_tokens=10_000_000)
+    assert not any(bool(m.any()) for m in seen)
+
+
+def test_dead_tokens_is_checked():
+    with pytest.raises(ValueError, match="dead_tokens"):
+        acts.train_sae(torch.randn(64, 8), kind="topk", d_sae=16, k=2, steps=1,
+                       dead_tokens=0, progress=False)

@@ -52,7 +52,9 @@ def add_arguments(p):
                    help="final fraction of steps: lr decays linearly to 0")
     p.add_argument("--b-dec-init", default="mean", choices=["mean", "median"],
                    help="b_dec init: first batch's mean or geometric median")
-    p.add_argument("--dead-tokens", type=int, default=10_000_000)
+    p.add_argument("--dead-tokens", type=int, default=None,
+                   help="a latent silent this many tokens is dead (AuxK revives it); "
+                        "default 100 * d_sae / k, at most 10M")
     for opt in all_options().values():     # each kind's own options (kinds/<kind>.py)
         p.add_argument("--" + opt.name.replace("_", "-"), type=opt.type, default=opt.default,
                        help=opt.help, **({"nargs": "+"} if opt.many else {}))

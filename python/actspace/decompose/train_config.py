@@ -49,7 +49,7 @@ class TrainConfig:
     lr: float | None = None
     warmup_steps: int | None = None
     decay_fraction: float = 0.2
-    dead_tokens: int = 10_000_000
+    dead_tokens: int | None = None     # None: train_loop.default_dead_tokens
     b_dec_init: str | None = "mean"
     shuffle: bool = True
     seed: int = 0
@@ -93,6 +93,9 @@ class TrainConfig:
         _range("decay_fraction", self.decay_fraction, 0 <= self.decay_fraction <= 1, "in [0, 1]")
         _range("warmup_steps", self.warmup_steps,
                self.warmup_steps is None or self.warmup_steps >= 0, "None or >= 0")
+        _range("dead_tokens", self.dead_tokens,
+               self.dead_tokens is None or (type(self.dead_tokens) is int
+                                            and self.dead_tokens >= 1), "None or an int >= 1")
         _range("epochs", self.epochs, self.epochs >= 1, ">= 1")
         _range("log_every", self.log_every, self.log_every >= 1, ">= 1")
         _range("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, ">= 0")

@@ -41,8 +41,8 @@ from .train_losses import (centered_sum_sq, fold_decoder_norm, geometric_median,
                            project_decoder_grad, train_forward)
 from .train_shard import LatentParallel
 
-__all__ = ["run_training", "default_lr", "default_warmup_steps", "lr_at", "make_optimizer",
-           "sae_specs"]
+__all__ = ["run_training", "default_lr", "default_warmup_steps", "default_dead_tokens", "lr_at",
+           "make_optimizer", "sae_specs"]
 
 # Runs of at least this many steps take Gao et al.'s lr; shorter ones a larger one (below),
 # boosted as for 100 steps at most (nothing shorter was measured) and never above
@@ -70,6 +70,24 @@ def default_warmup_steps(steps: int) -> int:
     latents dead after 20 warm-up steps and 0.72% after 30 (lr 3.6e-3; at 4e-3: 1.55% and
     0.94%; bench/RESULTS.md)."""
     return min(1000, max(steps // 10, min(30, steps // 3)))
+
+
+# A latent is dead (AuxK then trains it on the residual) once it has gone DEAD_INTERVALS
+# times its expected firing interval, d_sae / k tokens, without firing; never longer than
+# Gao et al.'s window of 10M tokens (which they chose for SAEs of millions of latents).
+DEAD_INTERVALS = 100
+GAO_DEAD_TOKENS = 10_000_000
+
+
+def default_dead_tokens(d_sae: int, k: int | None) -> int:
+    """The dead-latent window when none is given: DEAD_INTERVALS * d_sae / k tokens, at most
+    10M (kinds without k: 10M). Gao's fixed 10M never comes within a run of fewer tokens,
+    which leaves AuxK idle: on MiniLM layer 3 (d_sae 6144, k 32, batch 4096, 100 steps at
+    lr 4e-3) 1.30% of the latents ended dead with it and 0.33% with 19.2k tokens (100
+    intervals), while a window of 82k tokens still left 1.42% (bench/RESULTS.md)."""
+    if k is None:
+        return GAO_DEAD_TOKENS
+    return int(min(GAO_DEAD_TOKENS, max(1, round(DEAD_INTERVALS * d_sae / k))))
 
 
 def lr_at(step, total, base_lr, warmup_steps, decay_fraction):
@@ -243,7 +261,12 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
         scales = KINDS[s.kind].param_lr_scales
         opts.append(make_optimizer(s, lr_scales=None if scales is None else
                                    scales(cfg.options_of_kind(s.kind))))
-    base_lrs = [cfg.lr if cfg.lr is not None else default_lr(s.d_sae, steps) for s in saes]
+    # dp.d_sae / dp.k: the whole SAE's (latent sharding holds a slice of it here)
+    base_lrs = [cfg.lr if cfg.lr is not None else default_lr(dp.d_sae(i, s), steps)
+                for i, s in enumerate(saes)]
+    dead_windows = [cfg.dead_tokens if cfg.dead_tokens is not None
+                    else default_dead_tokens(dp.d_sae(i, s), dp.k(i, s))
+                    for i, s in enumerate(saes)]
     warmup_steps = (cfg.warmup_steps if cfg.warmup_steps is not None
                     else default_warmup_steps(steps))
     last_fired = [torch.zeros(s.d_sae, dtype=torch.int64) for s in saes]
@@ -267,7 +290,7 @@ def run_training(data, cfg: TrainConfig, *, saes=None, sae_class=None, model=Non
             save_checkpoint(out_dir, saes, opts, last_fired, loop, run=run,
                             name=dp.checkpoint_name)
 
-    sched = {"steps": steps, "warmup_steps": warmup_steps}
+    sched = {"steps": steps, "warmup_steps": warmup_steps, "dead_tokens": dead_windows}
     names = None if routes is None else [multi[j] for j in routes]   # per SAE its hookpoint
     while loop["step"] < stop_at and loop["epoch"] < max_epochs:
         it = source.iter_batches(batch_size, shuffle=cfg.shuffle, seed=seed + loop["epoch"],
@@ -342,7 +365,7 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg: TrainConfig, 
                 dp, xs=None, names=None):
     """One optimizer step of every SAE on the batch x [B, d_in] -> y [B, d_out] (this
     rank's slice of the global batch under data parallelism, see train_dist).
-    sched: the resolved steps and warmup_steps. xs: per SAE its own batch [B, d_i] (input
+    sched: the resolved steps, warmup_steps and per SAE its dead window. xs: per SAE its own batch [B, d_i] (input
     and target; many hookpoints, train_multi.py); names: per SAE its hookpoint (history)."""
     steps, log_every = sched["steps"], cfg.log_every
     step = loop["step"]
@@ -368,7 +391,7 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg: TrainConfig, 
         lr = lr_at(step, steps, base_lrs[i], sched["warmup_steps"], cfg.decay_fraction)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
-        dead = (loop["tokens"] - last_fired[i]) >= cfg.dead_tokens
+        dead = (loop["tokens"] - last_fired[i]) >= sched["dead_tokens"][i]
         kw = cfg.options_of_kind(sae.kind)
         if "k_aux" in kw and kw["k_aux"] is None:      # AuxK kinds: default d_in // 2
             kw["k_aux"] = max(sae.d_in // 2, 1)
@@ -390,7 +413,7 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg: TrainConfig, 
         out = dp.end_step(sae, out)  # global fired mask and metrics
         last_fired[i][out.fired.cpu()] = tokens
         if (step + 1) % log_every == 0 or step + 1 == steps or step == 0:
-            dead_frac = dp.dead_fraction(i, last_fired[i], tokens, cfg.dead_tokens)
+            dead_frac = dp.dead_fraction(i, last_fired[i], tokens, sched["dead_tokens"][i])
             loop["history"].append({
                 "step": step + 1, "sae": i, "kind": sae.kind,
                 **({} if names is None else {"hookpoint": names[i]}), "d_sae": dp.d_sae(i, sae),

@@ -25,7 +25,7 @@ DEFAULTS: dict = {
     "stats": {"covariance": True, "massive_ratio": 100.0, "fit_range": [0.05, 0.5]},
     "sae": {"hookpoints": None, "kind": "topk", "expansion_factor": 8, "d_sae": None, "k": 32,
             "batch_size": 1024, "epochs": 1, "lr": None, "log_every": 5, "seed": 0,
-            "dead_tokens": 10_000_000,    # not fired in this many tokens = dead
+            "dead_tokens": None,    # not fired in this many tokens = dead (None: 100 d_sae/k)
             "checkpoint_every": 100,      # steps between checkpoints (what a rerun resumes)
             # instead of training: "RELEASE:ID", "hf://org/repo/folder" or a local SAE
             # directory (one SAE hookpoint), or {hookpoint: spec}
@@ -135,9 +135,9 @@ def _check_sae(s: dict) -> None:
         raise ValueError(f"config: sae.{e}") from None
     if s["hookpoints"] is not None:
         _str_list(s["hookpoints"], "sae.hookpoints")
-    for key in ("k", "batch_size", "epochs", "log_every", "dead_tokens", "checkpoint_every"):
+    for key in ("k", "batch_size", "epochs", "log_every", "checkpoint_every"):
         _positive_int(s, key, "sae")
-    for key in ("d_sae", "expansion_factor"):
+    for key in ("d_sae", "expansion_factor", "dead_tokens"):
         _positive_int(s, key, "sae", allow_none=True)
     if s["d_sae"] is None and s["expansion_factor"] is None:
         raise ValueError("config: sae needs d_sae or expansion_factor")
