@@ -11,18 +11,21 @@ from actspace.decompose.train_loop import default_dead_tokens, default_lr, defau
 
 def test_default_lr_by_hand():
     # long runs: Gao et al.'s 2e-4 / sqrt(d_sae / 2**14), whatever the length
-    assert default_lr(16384, 12_000) == pytest.approx(2e-4)
+    assert default_lr(16384, 50_000) == pytest.approx(2e-4)
     assert default_lr(16384, 250_000) == pytest.approx(2e-4)
-    assert default_lr(65536, 50_000) == pytest.approx(1e-4)
-    # shorter runs: times sqrt(12000 / steps)
-    assert default_lr(16384, 3000) == pytest.approx(4e-4)
-    assert default_lr(6144, 100) == pytest.approx(2e-4 / math.sqrt(6144 / 16384) * math.sqrt(120))
-    assert 3.55e-3 < default_lr(6144, 100) < 3.6e-3         # the measured best at 100 steps
-    assert default_lr(6144, 1200) == pytest.approx(2e-4 / math.sqrt(0.375) * math.sqrt(10))
-    # below 100 steps as at 100; the boost stops at 4e-3; a tiny SAE keeps Gao's rate
-    assert default_lr(65536, 10) == default_lr(65536, 100) == pytest.approx(1e-4 * math.sqrt(120))
-    assert default_lr(4096, 0) == pytest.approx(4e-3)
-    assert default_lr(4096, 1200) == pytest.approx(4e-4 * math.sqrt(10))
+    assert default_lr(65536, 60_000) == pytest.approx(1e-4)
+    # shorter runs: times sqrt(50000 / steps)
+    assert default_lr(16384, 12_500) == pytest.approx(4e-4)
+    base = 2e-4 / math.sqrt(6144 / 16384)
+    assert default_lr(6144, 1000) == pytest.approx(base * math.sqrt(50))
+    assert 2.3e-3 < default_lr(6144, 1000) < 2.32e-3
+    assert default_lr(6144, 300) == pytest.approx(base * math.sqrt(50_000 / 300))
+    # the boost stops at 4.5e-3 (the 100-step measurement); below 100 steps as at 100;
+    # a tiny SAE keeps Gao's rate even above that
+    assert default_lr(6144, 100) == pytest.approx(4.5e-3)
+    assert default_lr(65536, 10) == default_lr(65536, 100) == pytest.approx(1e-4 * math.sqrt(500))
+    assert default_lr(4096, 0) == pytest.approx(4.5e-3)
+    assert default_lr(4096, 5000) == pytest.approx(4e-4 * math.sqrt(10))
     assert default_lr(32, 5) == pytest.approx(2e-4 * math.sqrt(512))
 
 

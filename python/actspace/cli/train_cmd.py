@@ -44,8 +44,8 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=None, help="default: --epochs passes")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=None,
-                   help="default 2e-4/sqrt(d_sae/16384), times sqrt(12000/steps) under 12000 "
-                   "steps (boosted to at most 4e-3)")
+                   help="default 2e-4/sqrt(d_sae/16384), times sqrt(50000/steps) under 50000 "
+                   "steps (boosted to at most 4.5e-3)")
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="linear lr warm-up (default steps/10, at least 30, at most 1000)")
     p.add_argument("--decay-fraction", type=float, default=0.2,

@@ -29,8 +29,8 @@ def train_sae(data=None, config: TrainConfig | None = None, *, saes=None, model=
     decoder rows are first made unit norm without changing what they compute
     (fold_decoder_norm). To fine-tune a trained SAE pass b_dec_init=None (keep its b_dec).
     steps: optimizer steps of the schedule (default: ``epochs`` passes over the data).
-    lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.) times sqrt(12000 / steps) for
-    runs under 12000 steps, boosted to at most 4e-3 (train_loop.default_lr: measured on
+    lr default 2e-4 / sqrt(d_sae / 2**14) per SAE (Gao et al.) times sqrt(50000 / steps) for
+    runs under 50000 steps, boosted to at most 4.5e-3 (train_loop.default_lr: measured on
     MiniLM); warmup_steps default steps // 10, at least min(30, steps // 3), at most 1000;
     the last ``decay_fraction`` of the steps decay linearly to 0.
     Kind options (see kinds/): auxk_coeff and k_aux (AuxK of topk / batchtopk; k_aux default

@@ -46,19 +46,21 @@ __all__ = ["run_training", "default_lr", "default_warmup_steps", "default_dead_t
 
 # Runs of at least this many steps take Gao et al.'s lr; shorter ones a larger one (below),
 # boosted as for 100 steps at most (nothing shorter was measured) and never above
-# MAX_BOOSTED_LR (the largest rate measured to train well; tiny SAEs, whose Gao rate is
-# already above it, keep that rate).
-LONG_RUN_STEPS = 12_000
-MAX_BOOSTED_LR = 4e-3
+# MAX_BOOSTED_LR (the largest rate that kept <= 1% of the latents dead in every 100-step
+# run measured; tiny SAEs, whose Gao rate is already above it, keep that rate).
+LONG_RUN_STEPS = 50_000
+MAX_BOOSTED_LR = 4.5e-3
 
 
 def default_lr(d_sae: int, steps: int) -> float:
-    """The lr when none is given: Gao et al.'s 2e-4 / sqrt(d_sae / 2**14), tuned for long runs,
-    times sqrt(LONG_RUN_STEPS / steps) for shorter ones (steps taken as at least 100), capped
-    at MAX_BOOSTED_LR. Measured on MiniLM layer 3 (d_sae 6144, k 32, batch 4096;
-    bench/RESULTS.md, peer comparison): the best lr with at most 1% dead latents fell with
-    the step budget about as 1/sqrt(steps) (3.6e-3 at 100 steps, ~2e-3 at 300, ~1e-3 at
-    1000), while Gao's 3.3e-4 left 100-step runs far from converged (FVU 0.29 against 0.16)."""
+    """The lr when none is given: Gao et al.'s 2e-4 / sqrt(d_sae / 2**14), which sparsify
+    and SAELens users apply to runs of some 10^8 tokens or more (50k steps of 4096), times
+    sqrt(LONG_RUN_STEPS / steps) for shorter runs (steps taken as at least 100), capped at
+    MAX_BOOSTED_LR. Measured on MiniLM layer 3 (d_sae 6144, k 32, batch 4096, with AuxK's
+    window of default_dead_tokens; bench/RESULTS.md): the best lr keeping <= 1% of the
+    latents dead was 4.5-5e-3 at 100 and 300 steps and 2.5-4e-3 at 1000, where Gao's
+    3.3e-4 leaves a 100-step run at FVU 0.29 against 0.12. Between 1000 and 50k steps the
+    rule interpolates, unmeasured."""
     base = 2e-4 / math.sqrt(d_sae / 2 ** 14)
     boost = math.sqrt(max(1.0, LONG_RUN_STEPS / max(steps, 100)))
     return max(base, min(base * boost, MAX_BOOSTED_LR))
@@ -67,8 +69,8 @@ def default_lr(d_sae: int, steps: int) -> float:
 def default_warmup_steps(steps: int) -> int:
     """A tenth of the run, at least 30 steps (a third of a shorter run), at most 1000: at
     default_lr's larger rate for short runs, 100-step runs on MiniLM left 1.07% of the
-    latents dead after 20 warm-up steps and 0.72% after 30 (lr 3.6e-3; at 4e-3: 1.55% and
-    0.94%; bench/RESULTS.md)."""
+    latents dead after 20 warm-up steps and 0.72% after 30 (lr 3.6e-3, Gao's dead window;
+    bench/RESULTS.md)."""
     return min(1000, max(steps // 10, min(30, steps // 3)))
 
 
