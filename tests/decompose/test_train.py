@@ -212,14 +212,16 @@ def _auxk_float64(sae, x, dead, k_aux):
     z = torch.relu((xd - P["b_dec"]) @ P["W_enc"].T + P["b_enc"])           # [N, M]
     v, i = z.topk(sae.k, dim=1)
     e = (xd - torch.zeros_like(z).scatter(1, i, v) @ P["W_dec"] - P["b_dec"]).detach()
-    va, ia = torch.where(dead, z, torch.full_like(z, -1.0)).topk(k_aux, dim=1)
+    va, ia = torch.where(dead, z, torch.full_like(z, -1.0)).topk(min(k_aux, int(dead.sum())),
+                                                                dim=1)
     e_hat = torch.zeros_like(z).scatter(1, ia, va) @ P["W_dec"]
     aux = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
     aux.backward()
     return float(aux.detach()), {n: p.grad for n, p in P.items()}
 
 
-def test_auxk_equals_float64_formula():
+@pytest.mark.parametrize("k_aux", [5, 20])      # 14 dead: a top-5 of them, or all (dense)
+def test_auxk_equals_float64_formula(k_aux):
     """Value and gradient of AuxK against the float64 formula: ‖ê - e‖² / Σ‖e - ē‖²."""
     g = torch.Generator().manual_seed(0)
     sae = acts.SAE(16, 40, "topk", 3)
@@ -231,12 +233,12 @@ def test_auxk_equals_float64_formula():
     grads = []
     for coeff in (1.0, 0.0):                    # the difference is AuxK's own gradient
         sae.zero_grad()
-        out = train_forward(sae, x, x, dead=dead, k_aux=5, auxk_coeff=coeff)
+        out = train_forward(sae, x, x, dead=dead, k_aux=k_aux, auxk_coeff=coeff)
         out.loss.backward()
         grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
         if coeff:
             aux = out.aux
-    want, want_grads = _auxk_float64(sae, x, dead, 5)
+    want, want_grads = _auxk_float64(sae, x, dead, k_aux)
     assert aux == pytest.approx(want, rel=1e-5)
     for n, gw in want_grads.items():
         torch.testing.assert_close((grads[0][n] - grads[1][n]).double(), gw, rtol=1e-4,
