@@ -36,8 +36,8 @@ def train_sae(data=None, config: TrainConfig | None = None, *, saes=None, model=
     Kind options (see kinds/): auxk_coeff and k_aux (AuxK of topk / batchtopk; k_aux default
     d_in // 2), threshold_momentum (batchtopk), l1_coeff (relu, gated), l0_coeff or l0_target,
     bandwidth, tanh_scale (jumprelu), prefixes (a list of latent counts) or prefix_count
-    (matryoshka). dead_tokens: a latent not active in the last this-many tokens is dead (AuxK revives
-    it; default 100 * d_sae / k, at most 10M: train_loop.default_dead_tokens).
+    (matryoshka). dead_tokens: a latent not active in the last this-many tokens is dead
+    (AuxK revives it; default 100 * d_sae / k, at most 10M: train_loop.default_dead_tokens).
     out_dir: checkpoint, final SAEs (``sae`` or ``sae_{i}``, in ``save_format``) and
     history.json are written there (checked writable before the first step); with
     resume=True an existing checkpoint there is continued (only by a run with the same SAEs,

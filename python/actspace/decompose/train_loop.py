@@ -367,8 +367,9 @@ def _train_step(saes, opts, base_lrs, last_fired, loop, x, y, cfg: TrainConfig, 
                 dp, xs=None, names=None):
     """One optimizer step of every SAE on the batch x [B, d_in] -> y [B, d_out] (this
     rank's slice of the global batch under data parallelism, see train_dist).
-    sched: the resolved steps, warmup_steps and per SAE its dead window. xs: per SAE its own batch [B, d_i] (input
-    and target; many hookpoints, train_multi.py); names: per SAE its hookpoint (history)."""
+    sched: the resolved steps, warmup_steps and per SAE its dead window. xs: per SAE its own
+    batch [B, d_i] (input and target; many hookpoints, train_multi.py); names: per SAE its
+    hookpoint (history)."""
     steps, log_every = sched["steps"], cfg.log_every
     step = loop["step"]
     scale, B = dp.begin_batch(y)     # B: rows of the global batch

@@ -73,8 +73,9 @@ def _auxk(sae, x, residual, dead, k_aux, denominator_of=None):
         return None
     b_dec = sae.b_dec if sae.apply_b_dec_to_input else None
     if n_dead <= k_aux:
-        # every dead latent is in the top k_aux: AuxK is dense, two thin matmuls (the
-        # top-k kernels pay for a selection that selects everything: 2x the time measured)
+        # every dead latent is in the top k_aux: AuxK is dense, two thin matmuls. Through
+        # the top-k kernels, which then select everything, a short dead window cost 13-20%
+        # of a step on MiniLM; this way 3-12% (bench/RESULTS.md)
         xc = x if b_dec is None else x - b_dec
         z = torch.relu(xc @ sae.W_enc[dead_idx].T + sae.b_enc[dead_idx])    # [N, n_dead]
         e_hat = z @ sae.W_dec[dead_idx]                                      # [N, d_out]
