@@ -15,20 +15,7 @@ import time
 import torch
 
 import actspace as acts
-
-
-def fvu(x, x_hat):
-    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-
-
-@torch.no_grad()
-def dead_fraction(sae, x, batch=4096):
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
-    for a in range(0, x.shape[0], batch):
-        c = sae.encode(x[a:a + batch])
-        ok = (c.values > 0) & (c.indices >= 0)
-        fired[c.indices[ok].long()] = True
-    return 1 - float(fired.float().mean())
+from bench_peers import Actspace, evaluate, fvu    # bench_peers' measures, not a copy
 
 
 def main():
@@ -39,13 +26,14 @@ def main():
         kw = json.loads(spec)
         steps = kw.pop("steps")
         t = time.perf_counter()
-        sae = acts.train_sae(x, kind="topk", d_sae=6144, k=32, batch_size=4096, steps=steps,
-                             seed=0, progress=False, checkpoint_every=0, **kw).sae
-        with torch.no_grad():
-            row = {"steps": steps, **kw, "fvu": round(fvu(x_test, sae(x_test)[0]), 4),
-                   "train_fvu": round(fvu(x, sae(x)[0]), 4),
-                   "dead": round(dead_fraction(sae, x), 4),
-                   "seconds": round(time.perf_counter() - t, 1)}
+        runner = Actspace(x.shape[1], None, 0)
+        runner.sae = acts.train_sae(x, kind="topk", d_sae=6144, k=32, batch_size=4096,
+                                    steps=steps, seed=0, progress=False, checkpoint_every=0,
+                                    **kw).sae
+        m = evaluate(runner, x, x_test, 6144)       # held-out FVU, never-firing fraction
+        row = {"steps": steps, **kw, "fvu": round(m["fvu"], 4),
+               "train_fvu": round(fvu(x, runner.reconstruct(x)), 4),
+               "dead": round(m["dead"], 4), "seconds": round(time.perf_counter() - t, 1)}
         print(json.dumps(row), flush=True)
 
 
